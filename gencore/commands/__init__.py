@@ -1,0 +1,1 @@
+"""Subcommands of the `gencore` command line (see gencore/cli.py)."""

@@ -1,0 +1,221 @@
+"""GroupNorm + SiLU + time-embedding add, fused: y = SiLU(GroupNorm(x + temb)) with optional scale_shift.
+
+Layers:
+    gencore::group_norm_silu_fwd / _bwd                 C++ schemas (csrc/gencore.cpp); CPU and CUDA kernels.
+    gencore::group_norm_silu_fwd_triton / _bwd_triton   triton_op wrappers around gencore.kernels.group_norm_silu.
+    group_norm_silu(...)                                the public function: checks, picks a backend, dispatches.
+
+Every fused forward returns (y, mean, rstd); mean and rstd are the per-(sample, group) statistics of x + temb
+(float32, float64 for float64 input), saved for the backward. The backward op returns (grad_x, grad_weight,
+grad_bias, grad_temb, grad_scale_shift), with a 0-element tensor standing for an input that was None.
+
+Layout rule shared by every backend and the fake implementations (see output_like): a contiguous x gives a
+contiguous y; an x whose channels are innermost (channels_last, or its 3-D/5-D analogue) gives y in that layout;
+any other strides are copied to contiguous first.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _extension, backends
+from ..reference.group_norm_silu import group_norm_silu_ref
+from ._checks import check_float_tensor, check_like, check_positive_int
+
+IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
+ACTIVATIONS = ("silu", None)
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether the kernels read x as (N, S, C) with channels innermost (channels_last and its N-D analogues)."""
+    return x.dim() >= 3 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
+
+
+def output_like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised tensor shaped like x in the layout every backend writes (the rule in the module doc)."""
+    dtype = x.dtype if dtype is None else dtype
+    if is_channels_last(x):
+        return torch.empty(x.movedim(1, -1).shape, dtype=dtype, device=x.device).movedim(-1, 1)
+    return torch.empty(x.shape, dtype=dtype, device=x.device)
+
+
+def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_args(x, num_groups, weight, bias, eps, temb, scale_shift, activation) -> None:
+    check_float_tensor("x", x, min_dim=2)
+    check_positive_int("num_groups", num_groups)
+    n, c = x.shape[0], x.shape[1]
+    if c % num_groups != 0:
+        raise ValueError(f"num_groups ({num_groups}) must divide the number of channels x.shape[1] ({c})")
+    if weight is not None:
+        check_like("weight", weight, x, "x", (c,))
+    if bias is not None:
+        check_like("bias", bias, x, "x", (c,))
+    if temb is not None:
+        check_like("temb", temb, x, "x", (n, c))
+    if scale_shift is not None:
+        check_like("scale_shift", scale_shift, x, "x", (n, 2 * c))
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fake (meta) implementations: shapes, dtypes and strides of what the kernels return, for torch.compile / export.
+
+
+def _fwd_fake(x, weight, bias, temb, scale_shift, num_groups, eps, silu):
+    y = output_like(x)
+    mean = x.new_empty((x.shape[0], num_groups), dtype=stats_dtype(x.dtype))
+    rstd = x.new_empty((x.shape[0], num_groups), dtype=stats_dtype(x.dtype))
+    return y, mean, rstd
+
+
+def _bwd_fake(grad_out, x, weight, bias, temb, scale_shift, mean, rstd, num_groups, silu):
+    def like(t):
+        return x.new_empty((0,)) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+
+    return output_like(x), like(weight), like(bias), like(temb), like(scale_shift)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Autograd, shared by the C++ and the Triton op pairs.
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, temb, scale_shift, num_groups, eps, silu = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, bias, temb, scale_shift, mean, rstd)
+    ctx.num_groups, ctx.eps, ctx.silu = num_groups, eps, silu
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _grads_by_recompute(ctx, grad_out):
+    """Gradients through the reference, keeping the graph: the double-backward path (e.g. a WGAN-GP critic).
+
+    The fused backward kernels are not themselves differentiable; when autograd asks for a graph of the backward
+    (create_graph=True), the forward is recomputed in plain PyTorch, which differentiates to any order.
+    """
+    x, weight, bias, temb, scale_shift, _, _ = ctx.saved_tensors
+    inputs = [x, weight, bias, temb, scale_shift]
+    with torch.enable_grad():
+        y = group_norm_silu_ref(x, ctx.num_groups, weight, bias, ctx.eps, temb=temb, scale_shift=scale_shift,
+                                activation="silu" if ctx.silu else None)
+        wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+        grads = torch.autograd.grad(y, [inputs[i] for i in wanted], grad_out, create_graph=True, allow_unused=True)
+    out = [None] * 5
+    for i, g in zip(wanted, grads):
+        out[i] = g
+    return out
+
+
+def _make_backward(bwd_op):
+    def backward(ctx, grad_out, _grad_mean, _grad_rstd):
+        if torch.is_grad_enabled() and any(ctx.needs_input_grad[:5]):
+            gx, gw, gb, gt, gss = _grads_by_recompute(ctx, grad_out)
+        else:
+            x, weight, bias, temb, scale_shift, mean, rstd = ctx.saved_tensors
+            gx, gw, gb, gt, gss = bwd_op(grad_out, x, weight, bias, temb, scale_shift, mean, rstd,
+                                         ctx.num_groups, ctx.silu)
+            gw = gw if weight is not None else None
+            gb = gb if bias is not None else None
+            gt = gt if temb is not None else None
+            gss = gss if scale_shift is not None else None
+        need = ctx.needs_input_grad
+        return (gx if need[0] else None, gw if need[1] else None, gb if need[2] else None,
+                gt if need[3] else None, gss if need[4] else None, None, None, None)
+
+    return backward
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Registration
+
+
+def _register_cpp_ops() -> None:
+    """Fake implementations and autograd for the schemas that csrc/gencore.cpp declared (needs the extension)."""
+    if not _extension.loaded():
+        return
+    torch.library.register_fake("gencore::group_norm_silu_fwd")(_fwd_fake)
+    torch.library.register_fake("gencore::group_norm_silu_bwd")(_bwd_fake)
+    torch.library.register_autograd("gencore::group_norm_silu_fwd",
+                                    _make_backward(torch.ops.gencore.group_norm_silu_bwd),
+                                    setup_context=_setup_context)
+
+
+def _register_triton_ops() -> None:
+    try:
+        from ..kernels import group_norm_silu as tk
+    except ImportError:  # no triton here: the backend reports itself unavailable
+        return
+    from torch.library import triton_op
+
+    @triton_op("gencore::group_norm_silu_fwd_triton", mutates_args=())
+    def group_norm_silu_fwd_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                                   temb: torch.Tensor | None, scale_shift: torch.Tensor | None, num_groups: int,
+                                   eps: float, silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tk.group_norm_silu_fwd(x, weight, bias, temb, scale_shift, num_groups, eps, silu)
+
+    @triton_op("gencore::group_norm_silu_bwd_triton", mutates_args=())
+    def group_norm_silu_bwd_triton(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
+                                   bias: torch.Tensor | None, temb: torch.Tensor | None,
+                                   scale_shift: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+                                   num_groups: int, silu: bool
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tk.group_norm_silu_bwd(grad_out, x, weight, bias, temb, scale_shift, mean, rstd, num_groups, silu)
+
+    group_norm_silu_fwd_triton.register_autograd(_make_backward(torch.ops.gencore.group_norm_silu_bwd_triton),
+                                                 setup_context=_setup_context)
+
+
+_register_cpp_ops()
+_register_triton_ops()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Public op
+
+
+def group_norm_silu(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    temb: torch.Tensor | None = None,
+    scale_shift: torch.Tensor | None = None,
+    activation: str | None = "silu",
+    backend: str | None = None,
+) -> torch.Tensor:
+    """SiLU(GroupNorm(x + temb)), fused: the normalization of a diffusion-UNet residual block in one pass.
+
+    Args:
+        x: (N, C, *spatial) with any number of spatial dims (none included); float16, bfloat16, float32, or float64.
+            Contiguous and channels-last inputs are read in place; other strides are copied first.
+        num_groups: G, which must divide C. Statistics are taken over each group's C/G channels and all positions.
+        weight, bias: (C,) per-channel affine (as nn.GroupNorm's), same dtype and device as x, or None.
+        eps: added to the variance before the square root.
+        temb: (N, C) time embedding added to x per channel *before* the statistics (the residual-block pattern).
+        scale_shift: (N, 2C) = cat([scale, shift], dim=1), applied after the affine as
+            y = norm * (1 + scale) + shift (diffusers' / ADM's time_embedding_norm="scale_shift").
+        activation: "silu" (default) or None for plain GroupNorm.
+        backend: "reference", "cpu" (CPU tensors), "cuda" (CUDA tensors), "triton" (CUDA tensors; CPU tensors under
+            TRITON_INTERPRET=1), "auto", or None to use gencore.use_backend / set_backend / GENCORE_BACKEND / auto.
+
+    Returns:
+        y with x's shape, dtype and layout. Statistics accumulate in float32 (float64 for float64 input) with a
+        centred two-pass variance, so large offsets (x = 1000 + noise) keep their precision.
+
+    Differentiable with respect to x, weight, bias, temb and scale_shift, to any order (double backward recomputes
+    through the reference). Deterministic: no floating-point atomics on any backend.
+    """
+    check_args(x, num_groups, weight, bias, eps, temb, scale_shift, activation)
+    name = backends.resolve(backend, x.device, IMPLEMENTED)
+    if name == "reference":
+        return group_norm_silu_ref(x, num_groups, weight, bias, eps, temb=temb, scale_shift=scale_shift,
+                                   activation=activation)
+    op = torch.ops.gencore.group_norm_silu_fwd_triton if name == "triton" else torch.ops.gencore.group_norm_silu_fwd
+    return op(x, weight, bias, temb, scale_shift, num_groups, float(eps), activation == "silu")[0]

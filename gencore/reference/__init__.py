@@ -1,0 +1,1 @@
+"""Pure-PyTorch twins of every fused op: the truth the tests hold each backend to."""

@@ -1,0 +1,76 @@
+"""Pure-PyTorch twin of the fused GroupNorm + SiLU + time-embedding op: the truth every backend is tested against.
+
+    h      = x + temb[:, :, None, ...]                      (temb: (N, C), optional)
+    xhat   = (h - mean_g(h)) / sqrt(var_g(h) + eps)         (biased variance over each group's C/G channels and space)
+    a      = xhat * weight[c] + bias[c]                     (affine, optional)
+    a      = a * (1 + scale[n, c]) + shift[n, c]            (scale_shift = cat([scale, shift], 1): (N, 2C), optional)
+    y      = silu(a) = a * sigmoid(a)                       (activation="silu"; None gives plain GroupNorm)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(N, C) -> (N, C, 1, ..., 1) broadcastable against an (N, C, *spatial) tensor of `ndim` dims."""
+    return t.reshape(t.shape + (1,) * (ndim - 2))
+
+
+def group_norm_silu_ref(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    temb: torch.Tensor | None = None,
+    scale_shift: torch.Tensor | None = None,
+    activation: str | None = "silu",
+    upcast: bool = False,
+) -> torch.Tensor:
+    """Reference forward. Differentiable to any order through plain autograd.
+
+    upcast=True computes in float64 (the tests' truth) and returns float64; otherwise float16/bfloat16 inputs are
+    computed in float32 (as every fused backend does) and cast back to the input dtype.
+    """
+    out_dtype = x.dtype
+    compute = torch.float64 if upcast else (torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
+
+    def cast(t):
+        return None if t is None else t.to(compute)
+
+    h = x.to(compute)
+    if temb is not None:
+        h = h + _per_channel(cast(temb), x.dim())
+    n, c = x.shape[:2]
+    grouped = h.reshape(n, num_groups, -1)
+    # Two-pass (centered) variance: exact on offset data, unlike E[x^2] - E[x]^2.
+    mean = grouped.mean(dim=2, keepdim=True)
+    var = (grouped - mean).square().mean(dim=2, keepdim=True)
+    a = ((grouped - mean) * torch.rsqrt(var + eps)).reshape(h.shape)
+    if weight is not None:
+        a = a * cast(weight).reshape((1, c) + (1,) * (x.dim() - 2))
+    if bias is not None:
+        a = a + cast(bias).reshape((1, c) + (1,) * (x.dim() - 2))
+    if scale_shift is not None:
+        scale, shift = cast(scale_shift).chunk(2, dim=1)
+        a = a * (1 + _per_channel(scale, x.dim())) + _per_channel(shift, x.dim())
+    if activation == "silu":
+        a = F.silu(a)
+    y = a if upcast else a.to(out_dtype)
+    # Keep the input's layout (channels_last in, channels_last out), by the same rule as every backend.
+    if not x.is_contiguous() and x.dim() >= 3 and x.movedim(1, -1).is_contiguous():
+        y = y.movedim(1, -1).contiguous().movedim(-1, 1)
+    return y
+
+
+def group_norm_silu_stats_ref(x: torch.Tensor, num_groups: int, eps: float = 1e-5, temb: torch.Tensor | None = None):
+    """Per-(sample, group) mean and 1/sqrt(var + eps) of x + temb, float64, shape (N, G): checks the saved stats."""
+    h = x.double()
+    if temb is not None:
+        h = h + _per_channel(temb.double(), x.dim())
+    grouped = h.reshape(x.shape[0], num_groups, -1)
+    mean = grouped.mean(dim=2)
+    var = (grouped - mean[..., None]).square().mean(dim=2)
+    return mean, torch.rsqrt(var + eps)

@@ -1,0 +1,1 @@
+"""Triton kernels and their host launchers, one file per op; installed as gencore.kernels. No autograd here."""

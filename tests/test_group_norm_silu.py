@@ -1,0 +1,358 @@
+"""gencore.ops.group_norm_silu: every backend against the float64 reference, outputs and all gradients."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import gencore
+from gencore.ops.group_norm_silu import group_norm_silu, is_channels_last
+from gencore.reference.group_norm_silu import group_norm_silu_ref, group_norm_silu_stats_ref
+from gencore.testing import assert_close, backend_params, device_for
+
+BACKENDS = backend_params(("cpu", "cuda", "triton"))
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+# (N, C, spatial, G), each named for the corner it covers.
+SHAPES = {
+    "batch1-groups1": (1, 4, (5, 3), 1),
+    "groups3": (2, 6, (5, 3), 3),
+    "groups7-C-not-multiple-of-8-33x17": (2, 14, (33, 17), 7),
+    "groups32": (2, 64, (8, 8), 32),
+    "groups-eq-C-1x1": (2, 12, (1, 1), 12),
+    "cpg160": (1, 160, (4, 4), 1),
+    "volume-3d": (2, 10, (3, 4, 5), 5),
+    "sequence-1d": (3, 9, (17,), 3),
+    "no-spatial": (2, 8, (), 4),
+}
+LARGE_SHAPES = {
+    "64x64-groups32": (1, 64, (64, 64), 32),
+    "prime-spatial-37x41": (2, 30, (37, 41), 6),
+}
+
+
+def _make(shape, dtype, device, *, affine=True, temb=True, scale_shift=True, offset=0.0, seed=0):
+    n, c, spatial, g = shape
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*size, scale=1.0, shift=0.0):
+        return (torch.randn(*size, generator=gen, dtype=torch.float64) * scale + shift).to(dtype).to(device)
+
+    return dict(
+        x=rnd(n, c, *spatial, shift=offset),
+        num_groups=g,
+        weight=rnd(c, scale=0.5, shift=1.0) if affine else None,
+        bias=rnd(c, scale=0.5) if affine else None,
+        temb=rnd(n, c) if temb else None,
+        scale_shift=rnd(n, 2 * c, scale=0.5) if scale_shift else None,
+    )
+
+
+def _truth(args, activation="silu"):
+    """The float64 reference output from the same (already rounded) inputs."""
+    return group_norm_silu_ref(args["x"], args["num_groups"], args["weight"], args["bias"], 1e-5,
+                               temb=args["temb"], scale_shift=args["scale_shift"], activation=activation,
+                               upcast=True)
+
+
+def _grads(fn, args, grad_out):
+    leaves = {k: (v.detach().clone().requires_grad_() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    y = fn(leaves)
+    y.backward(grad_out.to(y.dtype))
+    names = ["x", "weight", "bias", "temb", "scale_shift"]
+    return y, {k: leaves[k].grad for k in names if isinstance(leaves[k], torch.Tensor)}
+
+
+def _fused(backend, activation="silu"):
+    def fn(a):
+        return group_norm_silu(a["x"], a["num_groups"], a["weight"], a["bias"], temb=a["temb"],
+                               scale_shift=a["scale_shift"], activation=activation, backend=backend)
+    return fn
+
+
+def _reference64(activation="silu"):
+    def fn(a):
+        return group_norm_silu_ref(a["x"], a["num_groups"], a["weight"], a["bias"], temb=a["temb"],
+                                   scale_shift=a["scale_shift"], activation=activation, upcast=True)
+    return fn
+
+
+def _check_fwd_bwd(backend, args, dtype, activation="silu"):
+    grad_out = torch.randn(args["x"].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grad_out = grad_out.to(dtype).to(args["x"].device)
+    y, grads = _grads(_fused(backend, activation), args, grad_out)
+    # The truth gets the same (rounded) gradient the fused op saw.
+    ref_y, ref_grads = _grads(_reference64(activation), args, grad_out)
+    assert y.dtype == dtype and y.shape == args["x"].shape
+    assert_close(y, ref_y, dtype, msg=f"{backend} output")
+    for k in ref_grads:
+        assert grads[k] is not None, f"no gradient for {k}"
+        assert grads[k].dtype == args[k].dtype and grads[k].shape == args[k].shape
+        assert_close(grads[k], ref_grads[k], dtype, kind="grad", msg=f"{backend} grad {k}")
+    return y
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_matches_reference(backend, dtype, shape):
+    args = _make(shape, dtype, device_for(backend))
+    _check_fwd_bwd(backend, args, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", LARGE_SHAPES.values(), ids=LARGE_SHAPES.keys())
+def test_large_shapes(backend, shape):
+    if backend == "triton" and not torch.cuda.is_available():
+        shape = (shape[0], shape[1], tuple(min(s, 24) for s in shape[2]), shape[3])  # the interpreter is slow
+    args = _make(shape, torch.float32, device_for(backend))
+    _check_fwd_bwd(backend, args, torch.float32)
+
+
+OPTIONS = list(itertools.product([True, False], [True, False], [True, False], ["silu", None]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("affine,temb,scale_shift,activation", OPTIONS,
+                         ids=[f"affine{a}-temb{t}-ss{s}-{act}" for a, t, s, act in OPTIONS])
+def test_options(backend, affine, temb, scale_shift, activation):
+    args = _make((2, 12, (5, 7), 4), torch.float32, device_for(backend), affine=affine, temb=temb,
+                 scale_shift=scale_shift)
+    _check_fwd_bwd(backend, args, torch.float32, activation)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_large_mean_offset(backend, dtype):
+    """x = 1000 + randn: E[x^2] - E[x]^2 in float32 would lose every significant digit of the variance."""
+    args = _make((2, 16, (9, 11), 4), dtype, device_for(backend), offset=1000.0)
+    _check_fwd_bwd(backend, args, dtype)
+
+
+def _layouts(x):
+    yield "contiguous", x
+    if x.dim() == 4:
+        yield "channels_last", x.contiguous(memory_format=torch.channels_last)
+    if x.dim() == 5:
+        yield "channels_last_3d", x.contiguous(memory_format=torch.channels_last_3d)
+    if x.dim() == 3:
+        yield "channels_innermost_1d", x.transpose(1, 2).contiguous().transpose(1, 2)
+    wide = torch.cat([x, x], dim=-1)
+    yield "strided_view", wide[..., ::2] if x.shape[-1] > 1 else wide[..., :1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(2, 12, (6, 5), 4), (2, 8, (3, 4, 5), 2), (2, 6, (7,), 3)], ids=["2d", "3d", "1d"])
+def test_layouts(backend, shape):
+    base = _make(shape, torch.float32, device_for(backend))
+    for name, x in _layouts(base["x"]):
+        args = dict(base, x=x)
+        y = _check_fwd_bwd(backend, args, torch.float32)
+        if name.startswith("channels"):
+            assert is_channels_last(y), f"{backend}: {name} input must give a {name} output"
+        elif name == "contiguous":
+            assert y.is_contiguous()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grad_out_layout_differs_from_input(backend):
+    """torch.compile may hand the backward a channels_last tangent for a contiguous input (and vice versa)."""
+    args = _make((2, 8, (5, 6), 4), torch.float32, device_for(backend))
+    grad_out = torch.randn(args["x"].shape, dtype=torch.float32, device=args["x"].device)
+    for x, g in [(args["x"], grad_out.contiguous(memory_format=torch.channels_last)),
+                 (args["x"].contiguous(memory_format=torch.channels_last), grad_out)]:
+        a = dict(args, x=x)
+        _, grads = _grads(_fused(backend), a, g)
+        _, ref = _grads(_reference64(), a, g.double())
+        for k in ref:
+            assert_close(grads[k], ref[k], torch.float32, kind="grad", msg=k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saved_statistics(backend):
+    args = _make((2, 12, (5, 7), 3), torch.float32, device_for(backend), offset=50.0)
+    op = torch.ops.gencore.group_norm_silu_fwd_triton if backend == "triton" else torch.ops.gencore.group_norm_silu_fwd
+    _, mean, rstd = op(args["x"], args["weight"], args["bias"], args["temb"], args["scale_shift"], 3, 1e-5, True)
+    ref_mean, ref_rstd = group_norm_silu_stats_ref(args["x"], 3, 1e-5, args["temb"])
+    assert mean.dtype == torch.float32 and mean.shape == (2, 3)
+    assert_close(mean, ref_mean, torch.float32)
+    assert_close(rstd, ref_rstd, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deterministic(backend):
+    args = _make((2, 32, (9, 9), 8), torch.float32, device_for(backend))
+    grad_out = torch.randn(args["x"].shape, generator=torch.Generator().manual_seed(3)).to(args["x"].device)
+    y1, g1 = _grads(_fused(backend), args, grad_out)
+    y2, g2 = _grads(_fused(backend), args, grad_out)
+    assert torch.equal(y1, y2)
+    for k in g1:
+        assert torch.equal(g1[k], g2[k]), k
+
+
+GRADCHECK_BACKENDS = [pytest.param("reference", id="reference")] + backend_params(("cpu", "triton"))
+
+
+@pytest.mark.parametrize("backend", GRADCHECK_BACKENDS)
+@pytest.mark.parametrize("activation", ["silu", None])
+def test_gradcheck_and_gradgradcheck(backend, activation):
+    args = _make((2, 6, (3, 2), 3), torch.float64, device_for(backend))
+    names = ["x", "weight", "bias", "temb", "scale_shift"]
+    inputs = tuple(args[k].clone().requires_grad_() for k in names)
+
+    def fn(x, w, b, t, ss):
+        return group_norm_silu(x, 3, w, b, temb=t, scale_shift=ss, activation=activation, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# torch.library integration
+
+
+@pytest.mark.skipif("cpu" not in gencore.available_backends(), reason="needs the C++ extension")
+def test_opcheck_cpp_ops():
+    args = _make((2, 6, (4, 3), 3), torch.float32, torch.device("cpu"))
+    fwd_args = (args["x"].requires_grad_(), args["weight"], args["bias"], args["temb"], args["scale_shift"], 3, 1e-5,
+                True)
+    torch.library.opcheck(torch.ops.gencore.group_norm_silu_fwd.default, fwd_args)
+    y, mean, rstd = torch.ops.gencore.group_norm_silu_fwd(*fwd_args)
+    torch.library.opcheck(torch.ops.gencore.group_norm_silu_bwd.default,
+                          (torch.randn_like(y), args["x"].detach(), args["weight"], args["bias"], args["temb"],
+                           args["scale_shift"], mean, rstd, 3, True))
+
+
+@pytest.mark.parametrize("backend", [pytest.param("reference", id="reference")] + backend_params(("cpu",)))
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+            self.weight = torch.nn.Parameter(torch.rand(8) + 0.5)
+            self.bias = torch.nn.Parameter(torch.randn(8))
+
+        def forward(self, x, temb):
+            h = group_norm_silu(x, 4, self.weight, self.bias, temb=temb, backend=backend)
+            return self.conv(h) + x
+
+    block = Block()
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    temb = torch.randn(2, 8)
+    eager = block(x, temb)
+    eager.sum().backward()
+    eager_grad = x.grad.clone()
+    x.grad = None
+    compiled = torch.compile(block, fullgraph=True)(x, temb)
+    compiled.sum().backward()
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.grad, eager_grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif("cpu" not in gencore.available_backends(), reason="needs the C++ extension")
+def test_torch_export():
+    class Block(torch.nn.Module):
+        def forward(self, x, temb):
+            return group_norm_silu(x, 4, temb=temb, backend="cpu")
+
+    x, temb = torch.randn(2, 8, 5, 5), torch.randn(2, 8)
+    exported = torch.export.export(Block(), (x, temb))
+    torch.testing.assert_close(exported.module()(x, temb), Block()(x, temb))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Backend selection
+
+
+def test_backend_selection_order(monkeypatch):
+    x = torch.randn(2, 4, 3, 3)
+    monkeypatch.setenv("GENCORE_BACKEND", "reference")
+    assert gencore.get_backend() == "reference"
+    gencore.set_backend("auto")
+    try:
+        assert gencore.get_backend() == "auto"
+        with gencore.use_backend("reference"):
+            assert gencore.get_backend() == "reference"
+            with gencore.use_backend("auto"):
+                assert gencore.get_backend() == "auto"
+            assert gencore.get_backend() == "reference"
+    finally:
+        gencore.set_backend(None)
+    assert gencore.get_backend() == "reference"  # the environment again
+    assert gencore.backends.resolve("reference", x.device) == "reference"
+    monkeypatch.delenv("GENCORE_BACKEND")
+    expected = "cpu" if "cpu" in gencore.available_backends() else "reference"
+    assert gencore.backends.resolve(None, x.device) == expected
+
+
+def test_explicit_backend_that_cannot_serve_raises():
+    x = torch.randn(2, 4, 3, 3)
+    with pytest.raises(RuntimeError, match="cuda"):
+        group_norm_silu(x, 2, backend="cuda")
+    with pytest.raises(ValueError, match="backend"):
+        group_norm_silu(x, 2, backend="tpu")
+    with pytest.raises(ValueError, match="GENCORE_BACKEND"):
+        import os
+        os.environ["GENCORE_BACKEND"] = "nope"
+        try:
+            group_norm_silu(x, 2)
+        finally:
+            del os.environ["GENCORE_BACKEND"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input: a clear exception naming the argument, on every backend.
+
+ALL = [pytest.param("reference", id="reference")] + BACKENDS
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_bad_input(backend):
+    dev = device_for(backend)
+    x = torch.randn(2, 6, 4, 4, device=dev)
+    w = torch.ones(6, device=dev)
+    cases = [
+        (ValueError, "num_groups", lambda: group_norm_silu(x, 4, backend=backend)),
+        (ValueError, "num_groups", lambda: group_norm_silu(x, 0, backend=backend)),
+        (TypeError, "num_groups", lambda: group_norm_silu(x, 2.0, backend=backend)),
+        (ValueError, "temb", lambda: group_norm_silu(x, 2, temb=torch.randn(2, 5, device=dev), backend=backend)),
+        (ValueError, "scale_shift", lambda: group_norm_silu(x, 2, scale_shift=torch.randn(2, 6, device=dev),
+                                                            backend=backend)),
+        (ValueError, "weight", lambda: group_norm_silu(x, 2, torch.ones(5, device=dev), backend=backend)),
+        (TypeError, "weight", lambda: group_norm_silu(x, 2, w.double(), backend=backend)),
+        (TypeError, "bias", lambda: group_norm_silu(x, 2, w, w.half(), backend=backend)),
+        (TypeError, "x", lambda: group_norm_silu(x.long(), 2, backend=backend)),
+        (TypeError, "x", lambda: group_norm_silu(x.numpy() if dev.type == "cpu" else 3, 2, backend=backend)),
+        (ValueError, "x", lambda: group_norm_silu(x[:0], 2, backend=backend)),
+        (ValueError, "x", lambda: group_norm_silu(torch.randn(6, device=dev), 2, backend=backend)),
+        (ValueError, "activation", lambda: group_norm_silu(x, 2, activation="gelu", backend=backend)),
+        (ValueError, "eps", lambda: group_norm_silu(x, 2, eps=-1.0, backend=backend)),
+    ]
+    if dev.type == "cpu" and torch.device("meta") != dev:
+        cases.append((ValueError, "device", lambda: group_norm_silu(x, 2, torch.ones(6, device="meta"),
+                                                                   backend=backend)))
+    for exc, word, call in cases:
+        with pytest.raises(exc, match=word):
+            call()
+
+
+@pytest.mark.skipif("cpu" not in gencore.available_backends(), reason="needs the C++ extension")
+def test_raw_cpp_op_checks_its_arguments():
+    """Calling torch.ops.gencore.* directly skips the Python checks; the C++ ones must still refuse bad input."""
+    x = torch.randn(2, 6, 4, 4)
+    with pytest.raises(RuntimeError):
+        torch.ops.gencore.group_norm_silu_fwd(x, None, None, None, None, 4, 1e-5, True)
+    with pytest.raises(RuntimeError):
+        torch.ops.gencore.group_norm_silu_fwd(x, torch.ones(5), None, None, None, 2, 1e-5, True)
+    with pytest.raises(RuntimeError):
+        torch.ops.gencore.group_norm_silu_fwd(x, None, None, torch.ones(2, 5), None, 2, 1e-5, True)
+    with pytest.raises(RuntimeError):
+        torch.ops.gencore.group_norm_silu_fwd(x.long(), None, None, None, None, 2, 1e-5, True)
+    with pytest.raises(RuntimeError):
+        torch.ops.gencore.group_norm_silu_fwd(x[:0], None, None, None, None, 2, 1e-5, True)
