@@ -31,6 +31,18 @@ TORCH_LIBRARY(gencore, m) {
   m.def("group_norm_silu_bwd(Tensor grad_out, Tensor x, Tensor? weight, Tensor? bias, Tensor? temb, "
         "Tensor? scale_shift, Tensor mean, Tensor rstd, int num_groups, bool silu) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // One fused DDPM/DDIM update (gencore/reference/sampler_step.py): returns (prev_sample, pred_original_sample).
+  // coefs: (T, 9) gathered per sample by timesteps (N,); z = noise, else Philox(philox_seed, philox_offset), else 0.
+  m.def("sampler_step(Tensor model_output, Tensor sample, Tensor timesteps, Tensor coefs, "
+        "Tensor? model_output_uncond, float guidance_scale, float? clip_range, Tensor? threshold, Tensor? noise, "
+        "int? philox_seed, int philox_offset) -> (Tensor, Tensor)");
+  // noisy = c0 x0 + c1 noise with coefs (T, 2); returns (noisy, velocity = c0 noise - c1 x0), the velocity a
+  // 0-element tensor unless velocity=True.
+  m.def("diffusion_training_inputs(Tensor x0, Tensor noise, Tensor timesteps, Tensor coefs, bool velocity) "
+        "-> (Tensor, Tensor)");
+  // The raw Philox4x32-10 words of sampler_step's noise: (N, numel per sample) int64 holding uint32 values.
+  m.def("philox_uint32(Tensor sample, int seed, int offset) -> Tensor");
 }
 
 }  // namespace gencore

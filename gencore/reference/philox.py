@@ -98,6 +98,12 @@ def check_philox_args(seed, offset, num_samples: int, numel_per_sample: int) -> 
 def philox_uint32(num_samples: int, numel_per_sample: int, seed: int, offset: int,
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """The raw word of every element: (num_samples, numel_per_sample) int64 with values in [0, 2^32)."""
+    return _words(num_samples, numel_per_sample, seed, offset, device)[:, :numel_per_sample]
+
+
+def _words(num_samples: int, numel_per_sample: int, seed: int, offset: int, device) -> torch.Tensor:
+    """Words of whole counter groups: (num_samples, 4 * ceil(numel_per_sample / 4)). The last group's words past
+    the end of a sample still feed the Box-Muller pairs of the elements before them."""
     check_philox_args(seed, offset, num_samples, numel_per_sample)
     groups = (numel_per_sample + 3) // 4
     g = torch.arange(groups, dtype=torch.int64, device=device)
@@ -108,18 +114,16 @@ def philox_uint32(num_samples: int, numel_per_sample: int, seed: int, offset: in
     c3 = torch.full_like(c0, offset >> 32)
     words = philox4x32_10(c0, c1, c2, c3, seed & MASK32, seed >> 32)
     # (N, groups, 4) -> element e = 4g + lane
-    return torch.stack(words, dim=-1).reshape(num_samples, groups * 4)[:, :numel_per_sample]
+    return torch.stack(words, dim=-1).reshape(num_samples, groups * 4)
 
 
 def box_muller(words: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Standard normals from the words of philox_uint32 (last dim = element index, padded or not to a multiple of 4).
+    """Standard normals from Philox words (last dim = element index, an even length: whole (radius, angle) pairs).
 
     Computed in `dtype` (float32 or float64), exactly as the module doc defines.
     """
-    numel = words.shape[-1]
-    pad = (-numel) % 4
-    if pad:
-        words = torch.nn.functional.pad(words, (0, pad))
+    if words.shape[-1] % 2:
+        raise ValueError("box_muller needs whole (radius, angle) word pairs: an even last dimension")
     pairs = words.reshape(*words.shape[:-1], -1, 2)  # (..., pairs, [even, odd])
     scale = 2.0 ** -24
     v = (pairs[..., 0] >> 8).to(dtype) * scale
@@ -127,7 +131,7 @@ def box_muller(words: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
     r = torch.sqrt(-2.0 * torch.log1p(-v))
     angle = (2.0 * math.pi) * a
     z = torch.stack([r * torch.cos(angle), r * torch.sin(angle)], dim=-1)
-    return z.reshape(*words.shape[:-1], -1)[..., :numel]
+    return z.reshape(*words.shape[:-1], -1)
 
 
 def philox_normal(shape: tuple[int, ...] | torch.Size, seed: int, offset: int, *, dtype: torch.dtype = torch.float32,
@@ -141,4 +145,4 @@ def philox_normal(shape: tuple[int, ...] | torch.Size, seed: int, offset: int, *
         raise ValueError("philox_normal needs a shape (N, *) with a batch dimension")
     n = shape[0]
     numel = math.prod(shape[1:])
-    return box_muller(philox_uint32(n, numel, seed, offset, device), dtype).reshape(shape)
+    return box_muller(_words(n, numel, seed, offset, device), dtype)[:, :numel].reshape(shape)

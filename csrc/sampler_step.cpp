@@ -1,0 +1,395 @@
+// CPU kernels of the fused diffusion ops (schemas in gencore.cpp, math in gencore/reference/sampler_step.py):
+//
+//   sampler_step                one pass: guidance, x0, clip/threshold, eps, posterior mean, noise.
+//   diffusion_training_inputs   one pass: noisy = c0 x0 + c1 noise (+ velocity = c0 noise - c1 x0).
+//   philox_uint32               the raw Philox words (tests: bit-identical noise across backends).
+//
+// Work is split into chunks of kChunk elements of one sample, so every chunk has a single row of coefficients
+// (gathered once from the table by that sample's timestep) and, for Philox noise, a whole number of 4-element
+// counter groups. Each chunk is read and written once with at::vec::Vectorized; math in float32 (float64 for
+// float64). One allocation per output.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "philox.h"
+
+namespace gencore {
+namespace {
+
+using at::vec::Vectorized;
+
+constexpr int64_t kChunk = 2048;              // elements per work item: a multiple of 4 and of every vector width
+constexpr int64_t kGrainElements = 1 << 15;   // below ~32K elements a second thread costs more than it saves
+constexpr int kNumCoefs = 9;
+
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// Loads `count` (<= vector size) elements as the compute type; half types convert through a small buffer.
+template <typename acc_t, typename scalar_t>
+inline Vectorized<acc_t> load(const scalar_t* p, int64_t count) {
+  using Vec = Vectorized<acc_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
+  } else {
+    alignas(64) acc_t buf[Vec::size()] = {};
+    for (int64_t j = 0; j < count; ++j) buf[j] = static_cast<acc_t>(p[j]);
+    return Vec::loadu(buf);
+  }
+}
+
+template <typename acc_t, typename scalar_t>
+inline void store(const Vectorized<acc_t>& v, scalar_t* p, int64_t count) {
+  using Vec = Vectorized<acc_t>;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (count == Vec::size()) v.store(p); else v.store(p, count);
+  } else {
+    alignas(64) acc_t buf[Vec::size()];
+    v.store(buf);
+    for (int64_t j = 0; j < count; ++j) p[j] = static_cast<scalar_t>(buf[j]);
+  }
+}
+
+bool is_channels_last(const at::Tensor& t) {
+  return t.dim() >= 3 && !t.is_contiguous() && t.movedim(1, -1).is_contiguous();
+}
+
+// The layout the kernels read: channels innermost (the sample's channels-last layout) or contiguous.
+at::Tensor in_layout(const at::Tensor& t, bool channels_last) {
+  if (channels_last) return is_channels_last(t) ? t : t.movedim(1, -1).contiguous().movedim(-1, 1);
+  return t.contiguous();
+}
+
+void check_like(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+  TORCH_CHECK(t.sizes() == ref.sizes(), name, " must have the shape of ", ref_name, " ", ref.sizes(), ", got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), " but ", ref_name,
+              " has dtype ", ref.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ", ref.device());
+}
+
+// Checks timesteps and coefs against the samples; returns the timesteps as a contiguous int64 tensor.
+at::Tensor check_table(const at::Tensor& sample, const at::Tensor& timesteps, const at::Tensor& coefs,
+                       int64_t columns, const char* sample_name) {
+  TORCH_CHECK(sample.dim() >= 1 && sample.numel() > 0, sample_name, " must be a non-empty (N, *) tensor");
+  TORCH_CHECK(sample.device().is_cpu(), "the CPU kernel got ", sample_name, " on ", sample.device());
+  TORCH_CHECK(at::isFloatingType(sample.scalar_type()), sample_name, " must be a floating-point tensor, got ",
+              sample.scalar_type());
+  TORCH_CHECK(timesteps.scalar_type() == at::kLong, "timesteps must be an int64 tensor, got ",
+              timesteps.scalar_type());
+  TORCH_CHECK(timesteps.dim() == 1 && timesteps.size(0) == sample.size(0), "timesteps must have shape (",
+              sample.size(0), ",), got ", timesteps.sizes());
+  TORCH_CHECK(timesteps.device() == sample.device(), "timesteps is on ", timesteps.device(), " but ", sample_name,
+              " is on ", sample.device());
+  TORCH_CHECK(coefs.dim() == 2 && coefs.size(1) == columns && coefs.size(0) >= 1, "coefs must have shape (T, ",
+              columns, ") with T >= 1, got ", coefs.sizes());
+  const auto want = sample.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(coefs.scalar_type() == want, "coefs must be ", want, " for ", sample.scalar_type(), " ", sample_name,
+              ", got ", coefs.scalar_type());
+  TORCH_CHECK(coefs.device() == sample.device(), "coefs is on ", coefs.device(), " but ", sample_name, " is on ",
+              sample.device());
+  auto ts = timesteps.contiguous();
+  const int64_t* t = ts.data_ptr<int64_t>();
+  const int64_t rows = coefs.size(0);
+  for (int64_t n = 0; n < ts.numel(); ++n) {
+    TORCH_CHECK_INDEX(t[n] >= 0 && t[n] < rows, "timesteps[", n, "] = ", t[n], " is outside [0, ", rows,
+                      ") (the rows of coefs)");
+  }
+  return ts;
+}
+
+void check_philox(int64_t seed, int64_t offset, int64_t num_samples, int64_t numel_per_sample) {
+  TORCH_CHECK(seed >= 0, "philox_seed must be in [0, 2^63 - 1], got ", seed);
+  TORCH_CHECK(offset >= 0, "philox_offset must be in [0, 2^63 - 1], got ", offset);
+  TORCH_CHECK(num_samples <= (int64_t(1) << 32), "Philox noise supports at most 2^32 samples, got ", num_samples);
+  TORCH_CHECK(numel_per_sample <= (int64_t(1) << 34), "Philox noise supports at most 2^34 elements per sample, got ",
+              numel_per_sample);
+}
+
+// Runs body(n, start, len) over chunks of kChunk elements of each sample, in parallel.
+template <typename F>
+void for_each_chunk(int64_t num_samples, int64_t numel_per_sample, const F& body) {
+  const int64_t chunks = (numel_per_sample + kChunk - 1) / kChunk;
+  const int64_t per_item = std::min(kChunk, numel_per_sample);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / per_item);
+  at::parallel_for(0, num_samples * chunks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / chunks;
+      const int64_t start = (item % chunks) * kChunk;
+      body(n, start, std::min(kChunk, numel_per_sample - start));
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Philox normals for elements [start, start + len) of sample n, into z (compute type).
+//
+// Contiguous layout: start is a multiple of 4 (kChunk is), so the chunk is a run of whole counter groups: draw the
+// words, then Box-Muller with vector log1p/sqrt/cos/sin over the (radius, angle) pairs, interleaving the cosine and
+// sine halves back into element order. Channels-last layout: memory position p holds logical element
+// e = (p % C) * S + p / C, so each element draws its own group and takes its lane (a slower path, exact the same).
+
+template <typename acc_t>
+void philox_normals_contiguous(acc_t* z, uint64_t seed, uint64_t offset, int64_t n, int64_t start, int64_t len) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t kPairs = kChunk / 2;
+  alignas(64) acc_t radius[kPairs];
+  alignas(64) acc_t angle[kPairs];
+  const int64_t groups = (len + 3) / 4;
+  for (int64_t g = 0; g < groups; ++g) {
+    const auto w = philox::draw(seed, offset, static_cast<uint64_t>(n), static_cast<uint64_t>(start / 4 + g));
+    radius[2 * g] = philox::radius_uniform<acc_t>(w.w[0]);
+    angle[2 * g] = philox::angle_uniform<acc_t>(w.w[1]);
+    radius[2 * g + 1] = philox::radius_uniform<acc_t>(w.w[2]);
+    angle[2 * g + 1] = philox::angle_uniform<acc_t>(w.w[3]);
+  }
+  const int64_t pairs = 2 * groups;
+  const Vec minus_two(acc_t(-2)), two_pi(acc_t(2 * M_PI));
+  int64_t k = 0;
+  for (; k + Vec::size() <= pairs; k += Vec::size()) {
+    const Vec r = (minus_two * (-Vec::loadu(radius + k)).log1p()).sqrt();
+    const Vec a = two_pi * Vec::loadu(angle + k);
+    const auto zz = at::vec::interleave2(r * a.cos(), r * a.sin());
+    const int64_t e = 2 * k;  // element index of pair k within the chunk
+    if (e + 2 * Vec::size() <= len) {
+      std::get<0>(zz).store(z + e);
+      std::get<1>(zz).store(z + e + Vec::size());
+    } else {
+      alignas(64) acc_t tmp[2 * Vec::size()];
+      std::get<0>(zz).store(tmp);
+      std::get<1>(zz).store(tmp + Vec::size());
+      std::copy(tmp, tmp + (len - e), z + e);
+    }
+  }
+  for (; k < pairs; ++k) {
+    const acc_t r = std::sqrt(acc_t(-2) * std::log1p(-radius[k]));
+    const acc_t a = acc_t(2 * M_PI) * angle[k];
+    if (2 * k < len) z[2 * k] = r * std::cos(a);
+    if (2 * k + 1 < len) z[2 * k + 1] = r * std::sin(a);
+  }
+}
+
+template <typename acc_t>
+inline acc_t philox_normal_at(uint64_t seed, uint64_t offset, int64_t n, int64_t e) {
+  const auto w = philox::draw(seed, offset, static_cast<uint64_t>(n), static_cast<uint64_t>(e / 4));
+  const int lane = static_cast<int>(e % 4);
+  const int pair = lane / 2;
+  const acc_t r = std::sqrt(acc_t(-2) * std::log1p(-philox::radius_uniform<acc_t>(w.w[2 * pair])));
+  const acc_t a = acc_t(2 * M_PI) * philox::angle_uniform<acc_t>(w.w[2 * pair + 1]);
+  return lane % 2 == 0 ? r * std::cos(a) : r * std::sin(a);
+}
+
+template <typename acc_t>
+void philox_normals_channels_last(acc_t* z, uint64_t seed, uint64_t offset, int64_t n, int64_t start, int64_t len,
+                                  int64_t channels, int64_t spatial) {
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t p = start + i;
+    z[i] = philox_normal_at<acc_t>(seed, offset, n, (p % channels) * spatial + p / channels);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// sampler_step
+
+template <typename scalar_t>
+void sampler_step_kernel(const at::Tensor& model_output, const at::Tensor& sample, const at::Tensor& timesteps,
+                         const at::Tensor& coefs, const c10::optional<at::Tensor>& uncond, double guidance_scale,
+                         c10::optional<double> clip_range, const c10::optional<at::Tensor>& threshold,
+                         const c10::optional<at::Tensor>& noise, c10::optional<int64_t> philox_seed,
+                         int64_t philox_offset, bool channels_last, at::Tensor& prev, at::Tensor& x0_out) {
+  using acc_t = acc_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  const int64_t num_samples = sample.size(0);
+  const int64_t numel = sample.numel() / num_samples;
+  const int64_t channels = sample.dim() >= 2 ? sample.size(1) : 1;
+  const int64_t spatial = channels > 0 ? numel / channels : 0;
+  const scalar_t* x_ptr = sample.const_data_ptr<scalar_t>();
+  const scalar_t* m_ptr = model_output.const_data_ptr<scalar_t>();
+  const scalar_t* u_ptr = uncond.has_value() ? uncond->const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* z_ptr = noise.has_value() ? noise->const_data_ptr<scalar_t>() : nullptr;
+  const acc_t* th_ptr = threshold.has_value() ? threshold->const_data_ptr<acc_t>() : nullptr;
+  const int64_t* t_ptr = timesteps.const_data_ptr<int64_t>();
+  const acc_t* coef_ptr = coefs.const_data_ptr<acc_t>();
+  scalar_t* prev_ptr = prev.mutable_data_ptr<scalar_t>();
+  scalar_t* x0_ptr = x0_out.mutable_data_ptr<scalar_t>();
+  const bool philox = philox_seed.has_value();
+  const uint64_t seed = philox ? static_cast<uint64_t>(*philox_seed) : 0;
+  const uint64_t offset = static_cast<uint64_t>(philox_offset);
+  const bool clip = clip_range.has_value() && th_ptr == nullptr;
+  const acc_t clip_value = clip ? static_cast<acc_t>(*clip_range) : acc_t(0);
+  const acc_t g_scale = static_cast<acc_t>(guidance_scale);
+
+  for_each_chunk(num_samples, numel, [&](int64_t n, int64_t start, int64_t len) {
+    const acc_t* c = coef_ptr + t_ptr[n] * kNumCoefs;
+    const Vec c0(c[0]), c1(c[1]), c2(c[2]), c3(c[3]), c4(c[4]), c5(c[5]), c6(c[6]), c7(c[7]), c8(c[8]);
+    const Vec g(g_scale);
+    Vec lo, hi;
+    if (th_ptr) {
+      lo = Vec(-th_ptr[n]);
+      hi = Vec(th_ptr[n]);
+    } else if (clip) {
+      lo = Vec(-clip_value);
+      hi = Vec(clip_value);
+    }
+    alignas(64) acc_t z_buf[kChunk];  // Philox normals of this chunk (unused otherwise)
+    if (philox) {
+      if (channels_last) {
+        philox_normals_channels_last(z_buf, seed, offset, n, start, len, channels, spatial);
+      } else {
+        philox_normals_contiguous(z_buf, seed, offset, n, start, len);
+      }
+    }
+    const int64_t base = n * numel + start;
+    for (int64_t i = 0; i < len; i += Vec::size()) {
+      const int64_t count = std::min<int64_t>(Vec::size(), len - i);
+      const Vec x = load<acc_t>(x_ptr + base + i, count);
+      Vec m = load<acc_t>(m_ptr + base + i, count);
+      if (u_ptr) {
+        const Vec u = load<acc_t>(u_ptr + base + i, count);
+        m = u + g * (m - u);
+      }
+      Vec x0 = c0 * x + c1 * m;
+      if (th_ptr) {
+        x0 = at::vec::clamp(x0, lo, hi) / hi;
+      } else if (clip) {
+        x0 = at::vec::clamp(x0, lo, hi);
+      }
+      const Vec eps = c2 * x + c3 * m + c4 * x0;
+      Vec out = c5 * x0 + c6 * x + c7 * eps;
+      if (z_ptr) {
+        out = out + c8 * load<acc_t>(z_ptr + base + i, count);
+      } else if (philox) {
+        out = out + c8 * Vec::loadu(z_buf + i, count);
+      }
+      store(out, prev_ptr + base + i, count);
+      store(x0, x0_ptr + base + i, count);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
+    const at::Tensor& model_output_in, const at::Tensor& sample_in, const at::Tensor& timesteps,
+    const at::Tensor& coefs_in, const c10::optional<at::Tensor>& uncond_in, double guidance_scale,
+    c10::optional<double> clip_range, const c10::optional<at::Tensor>& threshold_in,
+    const c10::optional<at::Tensor>& noise_in, c10::optional<int64_t> philox_seed, int64_t philox_offset) {
+  const auto ts = check_table(sample_in, timesteps, coefs_in, kNumCoefs, "sample");
+  check_like(model_output_in, sample_in, "model_output", "sample");
+  if (uncond_in.has_value()) check_like(*uncond_in, sample_in, "model_output_uncond", "sample");
+  if (noise_in.has_value()) {
+    check_like(*noise_in, sample_in, "noise", "sample");
+    TORCH_CHECK(!philox_seed.has_value(), "give either noise or philox_seed, not both");
+  }
+  const int64_t num_samples = sample_in.size(0);
+  if (philox_seed.has_value()) check_philox(*philox_seed, philox_offset, num_samples, sample_in.numel() / num_samples);
+  if (clip_range.has_value()) TORCH_CHECK(*clip_range > 0, "clip_range must be positive, got ", *clip_range);
+
+  const bool channels_last = is_channels_last(sample_in);
+  const auto sample = in_layout(sample_in, channels_last);
+  const auto model_output = in_layout(model_output_in, channels_last);
+  const auto coefs = coefs_in.contiguous();
+  c10::optional<at::Tensor> uncond, noise, threshold;
+  if (uncond_in.has_value()) uncond = in_layout(*uncond_in, channels_last);
+  if (noise_in.has_value()) noise = in_layout(*noise_in, channels_last);
+  if (threshold_in.has_value()) {
+    TORCH_CHECK(threshold_in->dim() == 1 && threshold_in->size(0) == num_samples, "threshold must have shape (",
+                num_samples, ",), got ", threshold_in->sizes());
+    TORCH_CHECK(threshold_in->device() == sample.device(), "threshold is on ", threshold_in->device(),
+                " but sample is on ", sample.device());
+    TORCH_CHECK(at::isFloatingType(threshold_in->scalar_type()), "threshold must be a floating-point tensor");
+    threshold = threshold_in->to(coefs.scalar_type()).contiguous();
+  }
+  // empty_like keeps a dense sample's strides: contiguous stays contiguous, channels-last stays channels-last.
+  auto prev = at::empty_like(sample);
+  auto x0 = at::empty_like(sample);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sample.scalar_type(), "sampler_step_cpu", [&] {
+    sampler_step_kernel<scalar_t>(model_output, sample, ts, coefs, uncond, guidance_scale, clip_range, threshold,
+                                  noise, philox_seed, philox_offset, channels_last, prev, x0);
+  });
+  return {prev, x0};
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// diffusion_training_inputs
+
+template <typename scalar_t>
+void training_inputs_kernel(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& timesteps,
+                            const at::Tensor& coefs, at::Tensor& noisy, at::Tensor* velocity) {
+  using acc_t = acc_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  const int64_t num_samples = x0.size(0);
+  const int64_t numel = x0.numel() / num_samples;
+  const scalar_t* x_ptr = x0.const_data_ptr<scalar_t>();
+  const scalar_t* z_ptr = noise.const_data_ptr<scalar_t>();
+  const int64_t* t_ptr = timesteps.const_data_ptr<int64_t>();
+  const acc_t* coef_ptr = coefs.const_data_ptr<acc_t>();
+  scalar_t* noisy_ptr = noisy.mutable_data_ptr<scalar_t>();
+  scalar_t* v_ptr = velocity ? velocity->mutable_data_ptr<scalar_t>() : nullptr;
+  for_each_chunk(num_samples, numel, [&](int64_t n, int64_t start, int64_t len) {
+    const acc_t* c = coef_ptr + t_ptr[n] * 2;
+    const Vec c0(c[0]), c1(c[1]);
+    const int64_t base = n * numel + start;
+    for (int64_t i = 0; i < len; i += Vec::size()) {
+      const int64_t count = std::min<int64_t>(Vec::size(), len - i);
+      const Vec x = load<acc_t>(x_ptr + base + i, count);
+      const Vec z = load<acc_t>(z_ptr + base + i, count);
+      store(c0 * x + c1 * z, noisy_ptr + base + i, count);
+      if (v_ptr) store(c0 * z - c1 * x, v_ptr + base + i, count);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> training_inputs_cpu(const at::Tensor& x0_in, const at::Tensor& noise_in,
+                                                       const at::Tensor& timesteps, const at::Tensor& coefs_in,
+                                                       bool velocity) {
+  const auto ts = check_table(x0_in, timesteps, coefs_in, 2, "x0");
+  check_like(noise_in, x0_in, "noise", "x0");
+  const bool channels_last = is_channels_last(x0_in);
+  const auto x0 = in_layout(x0_in, channels_last);
+  const auto noise = in_layout(noise_in, channels_last);
+  const auto coefs = coefs_in.contiguous();
+  auto noisy = at::empty_like(x0);
+  auto v = velocity ? at::empty_like(x0) : at::empty({0}, x0.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "diffusion_training_inputs_cpu", [&] {
+    training_inputs_kernel<scalar_t>(x0, noise, ts, coefs, noisy, velocity ? &v : nullptr);
+  });
+  return {noisy, v};
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// philox_uint32: (N, numel per sample) int64 holding each element's word.
+
+at::Tensor philox_uint32_cpu(const at::Tensor& sample, int64_t seed, int64_t offset) {
+  TORCH_CHECK(sample.dim() >= 1, "sample must have a batch dimension (N, *)");
+  const int64_t num_samples = sample.size(0);
+  const int64_t numel = num_samples ? sample.numel() / num_samples : 0;
+  check_philox(seed, offset, num_samples, numel);
+  auto out = at::empty({num_samples, numel}, sample.options().dtype(at::kLong));
+  int64_t* o = out.mutable_data_ptr<int64_t>();
+  const int64_t groups = (numel + 3) / 4;
+  at::parallel_for(0, num_samples * groups, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t n = item / groups, g = item % groups;
+      const auto w = philox::draw(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
+                                  static_cast<uint64_t>(n), static_cast<uint64_t>(g));
+      for (int lane = 0; lane < 4 && 4 * g + lane < numel; ++lane) o[n * numel + 4 * g + lane] = w.w[lane];
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gencore, CPU, m) {
+  m.impl("sampler_step", &sampler_step_cpu);
+  m.impl("diffusion_training_inputs", &training_inputs_cpu);
+  m.impl("philox_uint32", &philox_uint32_cpu);
+}
+
+}  // namespace gencore
