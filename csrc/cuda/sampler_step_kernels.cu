@@ -1,0 +1,317 @@
+// CUDA kernels of the fused diffusion ops (interface: sampler_step_kernels.h; math: gencore/reference/sampler_step.py).
+//
+// One thread handles one Philox counter group: 4 consecutive logical elements of one sample, grid-stride over all
+// N * ceil(numel / 4) groups. The thread gathers its sample's coefficient row from the device-side table (the
+// timestep clamped to [0, T): the binding adds a device-side assert, and the kernel never reads out of bounds), then
+// reads and writes its 4 elements once. Contiguous samples whose size is a multiple of 4 use one vector load/store
+// per tensor (16 bytes for float32); other sizes and the channels-last layout go element by element. With Philox
+// noise, the group's 4 words are exactly the 4 normals the thread needs (gencore/reference/philox.py), so in-kernel
+// noise costs one Philox4x32-10 per 4 elements and no memory traffic.
+//
+// No host synchronisation anywhere: a loop of steps is CUDA-graph capturable. Transcendentals are the precise ones
+// (log1p, sincospi: --use_fast_math does not replace them), so normals agree with the other backends to rounding.
+#include "sampler_step_kernels.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "../philox.h"
+
+namespace gencore {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kNumCoefs = 9;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Element type traits: conversion to and from the compute type.
+
+template <typename T>
+struct Elem;
+template <>
+struct Elem<float> {
+  using acc = float;
+  __device__ static float to_acc(float v) { return v; }
+  __device__ static float from_acc(float v) { return v; }
+};
+template <>
+struct Elem<double> {
+  using acc = double;
+  __device__ static double to_acc(double v) { return v; }
+  __device__ static double from_acc(double v) { return v; }
+};
+template <>
+struct Elem<__half> {
+  using acc = float;
+  __device__ static float to_acc(__half v) { return __half2float(v); }
+  __device__ static __half from_acc(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Elem<__nv_bfloat16> {
+  using acc = float;
+  __device__ static float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+  __device__ static __nv_bfloat16 from_acc(float v) { return __float2bfloat16_rn(v); }
+};
+
+// Four elements as one aligned vector access (the caller guarantees 4-element alignment).
+template <typename T>
+struct alignas(4 * sizeof(T)) Pack4 {
+  T v[4];
+};
+
+// Reads / writes the 4 (or, at the end of a sample, fewer) elements of one group.
+template <typename T, bool VEC, bool CHANNELS_LAST>
+struct GroupIO {
+  int64_t mem[4];
+  int count;
+
+  __device__ GroupIO(int64_t n, int64_t e0, const SamplerDims& d) {
+    count = static_cast<int>(d.numel - e0 < 4 ? d.numel - e0 : 4);
+    const int64_t base = n * d.numel;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t e = e0 + j;
+      mem[j] = CHANNELS_LAST ? base + (e % d.S) * d.C + e / d.S : base + e;
+    }
+  }
+
+  template <typename A>
+  __device__ void load(const void* ptr, A out[4]) const {
+    const T* p = static_cast<const T*>(ptr);
+    if (VEC) {  // count == 4 and mem[0] % 4 == 0
+      const Pack4<T> pack = *reinterpret_cast<const Pack4<T>*>(p + mem[0]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) out[j] = Elem<T>::to_acc(pack.v[j]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) out[j] = j < count ? Elem<T>::to_acc(p[mem[j]]) : A(0);
+    }
+  }
+
+  template <typename A>
+  __device__ void store(void* ptr, const A in[4]) const {
+    T* p = static_cast<T*>(ptr);
+    if (VEC) {
+      Pack4<T> pack;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) pack.v[j] = Elem<T>::from_acc(in[j]);
+      *reinterpret_cast<Pack4<T>*>(p + mem[0]) = pack;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (j < count) p[mem[j]] = Elem<T>::from_acc(in[j]);
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Box-Muller on a (radius, angle) word pair: r = sqrt(-2 log1p(-v)), (r cos 2 pi a, r sin 2 pi a) = sincospi(2a).
+
+__device__ __forceinline__ void box_muller(uint32_t w_radius, uint32_t w_angle, float& z_cos, float& z_sin) {
+  const float v = philox::radius_uniform<float>(w_radius);
+  const float a = philox::angle_uniform<float>(w_angle);
+  const float r = sqrtf(-2.0f * log1pf(-v));
+  float s, c;
+  sincospif(2.0f * a, &s, &c);
+  z_cos = r * c;
+  z_sin = r * s;
+}
+
+__device__ __forceinline__ void box_muller(uint32_t w_radius, uint32_t w_angle, double& z_cos, double& z_sin) {
+  const double v = philox::radius_uniform<double>(w_radius);
+  const double a = philox::angle_uniform<double>(w_angle);
+  const double r = sqrt(-2.0 * log1p(-v));
+  double s, c;
+  sincospi(2.0 * a, &s, &c);
+  z_cos = r * c;
+  z_sin = r * s;
+}
+
+template <typename A>
+__device__ __forceinline__ void philox_normals(uint64_t seed, uint64_t offset, int64_t n, int64_t group, A z[4]) {
+  const philox::Words w = philox::draw(seed, offset, static_cast<uint64_t>(n), static_cast<uint64_t>(group));
+  box_muller(w.w[0], w.w[1], z[0], z[1]);
+  box_muller(w.w[2], w.w[3], z[2], z[3]);
+}
+
+__device__ __forceinline__ int64_t clamped_row(const int64_t* timesteps, int64_t n, int64_t T) {
+  const int64_t t = timesteps[n];
+  return t < 0 ? 0 : (t >= T ? T - 1 : t);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Kernels
+
+template <typename T, bool VEC, bool CHANNELS_LAST>
+__global__ void __launch_bounds__(kThreads) sampler_step_kernel(SamplerStepArgs a) {
+  using A = typename Elem<T>::acc;
+  const int64_t groups = (a.dims.numel + 3) / 4;
+  const int64_t total = a.dims.N * groups;
+  const A guidance = static_cast<A>(a.guidance_scale);
+  const A clip = static_cast<A>(a.clip_range);
+  const A* coefs = static_cast<const A*>(a.coefs);
+  const A* threshold = static_cast<const A*>(a.threshold);
+  for (int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; item < total;
+       item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t n = item / groups;
+    const int64_t g = item - n * groups;
+    const A* c = coefs + clamped_row(a.timesteps, n, a.T) * kNumCoefs;
+    const A c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3], c4 = c[4], c5 = c[5], c6 = c[6], c7 = c[7], c8 = c[8];
+    const GroupIO<T, VEC, CHANNELS_LAST> io(n, 4 * g, a.dims);
+    A x[4], m[4], z[4] = {A(0), A(0), A(0), A(0)};
+    io.load(a.sample, x);
+    io.load(a.model_output, m);
+    if (a.uncond) {
+      A u[4];
+      io.load(a.uncond, u);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) m[j] = u[j] + guidance * (m[j] - u[j]);
+    }
+    if (a.noise) {
+      io.load(a.noise, z);
+    } else if (a.philox) {
+      philox_normals(a.seed, a.offset, n, g, z);
+    }
+    A prev[4], x0[4];
+    const A s = threshold ? threshold[n] : A(0);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      A p0 = c0 * x[j] + c1 * m[j];
+      if (threshold) {
+        p0 = fmin(fmax(p0, -s), s) / s;
+      } else if (a.clip) {
+        p0 = fmin(fmax(p0, -clip), clip);
+      }
+      const A eps = c2 * x[j] + c3 * m[j] + c4 * p0;
+      prev[j] = c5 * p0 + c6 * x[j] + c7 * eps + c8 * z[j];
+      x0[j] = p0;
+    }
+    io.store(a.prev, prev);
+    io.store(a.x0, x0);
+  }
+}
+
+template <typename T, bool VEC, bool CHANNELS_LAST>
+__global__ void __launch_bounds__(kThreads) training_inputs_kernel(TrainingInputsArgs a) {
+  using A = typename Elem<T>::acc;
+  const int64_t groups = (a.dims.numel + 3) / 4;
+  const int64_t total = a.dims.N * groups;
+  const A* coefs = static_cast<const A*>(a.coefs);
+  for (int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; item < total;
+       item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t n = item / groups;
+    const int64_t g = item - n * groups;
+    const A* c = coefs + clamped_row(a.timesteps, n, a.T) * 2;
+    const A c0 = c[0], c1 = c[1];
+    const GroupIO<T, VEC, CHANNELS_LAST> io(n, 4 * g, a.dims);
+    A x[4], z[4], out[4];
+    io.load(a.x0, x);
+    io.load(a.noise, z);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) out[j] = c0 * x[j] + c1 * z[j];
+    io.store(a.noisy, out);
+    if (a.velocity) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) out[j] = c0 * z[j] - c1 * x[j];
+      io.store(a.velocity, out);
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    philox_uint32_kernel(int64_t* out, int64_t N, int64_t numel, uint64_t seed, uint64_t offset) {
+  const int64_t groups = (numel + 3) / 4;
+  for (int64_t item = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; item < N * groups;
+       item += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t n = item / groups;
+    const int64_t g = item - n * groups;
+    const philox::Words w = philox::draw(seed, offset, static_cast<uint64_t>(n), static_cast<uint64_t>(g));
+    for (int j = 0; j < 4 && 4 * g + j < numel; ++j) out[n * numel + 4 * g + j] = static_cast<int64_t>(w.w[j]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Launchers
+
+// Enough blocks to fill any current GPU several times over; the grid-stride loop covers the rest. A fixed cap (no
+// device query) keeps the launcher free of host calls.
+constexpr int64_t kMaxBlocks = 1 << 16;
+
+int blocks_for(int64_t items) {
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>((items + kThreads - 1) / kThreads, 1), kMaxBlocks));
+}
+
+// Vector access needs whole groups in memory order and 4-element-aligned pointers.
+bool aligned4(const void* p, int64_t elem_size) {
+  return p == nullptr || reinterpret_cast<uintptr_t>(p) % (4 * elem_size) == 0;
+}
+
+template <typename T, typename Args, typename Launch>
+cudaError_t dispatch_layout(const Args& a, const void* const* ptrs, int num_ptrs, Launch launch) {
+  bool vec = !a.dims.channels_last && a.dims.numel % 4 == 0;
+  for (int i = 0; i < num_ptrs; ++i) vec = vec && aligned4(ptrs[i], sizeof(T));
+  if (a.dims.channels_last) return launch(std::integral_constant<bool, false>{}, std::integral_constant<bool, true>{});
+  if (vec) return launch(std::integral_constant<bool, true>{}, std::integral_constant<bool, false>{});
+  return launch(std::integral_constant<bool, false>{}, std::integral_constant<bool, false>{});
+}
+
+template <typename T>
+cudaError_t sampler_step_typed(const SamplerStepArgs& a, cudaStream_t stream) {
+  const int64_t items = a.dims.N * ((a.dims.numel + 3) / 4);
+  const void* ptrs[] = {a.model_output, a.sample, a.uncond, a.noise, a.prev, a.x0};
+  return dispatch_layout<T>(a, ptrs, 6, [&](auto vec, auto channels_last) {
+    sampler_step_kernel<T, decltype(vec)::value, decltype(channels_last)::value>
+        <<<blocks_for(items), kThreads, 0, stream>>>(a);
+    return cudaGetLastError();
+  });
+}
+
+template <typename T>
+cudaError_t training_inputs_typed(const TrainingInputsArgs& a, cudaStream_t stream) {
+  const int64_t items = a.dims.N * ((a.dims.numel + 3) / 4);
+  const void* ptrs[] = {a.x0, a.noise, a.noisy, a.velocity};
+  return dispatch_layout<T>(a, ptrs, 4, [&](auto vec, auto channels_last) {
+    training_inputs_kernel<T, decltype(vec)::value, decltype(channels_last)::value>
+        <<<blocks_for(items), kThreads, 0, stream>>>(a);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace
+
+cudaError_t launch_sampler_step(const SamplerStepArgs& args, cudaStream_t stream) {
+  if (args.dims.N == 0 || args.dims.numel == 0) return cudaSuccess;
+  switch (args.dtype) {
+    case SamplerDtype::Float16: return sampler_step_typed<__half>(args, stream);
+    case SamplerDtype::BFloat16: return sampler_step_typed<__nv_bfloat16>(args, stream);
+    case SamplerDtype::Float32: return sampler_step_typed<float>(args, stream);
+    case SamplerDtype::Float64: return sampler_step_typed<double>(args, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_training_inputs(const TrainingInputsArgs& args, cudaStream_t stream) {
+  if (args.dims.N == 0 || args.dims.numel == 0) return cudaSuccess;
+  switch (args.dtype) {
+    case SamplerDtype::Float16: return training_inputs_typed<__half>(args, stream);
+    case SamplerDtype::BFloat16: return training_inputs_typed<__nv_bfloat16>(args, stream);
+    case SamplerDtype::Float32: return training_inputs_typed<float>(args, stream);
+    case SamplerDtype::Float64: return training_inputs_typed<double>(args, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_philox_uint32(int64_t* out, int64_t N, int64_t numel, uint64_t seed, uint64_t offset,
+                                 cudaStream_t stream) {
+  if (N == 0 || numel == 0) return cudaSuccess;
+  philox_uint32_kernel<<<blocks_for(N * ((numel + 3) / 4)), kThreads, 0, stream>>>(out, N, numel, seed, offset);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace gencore
