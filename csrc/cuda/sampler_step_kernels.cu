@@ -17,9 +17,15 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "../philox.h"
+
+#ifdef GENCORE_CUDA_HOST_EMULATION
+#include "host_emulation.h"  // tests only: runs these kernels on CPU fibers (tests/test_sampler_step_emulation.py)
+#endif
 
 namespace gencore {
 namespace cuda {
@@ -117,7 +123,12 @@ __device__ __forceinline__ void box_muller(uint32_t w_radius, uint32_t w_angle, 
   const float a = philox::angle_uniform<float>(w_angle);
   const float r = sqrtf(-2.0f * log1pf(-v));
   float s, c;
+#ifdef GENCORE_CUDA_HOST_EMULATION
+  s = static_cast<float>(std::sin(M_PI * (2.0 * a)));
+  c = static_cast<float>(std::cos(M_PI * (2.0 * a)));
+#else
   sincospif(2.0f * a, &s, &c);
+#endif
   z_cos = r * c;
   z_sin = r * s;
 }
@@ -127,7 +138,12 @@ __device__ __forceinline__ void box_muller(uint32_t w_radius, uint32_t w_angle, 
   const double a = philox::angle_uniform<double>(w_angle);
   const double r = sqrt(-2.0 * log1p(-v));
   double s, c;
+#ifdef GENCORE_CUDA_HOST_EMULATION
+  s = std::sin(M_PI * (2.0 * a));
+  c = std::cos(M_PI * (2.0 * a));
+#else
   sincospi(2.0 * a, &s, &c);
+#endif
   z_cos = r * c;
   z_sin = r * s;
 }
@@ -238,6 +254,19 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------------------------
 // Launchers
 
+// Every launch goes through here: on the GPU a plain <<<blocks, kThreads, 0, stream>>>; under host emulation (tests
+// only) the same kernel runs on CPU fibers.
+template <class... Params, class... Args>
+cudaError_t launch(void (*kernel)(Params...), int blocks, cudaStream_t stream, Args... args) {
+#ifdef GENCORE_CUDA_HOST_EMULATION
+  (void)stream;
+  gencore_emulation::launch(kernel, dim3(blocks), kThreads, Params(args)...);
+#else
+  kernel<<<blocks, kThreads, 0, stream>>>(Params(args)...);
+#endif
+  return cudaGetLastError();
+}
+
 // Enough blocks to fill any current GPU several times over; the grid-stride loop covers the rest. A fixed cap (no
 // device query) keeps the launcher free of host calls.
 constexpr int64_t kMaxBlocks = 1 << 16;
@@ -252,12 +281,12 @@ bool aligned4(const void* p, int64_t elem_size) {
 }
 
 template <typename T, typename Args, typename Launch>
-cudaError_t dispatch_layout(const Args& a, const void* const* ptrs, int num_ptrs, Launch launch) {
+cudaError_t dispatch_layout(const Args& a, const void* const* ptrs, int num_ptrs, Launch body) {
   bool vec = !a.dims.channels_last && a.dims.numel % 4 == 0;
   for (int i = 0; i < num_ptrs; ++i) vec = vec && aligned4(ptrs[i], sizeof(T));
-  if (a.dims.channels_last) return launch(std::integral_constant<bool, false>{}, std::integral_constant<bool, true>{});
-  if (vec) return launch(std::integral_constant<bool, true>{}, std::integral_constant<bool, false>{});
-  return launch(std::integral_constant<bool, false>{}, std::integral_constant<bool, false>{});
+  if (a.dims.channels_last) return body(std::integral_constant<bool, false>{}, std::integral_constant<bool, true>{});
+  if (vec) return body(std::integral_constant<bool, true>{}, std::integral_constant<bool, false>{});
+  return body(std::integral_constant<bool, false>{}, std::integral_constant<bool, false>{});
 }
 
 template <typename T>
@@ -265,9 +294,8 @@ cudaError_t sampler_step_typed(const SamplerStepArgs& a, cudaStream_t stream) {
   const int64_t items = a.dims.N * ((a.dims.numel + 3) / 4);
   const void* ptrs[] = {a.model_output, a.sample, a.uncond, a.noise, a.prev, a.x0};
   return dispatch_layout<T>(a, ptrs, 6, [&](auto vec, auto channels_last) {
-    sampler_step_kernel<T, decltype(vec)::value, decltype(channels_last)::value>
-        <<<blocks_for(items), kThreads, 0, stream>>>(a);
-    return cudaGetLastError();
+    return launch(sampler_step_kernel<T, decltype(vec)::value, decltype(channels_last)::value>, blocks_for(items),
+                  stream, a);
   });
 }
 
@@ -276,9 +304,8 @@ cudaError_t training_inputs_typed(const TrainingInputsArgs& a, cudaStream_t stre
   const int64_t items = a.dims.N * ((a.dims.numel + 3) / 4);
   const void* ptrs[] = {a.x0, a.noise, a.noisy, a.velocity};
   return dispatch_layout<T>(a, ptrs, 4, [&](auto vec, auto channels_last) {
-    training_inputs_kernel<T, decltype(vec)::value, decltype(channels_last)::value>
-        <<<blocks_for(items), kThreads, 0, stream>>>(a);
-    return cudaGetLastError();
+    return launch(training_inputs_kernel<T, decltype(vec)::value, decltype(channels_last)::value>,
+                  blocks_for(items), stream, a);
   });
 }
 
@@ -309,8 +336,7 @@ cudaError_t launch_training_inputs(const TrainingInputsArgs& args, cudaStream_t 
 cudaError_t launch_philox_uint32(int64_t* out, int64_t N, int64_t numel, uint64_t seed, uint64_t offset,
                                  cudaStream_t stream) {
   if (N == 0 || numel == 0) return cudaSuccess;
-  philox_uint32_kernel<<<blocks_for(N * ((numel + 3) / 4)), kThreads, 0, stream>>>(out, N, numel, seed, offset);
-  return cudaGetLastError();
+  return launch(philox_uint32_kernel, blocks_for(N * ((numel + 3) / 4)), stream, out, N, numel, seed, offset);
 }
 
 }  // namespace cuda
