@@ -142,7 +142,7 @@ def check_training_args(x0, noise, timesteps, coefs, target) -> None:
 def _assert_timesteps_in_range(timesteps: torch.Tensor, num_rows: int) -> None:
     """Out-of-range timesteps: an immediate error on CPU; on CUDA a device-side assert (no host sync). The kernels
     also clamp the row index, so they never read outside coefs."""
-    if timesteps.device.type == "cuda":
+    if timesteps.device.type != "cpu" or torch.compiler.is_compiling():
         torch._assert_async(((timesteps >= 0) & (timesteps < num_rows)).all(),
                             "gencore: timesteps out of range of the coefficient table")
     elif timesteps.numel():
@@ -320,7 +320,7 @@ def sampler_step(
         noise = _in_layout(noise, channels_last)
     if threshold is not None:
         threshold = threshold.to(coefs.dtype).contiguous()
-    if sample.device.type != "cpu":  # the CPU kernel checks the range itself, with the offending value
+    if name != "cpu":  # the CPU kernel checks the range itself, naming the offending sample
         _assert_timesteps_in_range(timesteps, coefs.shape[0])
     op = torch.ops.gencore.sampler_step_triton if name == "triton" else torch.ops.gencore.sampler_step
     return op(model_output, sample, timesteps, coefs.contiguous(), model_output_uncond, float(guidance_scale),
@@ -363,7 +363,7 @@ def diffusion_training_inputs(
         return diffusion_training_inputs_ref(x0, noise, timesteps, coefs, target)
     channels_last = is_channels_last(x0)
     x0_in, noise_in = _in_layout(x0, channels_last), _in_layout(noise, channels_last)
-    if x0.device.type != "cpu":
+    if name != "cpu":
         _assert_timesteps_in_range(timesteps, coefs.shape[0])
     op = (torch.ops.gencore.diffusion_training_inputs_triton if name == "triton"
           else torch.ops.gencore.diffusion_training_inputs)

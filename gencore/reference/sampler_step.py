@@ -46,7 +46,8 @@ def keep_layout(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def gather_coefs(coefs: torch.Tensor, timesteps: torch.Tensor, ndim: int, dtype: torch.dtype) -> list[torch.Tensor]:
     """Column j of coefs[timesteps] as an (N, 1, ..., 1) tensor broadcastable against an ndim-dim sample."""
-    if timesteps.device.type == "cpu" and timesteps.numel():
+    # A readable error on CPU in eager mode; CUDA indexing (and a compiled graph) raise their own device-side assert.
+    if timesteps.device.type == "cpu" and timesteps.numel() and not torch.compiler.is_compiling():
         lo, hi = int(timesteps.min()), int(timesteps.max())
         if lo < 0 or hi >= coefs.shape[0]:
             bad = lo if lo < 0 else hi
