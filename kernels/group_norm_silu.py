@@ -48,14 +48,21 @@ from gencore.ops.group_norm_silu import check_args, is_channels_last, output_lik
 # gy and a few temporaries) stays in registers.
 TILE = 1024
 NUM_WARPS = 4
-# Tile shapes (BLOCK_S, BLOCK_C), by the axis that is contiguous in memory. The contiguous axis gets the long side.
-CHANNELS_FIRST_BLOCK_S = (8, 32, 128, 512)   # BLOCK_C = TILE // BLOCK_S
-CHANNELS_LAST_BLOCK_C = (8, 32, 128, 512)    # BLOCK_S = TILE // BLOCK_C
+# Tile shapes (BLOCK_S, BLOCK_C), by the axis that is contiguous in memory: it gets the long side. A short menu on
+# purpose: every entry is compiled ahead of time for sm_80 and sm_90 in CI (aot_specs), per dtype.
+CHANNELS_FIRST_BLOCK_S = (32, 128, 1024)   # BLOCK_C = TILE // BLOCK_S
+CHANNELS_LAST_BLOCK_C = (32, 128, 1024)    # BLOCK_S = TILE // BLOCK_C
 # Programs per pass the split aims for: ~8 per SM on a 132-SM H100 (enough warps in flight to saturate HBM). A fixed
 # number, not the device's SM count, so that a given shape is reduced in the same order on every GPU.
 TARGET_PROGRAMS = 1024
-# Vector width of the per-group merge kernels (they loop when a group has more partials or channels than this).
+# A spatial chunk spans at least this many positions, so the partials workspace (3 values per channel and chunk in
+# the backward) stays a few percent of the traffic over x; and there are at most MAX_SPLIT chunks per sample.
+MIN_CHUNK_S = 64
+MAX_SPLIT = 256
+# Merge kernels: vector widths over (chunk, channel) partials; they loop when a group has more than this.
 MERGE_BLOCK = 256
+MERGE_BLOCK_SPLIT = 16
+MERGE_BLOCK_CG = 64
 PARAM_BLOCK = 256
 
 _TORCH_TO_TRITON = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
@@ -77,14 +84,13 @@ def _tile_offsets(s, c, C, S, CHANNELS_LAST: tl.constexpr):
 
 
 @triton.jit
-def _channel_coefficients(n, c, limit, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t, has_ss, acc_like):
-    """Per-channel t, w, b, k = 1 + scale, w*k and b*k + shift for channels c of sample n, in acc_like's dtype.
+def _channel_coefficients(n, c, limit, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t, has_ss, acc_ty):
+    """Per-channel t, w, b, k = 1 + scale, w*k and b*k + shift for channels c of sample n, in acc_ty.
 
     Channels c >= limit are masked. An absent input (has_* == 0) reads as its neutral value (w = 1, b = t = scale =
-    shift = 0): its mask is c < limit * has_*, which is also how the other kernels gate on a flag (a scalar flag
-    and-ed into a vector mask is not supported by the interpreter).
+    shift = 0): its mask is c < limit * has_*, which is also how the other kernels gate on a flag (the interpreter
+    does not support and-ing a scalar flag into a vector mask).
     """
-    acc_ty = acc_like.dtype
     w = tl.load(w_ptr + c, mask=c < limit * has_w, other=1.0).to(acc_ty)
     b = tl.load(b_ptr + c, mask=c < limit * has_b, other=0.0).to(acc_ty)
     t = tl.load(t_ptr + n * C + c, mask=c < limit * has_t, other=0.0).to(acc_ty)
@@ -100,11 +106,33 @@ def _group_stat(ptr, n, c, cmask, G, CPG):
     return tl.load(ptr + n * G + tl.where(cmask, c, 0) // CPG, mask=cmask, other=0.0)
 
 
+@triton.jit
+def _activation(z, silu):
+    if silu != 0:
+        z = z / (1.0 + tl.exp(-z))
+    return z
+
+
+@triton.jit
+def _grad_z(gy, z, silu):
+    """gz = gy * act'(z); silu'(z) = s (1 + z (1 - s)), s = sigmoid(z)."""
+    if silu != 0:
+        sig = 1.0 / (1.0 + tl.exp(-z))
+        gy = gy * (sig * (1.0 + z * (1.0 - sig)))
+    return gy
+
+
+# The activation is a runtime flag (a uniform branch, free next to the memory traffic) rather than a constexpr: it
+# halves the variants to compile ahead of time. Flags are not specialised by the JIT either (do_not_specialize), so
+# the kernels the JIT builds are the ones aot_specs compiles.
+_FLAGS = ["has_w", "has_b", "has_t", "has_ss", "silu"]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Forward kernels
 
 
-@triton.jit(do_not_specialize=["has_t"])
+@triton.jit(do_not_specialize=_FLAGS)
 def _fwd_stats_kernel(x_ptr, t_ptr, pmean_ptr, pm2_ptr, has_t, C, S, NCB, CHUNK_S, SPLIT,
                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """Per-channel (mean of h, M2) over one spatial chunk -> slot (n, chunk, c) of the partials."""
@@ -135,7 +163,7 @@ def _fwd_stats_kernel(x_ptr, t_ptr, pmean_ptr, pm2_ptr, has_t, C, S, NCB, CHUNK_
         m2 += tile_m2 + delta * delta * (seen * count / total)
     # h = x + t: the temb shifts the mean only (it is constant over a channel), so it is added once, here.
     t = tl.load(t_ptr + n * C + c, mask=c < C * has_t, other=0.0).to(acc_ty)
-    slot = (n * SPLIT + chunk) * C + c
+    slot = (n.to(tl.int64) * SPLIT + chunk) * C + c
     tl.store(pmean_ptr + slot, mean + t, mask=cmask)
     tl.store(pm2_ptr + slot, m2, mask=cmask)
 
@@ -149,17 +177,18 @@ def _fwd_merge_kernel(pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, C, S, G, CPG, CHUN
     g = pid % G
     acc_ty = pmean_ptr.dtype.element_ty
     num_partials = SPLIT * CPG
-    first = n * SPLIT * C + g * CPG
+    first = pmean_ptr + n.to(tl.int64) * SPLIT * C + g * CPG
+    first_m2 = pm2_ptr + n.to(tl.int64) * SPLIT * C + g * CPG
     # Chan's parallel formula, centred on a pivot (the first partial mean) so offset data keeps its precision:
     # mean = pivot + sum_p n_p (mean_p - pivot) / D,  M2 = sum_p [M2_p + n_p (mean_p - mean)^2].
-    pivot = tl.load(pmean_ptr + first)
+    pivot = tl.load(first)
     acc = tl.zeros([BLOCK_P], dtype=acc_ty)
     for p0 in range(0, num_partials, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pmask = p < num_partials
         chunk = p // CPG
         count = tl.minimum(CHUNK_S, S - chunk * CHUNK_S).to(acc_ty)
-        mu = tl.load(pmean_ptr + first + chunk * C + p % CPG, mask=pmask, other=0.0)
+        mu = tl.load(first + chunk * C + p % CPG, mask=pmask, other=0.0)
         acc += tl.where(pmask, count * (mu - pivot), 0.0)
     D = (CPG * S).to(acc_ty)
     mean = pivot + tl.sum(acc, axis=0) / D
@@ -169,18 +198,18 @@ def _fwd_merge_kernel(pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, C, S, G, CPG, CHUN
         pmask = p < num_partials
         chunk = p // CPG
         count = tl.minimum(CHUNK_S, S - chunk * CHUNK_S).to(acc_ty)
-        mu = tl.load(pmean_ptr + first + chunk * C + p % CPG, mask=pmask, other=0.0)
-        m2 = tl.load(pm2_ptr + first + chunk * C + p % CPG, mask=pmask, other=0.0)
+        mu = tl.load(first + chunk * C + p % CPG, mask=pmask, other=0.0)
+        m2 = tl.load(first_m2 + chunk * C + p % CPG, mask=pmask, other=0.0)
         acc += tl.where(pmask, m2 + count * (mu - mean) * (mu - mean), 0.0)
     var = tl.sum(acc, axis=0) / D
     tl.store(mean_ptr + pid, mean)
-    tl.store(rstd_ptr + pid, 1.0 / tl.sqrt_rn(var + eps))
+    tl.store(rstd_ptr + pid, 1.0 / tl.sqrt(var + eps))
 
 
-@triton.jit(do_not_specialize=["has_w", "has_b", "has_t", "has_ss"])
+@triton.jit(do_not_specialize=_FLAGS)
 def _fwd_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rstd_ptr, has_w, has_b, has_t, has_ss,
-                      C, S, G, CPG, NCB, CHUNK_S,
-                      BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr, SILU: tl.constexpr):
+                      silu, C, S, G, CPG, NCB, CHUNK_S,
+                      BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """y = act(xhat * wk + bk) over one (channel block, spatial chunk) tile range."""
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -189,9 +218,9 @@ def _fwd_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rstd_
     cmask = c < C
     mean = _group_stat(mean_ptr, n, c, cmask, G, CPG)
     rstd = _group_stat(rstd_ptr, n, c, cmask, G, CPG)
+    acc_ty = mean_ptr.dtype.element_ty
     t, w, b, k, wk, bk = _channel_coefficients(n, c, C, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t, has_ss,
-                                         mean)
-    acc_ty = mean.dtype
+                                               acc_ty)
     sample = n.to(tl.int64) * C * S
     s_begin = chunk * CHUNK_S
     s_end = tl.minimum(s_begin + CHUNK_S, S)
@@ -200,31 +229,21 @@ def _fwd_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rstd_
         mask = (s < s_end)[:, None] & cmask[None, :]
         offs = sample + _tile_offsets(s, c, C, S, CHANNELS_LAST)
         xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        xhat = ((xv - mean[None, :]) + t[None, :]) * rstd[None, :]
-        z = xhat * wk[None, :] + bk[None, :]
-        if SILU:
-            z = z / (1.0 + tl.exp(-z))
-        tl.store(y_ptr + offs, z.to(y_ptr.dtype.element_ty), mask=mask)
+        # (x - mean) first: exact for x near the mean, so offset data keeps its digits. Masked lanes are zeroed so
+        # that they cannot overflow in exp.
+        xhat = tl.where(mask, ((xv - mean[None, :]) + t[None, :]) * rstd[None, :], 0.0)
+        y = _activation(xhat * wk[None, :] + bk[None, :], silu)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Backward kernels
 
 
-@triton.jit
-def _grad_z(gy, z, SILU: tl.constexpr):
-    if SILU:
-        sig = 1.0 / (1.0 + tl.exp(-z))
-        return gy * (sig * (1.0 + z * (1.0 - sig)))
-    else:
-        return gy
-
-
-@triton.jit(do_not_specialize=["has_w", "has_b", "has_t", "has_ss"])
+@triton.jit(do_not_specialize=_FLAGS)
 def _bwd_reduce_kernel(gy_ptr, x_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rstd_ptr, ps1_ptr, ps2_ptr, ps3_ptr,
-                       has_w, has_b, has_t, has_ss, C, S, G, CPG, NCB, CHUNK_S, SPLIT,
-                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                       SILU: tl.constexpr):
+                       has_w, has_b, has_t, has_ss, silu, C, S, G, CPG, NCB, CHUNK_S, SPLIT,
+                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """Per-channel S1 = sum gz, S2 = sum gz * xhat, S3 = sum xhat over one spatial chunk -> slot (n, chunk, c)."""
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -233,12 +252,13 @@ def _bwd_reduce_kernel(gy_ptr, x_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rst
     cmask = c < C
     mean = _group_stat(mean_ptr, n, c, cmask, G, CPG)
     rstd = _group_stat(rstd_ptr, n, c, cmask, G, CPG)
+    acc_ty = mean_ptr.dtype.element_ty
     t, w, b, k, wk, bk = _channel_coefficients(n, c, C, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t, has_ss,
-                                         mean)
-    acc_ty = mean.dtype
+                                               acc_ty)
     sample = n.to(tl.int64) * C * S
     s_begin = chunk * CHUNK_S
     s_end = tl.minimum(s_begin + CHUNK_S, S)
+    # Element-wise accumulators, reduced once at the end: fewer reductions, and pairwise-like error growth.
     s1 = tl.zeros([BLOCK_S, BLOCK_C], dtype=acc_ty)
     s2 = tl.zeros([BLOCK_S, BLOCK_C], dtype=acc_ty)
     s3 = tl.zeros([BLOCK_S, BLOCK_C], dtype=acc_ty)
@@ -249,53 +269,55 @@ def _bwd_reduce_kernel(gy_ptr, x_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rst
         xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         xhat = tl.where(mask, ((xv - mean[None, :]) + t[None, :]) * rstd[None, :], 0.0)
-        gz = _grad_z(gy, xhat * wk[None, :] + bk[None, :], SILU)
+        gz = _grad_z(gy, xhat * wk[None, :] + bk[None, :], silu)
         s1 += gz
         s2 += gz * xhat
         s3 += xhat
-    slot = (n * SPLIT + chunk) * C + c
+    slot = (n.to(tl.int64) * SPLIT + chunk) * C + c
     tl.store(ps1_ptr + slot, tl.sum(s1, axis=0), mask=cmask)
     tl.store(ps2_ptr + slot, tl.sum(s2, axis=0), mask=cmask)
     tl.store(ps3_ptr + slot, tl.sum(s3, axis=0), mask=cmask)
 
 
 @triton.jit
-def _sum_partials(ptr, n, c, jmask, C, SPLIT, acc_like):
-    """Sum over the spatial chunks of one sample's partials, chunk 0 first (a fixed order)."""
-    total = tl.zeros(acc_like.shape, dtype=acc_like.dtype)
-    for chunk in range(0, SPLIT):
-        total += tl.load(ptr + (n * SPLIT + chunk) * C + c, mask=jmask, other=0.0)
-    return total
+def _sum_partials(ptr, n, c, limit, C, SPLIT, BLOCK_SPLIT: tl.constexpr, BLOCK_CG: tl.constexpr):
+    """sum over the chunks of sample n's partials of channels c (< limit), as a fixed-shape tree: deterministic."""
+    total = tl.zeros([BLOCK_SPLIT, BLOCK_CG], dtype=ptr.dtype.element_ty)
+    for k0 in range(0, SPLIT, BLOCK_SPLIT):
+        k = k0 + tl.arange(0, BLOCK_SPLIT)
+        rows = (n.to(tl.int64) * SPLIT + k) * C
+        mask = (k < SPLIT)[:, None] & (c < limit)[None, :]
+        total += tl.load(ptr + rows[:, None] + c[None, :], mask=mask, other=0.0)
+    return tl.sum(total, axis=0)
 
 
-@triton.jit(do_not_specialize=["has_w", "has_b", "has_t", "has_ss"])
+@triton.jit(do_not_specialize=_FLAGS)
 def _bwd_merge_kernel(ps1_ptr, ps2_ptr, ps3_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, rstd_ptr,
                       m1_ptr, m2_ptr, gw_part_ptr, gb_part_ptr, gt_ptr, gss_ptr,
-                      has_w, has_b, has_t, has_ss, C, S, G, CPG, SPLIT, BLOCK_CG: tl.constexpr):
+                      has_w, has_b, has_t, has_ss, C, S, G, CPG, SPLIT,
+                      BLOCK_SPLIT: tl.constexpr, BLOCK_CG: tl.constexpr):
     """One program per (n, g): chunk partials -> m1, m2, g_scale_shift, g_temb, per-sample weight/bias grads."""
     pid = tl.program_id(0)
     n = pid // G
     g = pid % G
     rstd = tl.load(rstd_ptr + pid)
-    acc_ty = rstd.dtype
-    zero = tl.zeros([BLOCK_CG], dtype=acc_ty)
+    acc_ty = rstd_ptr.dtype.element_ty
+    limit = (g + 1) * CPG  # the group's channels are g * CPG + j < limit
     acc1 = tl.zeros([BLOCK_CG], dtype=acc_ty)
     acc2 = tl.zeros([BLOCK_CG], dtype=acc_ty)
     for j0 in range(0, CPG, BLOCK_CG):
-        j = j0 + tl.arange(0, BLOCK_CG)
-        jmask = j < CPG
-        c = g * CPG + j
-        s1 = _sum_partials(ps1_ptr, n, c, jmask, C, SPLIT, zero)
-        s2 = _sum_partials(ps2_ptr, n, c, jmask, C, SPLIT, zero)
-        t, w, b, k, wk, bk = _channel_coefficients(n, c, (g + 1) * CPG, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t,
-                                             has_ss, zero)
+        c = g * CPG + j0 + tl.arange(0, BLOCK_CG)
+        s1 = _sum_partials(ps1_ptr, n, c, limit, C, SPLIT, BLOCK_SPLIT, BLOCK_CG)
+        s2 = _sum_partials(ps2_ptr, n, c, limit, C, SPLIT, BLOCK_SPLIT, BLOCK_CG)
+        t, w, b, k, wk, bk = _channel_coefficients(n, c, limit, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t,
+                                                   has_ss, acc_ty)
         out_ty = gss_ptr.dtype.element_ty
-        tl.store(gss_ptr + n * 2 * C + c, (w * s2 + b * s1).to(out_ty), mask=c < (g + 1) * CPG * has_ss)
-        tl.store(gss_ptr + n * 2 * C + C + c, s1.to(out_ty), mask=c < (g + 1) * CPG * has_ss)
-        tl.store(gw_part_ptr + n * C + c, k * s2, mask=c < (g + 1) * CPG * has_w)
-        tl.store(gb_part_ptr + n * C + c, k * s1, mask=c < (g + 1) * CPG * has_b)
-        acc1 += tl.where(jmask, wk * s1, 0.0)
-        acc2 += tl.where(jmask, wk * s2, 0.0)
+        tl.store(gss_ptr + n * 2 * C + c, (w * s2 + b * s1).to(out_ty), mask=c < limit * has_ss)
+        tl.store(gss_ptr + n * 2 * C + C + c, s1.to(out_ty), mask=c < limit * has_ss)
+        tl.store(gw_part_ptr + n * C + c, k * s2, mask=c < limit * has_w)
+        tl.store(gb_part_ptr + n * C + c, k * s1, mask=c < limit * has_b)
+        acc1 += tl.where(c < limit, wk * s1, 0.0)
+        acc2 += tl.where(c < limit, wk * s2, 0.0)
     D = (CPG * S).to(acc_ty)
     m1 = tl.sum(acc1, axis=0) / D
     m2 = tl.sum(acc2, axis=0) / D
@@ -304,21 +326,19 @@ def _bwd_merge_kernel(ps1_ptr, ps2_ptr, ps3_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, rs
     # g_temb[n, c] = sum_s gx = rstd (w k S1 - S m1 - m2 S3): a second sweep now that m1, m2 are known.
     if has_t != 0:
         for j0 in range(0, CPG, BLOCK_CG):
-            j = j0 + tl.arange(0, BLOCK_CG)
-            jmask = j < CPG
-            c = g * CPG + j
-            s1 = _sum_partials(ps1_ptr, n, c, jmask, C, SPLIT, zero)
-            s3 = _sum_partials(ps3_ptr, n, c, jmask, C, SPLIT, zero)
-            t, w, b, k, wk, bk = _channel_coefficients(n, c, (g + 1) * CPG, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t,
-                                                 has_ss, zero)
+            c = g * CPG + j0 + tl.arange(0, BLOCK_CG)
+            s1 = _sum_partials(ps1_ptr, n, c, limit, C, SPLIT, BLOCK_SPLIT, BLOCK_CG)
+            s3 = _sum_partials(ps3_ptr, n, c, limit, C, SPLIT, BLOCK_SPLIT, BLOCK_CG)
+            t, w, b, k, wk, bk = _channel_coefficients(n, c, limit, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b,
+                                                       has_t, has_ss, acc_ty)
             gt = rstd * (wk * s1 - S.to(acc_ty) * m1 - m2 * s3)
-            tl.store(gt_ptr + n * C + c, gt.to(gt_ptr.dtype.element_ty), mask=jmask)
+            tl.store(gt_ptr + n * C + c, gt.to(gt_ptr.dtype.element_ty), mask=c < limit)
 
 
-@triton.jit(do_not_specialize=["has_w", "has_b", "has_t", "has_ss"])
+@triton.jit(do_not_specialize=_FLAGS)
 def _bwd_apply_kernel(gy_ptr, x_ptr, gx_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rstd_ptr, m1_ptr, m2_ptr,
-                      has_w, has_b, has_t, has_ss, C, S, G, CPG, NCB, CHUNK_S,
-                      BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr, SILU: tl.constexpr):
+                      has_w, has_b, has_t, has_ss, silu, C, S, G, CPG, NCB, CHUNK_S,
+                      BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """gx = rstd * (wk * gz - m1 - xhat * m2) over one (channel block, spatial chunk) tile range."""
     pid = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -329,9 +349,9 @@ def _bwd_apply_kernel(gy_ptr, x_ptr, gx_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_p
     rstd = _group_stat(rstd_ptr, n, c, cmask, G, CPG)
     m1 = _group_stat(m1_ptr, n, c, cmask, G, CPG)
     m2 = _group_stat(m2_ptr, n, c, cmask, G, CPG)
+    acc_ty = mean_ptr.dtype.element_ty
     t, w, b, k, wk, bk = _channel_coefficients(n, c, C, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t, has_ss,
-                                         mean)
-    acc_ty = mean.dtype
+                                               acc_ty)
     sample = n.to(tl.int64) * C * S
     s_begin = chunk * CHUNK_S
     s_end = tl.minimum(s_begin + CHUNK_S, S)
@@ -341,17 +361,16 @@ def _bwd_apply_kernel(gy_ptr, x_ptr, gx_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_p
         offs = sample + _tile_offsets(s, c, C, S, CHANNELS_LAST)
         xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
         gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        xhat = ((xv - mean[None, :]) + t[None, :]) * rstd[None, :]
-        gz = _grad_z(gy, xhat * wk[None, :] + bk[None, :], SILU)
+        xhat = tl.where(mask, ((xv - mean[None, :]) + t[None, :]) * rstd[None, :], 0.0)
+        gz = _grad_z(gy, xhat * wk[None, :] + bk[None, :], silu)
         gx = rstd[None, :] * (wk[None, :] * gz - m1[None, :] - xhat * m2[None, :])
         tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["has_w", "has_b"])
+@triton.jit(do_not_specialize=_FLAGS)
 def _param_grad_kernel(gw_part_ptr, gb_part_ptr, gw_ptr, gb_ptr, has_w, has_b, N, C, BLOCK: tl.constexpr):
     """g_weight[c] = sum_n gw_part[n, c] (same for bias), n = 0, 1, ... in order: deterministic, no atomics."""
     c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    cmask = c < C
     acc_ty = gw_part_ptr.dtype.element_ty
     gw = tl.zeros([BLOCK], dtype=acc_ty)
     gb = tl.zeros([BLOCK], dtype=acc_ty)
@@ -393,9 +412,9 @@ def _pick_block(extent: int, menu: tuple[int, ...]) -> int:
 def launch_plan(n: int, c: int, spatial: int, channels_last: bool) -> dict:
     """Tile shape and spatial split of the (channel block, spatial chunk) passes for an (N, C, S) input.
 
-    The contiguous axis gets the long side of the tile. The spatial axis is then cut into SPLIT chunks (whole tiles
-    each) so that N * channel blocks * SPLIT comes close to TARGET_PROGRAMS: batch 1 with 32 groups still fills the
-    GPU. Deterministic in the shape alone.
+    The contiguous axis gets the long side of the tile. The spatial axis is then cut into SPLIT chunks (whole tiles,
+    at least MIN_CHUNK_S positions each, at most MAX_SPLIT chunks) so that N * channel blocks * SPLIT comes close to
+    TARGET_PROGRAMS: batch 1 with 32 groups still fills the GPU. Deterministic in the shape alone.
     """
     if channels_last:
         block_c = _pick_block(c, CHANNELS_LAST_BLOCK_C)
@@ -405,7 +424,8 @@ def launch_plan(n: int, c: int, spatial: int, channels_last: bool) -> dict:
         block_c = TILE // block_s
     ncb = triton.cdiv(c, block_c)
     tiles = triton.cdiv(spatial, block_s)
-    split = min(tiles, max(1, triton.cdiv(TARGET_PROGRAMS, n * ncb)))
+    split = min(triton.cdiv(spatial, max(block_s, MIN_CHUNK_S)), max(1, triton.cdiv(TARGET_PROGRAMS, n * ncb)),
+                MAX_SPLIT)
     chunk_s = triton.cdiv(tiles, split) * block_s
     return dict(BLOCK_S=block_s, BLOCK_C=block_c, CHANNELS_LAST=channels_last, NCB=ncb, CHUNK_S=chunk_s,
                 SPLIT=triton.cdiv(spatial, chunk_s))
@@ -437,7 +457,7 @@ def group_norm_silu_fwd(x, weight, bias, temb, scale_shift, num_groups, eps, sil
     part_m2 = torch.empty((n, plan["SPLIT"], c), dtype=acc, device=x.device)
     tiles = dict(BLOCK_S=plan["BLOCK_S"], BLOCK_C=plan["BLOCK_C"], CHANNELS_LAST=channels_last)
     grid = (n * plan["NCB"], plan["SPLIT"])
-    flags = [int(t is not None) for t in (weight, bias, temb, scale_shift)]
+    flags = [int(t is not None) for t in (weight, bias, temb, scale_shift)] + [int(bool(silu))]
     w, b, t, ss = (xs if a is None else a.contiguous() for a in (weight, bias, temb, scale_shift))
 
     wrap_triton(_fwd_stats_kernel)[grid](
@@ -448,7 +468,7 @@ def group_norm_silu_fwd(x, weight, bias, temb, scale_shift, num_groups, eps, sil
         float(eps), BLOCK_P=MERGE_BLOCK, num_warps=NUM_WARPS)
     wrap_triton(_fwd_apply_kernel)[grid](
         xs, y, w, b, t, ss, mean, rstd, *flags, c, spatial, num_groups, c // num_groups, plan["NCB"],
-        plan["CHUNK_S"], **tiles, SILU=bool(silu), num_warps=NUM_WARPS)
+        plan["CHUNK_S"], **tiles, num_warps=NUM_WARPS)
     return y, mean, rstd
 
 
@@ -489,9 +509,9 @@ def group_norm_silu_bwd(grad_out, x, weight, bias, temb, scale_shift, mean, rstd
     m1, m2 = new(n, num_groups), new(n, num_groups)
     gw_part = new(n, c) if weight is not None else part_s1  # unused (never written) when the input is None
     gb_part = new(n, c) if bias is not None else part_s1
-    flags = [int(a is not None) for a in (weight, bias, temb, scale_shift)]
+    flags = [int(a is not None) for a in (weight, bias, temb, scale_shift)] + [int(bool(silu))]
     w, b, t, ss = (xs if a is None else a.contiguous() for a in (weight, bias, temb, scale_shift))
-    tiles = dict(BLOCK_S=plan["BLOCK_S"], BLOCK_C=plan["BLOCK_C"], CHANNELS_LAST=channels_last, SILU=bool(silu))
+    tiles = dict(BLOCK_S=plan["BLOCK_S"], BLOCK_C=plan["BLOCK_C"], CHANNELS_LAST=channels_last)
     grid = (n * plan["NCB"], plan["SPLIT"])
 
     wrap_triton(_bwd_reduce_kernel)[grid](
@@ -500,7 +520,8 @@ def group_norm_silu_bwd(grad_out, x, weight, bias, temb, scale_shift, mean, rstd
     wrap_triton(_bwd_merge_kernel)[(n * num_groups,)](
         part_s1, part_s2, part_s3, w, b, t, ss, rstd, m1, m2, gw_part, gb_part,
         gt if temb is not None else gx, gss if scale_shift is not None else gx,
-        *flags, c, spatial, num_groups, cpg, plan["SPLIT"], BLOCK_CG=MERGE_BLOCK, num_warps=NUM_WARPS)
+        *flags[:4], c, spatial, num_groups, cpg, plan["SPLIT"], BLOCK_SPLIT=MERGE_BLOCK_SPLIT,
+        BLOCK_CG=MERGE_BLOCK_CG, num_warps=NUM_WARPS)
     wrap_triton(_bwd_apply_kernel)[grid](
         gy, xs, gx, w, b, t, ss, mean, rstd, m1, m2, *flags, c, spatial, num_groups, cpg, plan["NCB"],
         plan["CHUNK_S"], **tiles, num_warps=NUM_WARPS)
@@ -509,3 +530,70 @@ def group_norm_silu_bwd(grad_out, x, weight, bias, temb, scale_shift, mean, rstd
             gw_part, gb_part, gw if weight is not None else gb, gb if bias is not None else gw, flags[0], flags[1],
             n, c, BLOCK=PARAM_BLOCK, num_warps=NUM_WARPS)
     return gx, gw, gb, gt, gss
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ahead-of-time compilation specs (see gencore.kernels' docstring for the convention)
+
+
+def _signature(kernel, pointers: dict[str, str], floats: tuple[str, ...] = ()) -> dict[str, str]:
+    """Triton signature of `kernel`: the given pointer types, fp32 for `floats`, i32 for every other runtime
+    argument (what the JIT infers for sizes below 2**31), "constexpr" for the tl.constexpr parameters."""
+    import inspect
+
+    sig = {}
+    for name, param in inspect.signature(kernel.fn).parameters.items():
+        if "constexpr" in str(param.annotation):
+            sig[name] = "constexpr"
+        elif name in pointers:
+            sig[name] = pointers[name]
+        else:
+            sig[name] = "fp32" if name in floats else "i32"
+    missing = set(pointers) - set(sig)
+    if missing:
+        raise KeyError(f"{kernel.fn.__name__} has no parameters {sorted(missing)}")
+    return sig
+
+
+def tile_configs() -> list[dict]:
+    """Every (BLOCK_S, BLOCK_C, CHANNELS_LAST) that launch_plan can pick."""
+    return ([dict(BLOCK_S=bs, BLOCK_C=TILE // bs, CHANNELS_LAST=False) for bs in CHANNELS_FIRST_BLOCK_S]
+            + [dict(BLOCK_S=TILE // bc, BLOCK_C=bc, CHANNELS_LAST=True) for bc in CHANNELS_LAST_BLOCK_C])
+
+
+def aot_specs() -> list[tuple]:
+    """(label, kernel, signature, constexprs, options) for every kernel launch configuration of this module:
+    each dtype x every tile shape and layout launch_plan can pick, and the merge kernels per dtype."""
+    specs = []
+    options = {"num_warps": NUM_WARPS}
+    for dtype, name in _TORCH_TO_TRITON.items():
+        x = "*" + name
+        acc = "*fp64" if dtype == torch.float64 else "*fp32"
+        inputs = dict(x_ptr=x, w_ptr=x, b_ptr=x, t_ptr=x, ss_ptr=x, mean_ptr=acc, rstd_ptr=acc)
+        for cfg in tile_configs():
+            tag = f"{name}-{'cl' if cfg['CHANNELS_LAST'] else 'cf'}-s{cfg['BLOCK_S']}-c{cfg['BLOCK_C']}"
+            specs.append((f"fwd_stats-{tag}", _fwd_stats_kernel,
+                          _signature(_fwd_stats_kernel, dict(x_ptr=x, t_ptr=x, pmean_ptr=acc, pm2_ptr=acc)),
+                          dict(cfg), options))
+            specs.append((f"fwd_apply-{tag}", _fwd_apply_kernel,
+                          _signature(_fwd_apply_kernel, dict(inputs, y_ptr=x)), dict(cfg), options))
+            specs.append((f"bwd_reduce-{tag}", _bwd_reduce_kernel,
+                          _signature(_bwd_reduce_kernel, dict(inputs, gy_ptr=x, ps1_ptr=acc, ps2_ptr=acc, ps3_ptr=acc)),
+                          dict(cfg), options))
+            specs.append((f"bwd_apply-{tag}", _bwd_apply_kernel,
+                          _signature(_bwd_apply_kernel, dict(inputs, gy_ptr=x, gx_ptr=x, m1_ptr=acc, m2_ptr=acc)),
+                          dict(cfg), options))
+        specs.append((f"fwd_merge-{name}", _fwd_merge_kernel,
+                      _signature(_fwd_merge_kernel, dict(pmean_ptr=acc, pm2_ptr=acc, mean_ptr=acc, rstd_ptr=acc),
+                                 floats=("eps",)),
+                      dict(BLOCK_P=MERGE_BLOCK), options))
+        specs.append((f"bwd_merge-{name}", _bwd_merge_kernel,
+                      _signature(_bwd_merge_kernel,
+                                 dict(ps1_ptr=acc, ps2_ptr=acc, ps3_ptr=acc, w_ptr=x, b_ptr=x, t_ptr=x, ss_ptr=x,
+                                      rstd_ptr=acc, m1_ptr=acc, m2_ptr=acc, gw_part_ptr=acc, gb_part_ptr=acc,
+                                      gt_ptr=x, gss_ptr=x)),
+                      dict(BLOCK_SPLIT=MERGE_BLOCK_SPLIT, BLOCK_CG=MERGE_BLOCK_CG), options))
+        specs.append((f"param_grad-{name}", _param_grad_kernel,
+                      _signature(_param_grad_kernel, dict(gw_part_ptr=acc, gb_part_ptr=acc, gw_ptr=x, gb_ptr=x)),
+                      dict(BLOCK=PARAM_BLOCK), options))
+    return specs
