@@ -378,3 +378,29 @@ def test_raw_cpp_op_checks_its_arguments():
         torch.ops.gencore.group_norm_silu_fwd(x.long(), None, None, None, None, 2, 1e-5, True)
     with pytest.raises(RuntimeError):
         torch.ops.gencore.group_norm_silu_fwd(x[:0], None, None, None, None, 2, 1e-5, True)
+
+
+@pytest.mark.parametrize("backend", backend_params(("triton",)))
+def test_raw_triton_op_checks_its_arguments(backend):
+    """torch.ops.gencore.*_triton skip the public function's checks; the launchers must refuse bad input themselves
+    (a Triton kernel would read out of bounds instead)."""
+    dev = device_for(backend)
+    x = torch.randn(2, 6, 4, 4, device=dev)
+    fwd, bwd = torch.ops.gencore.group_norm_silu_fwd_triton, torch.ops.gencore.group_norm_silu_bwd_triton
+    with pytest.raises(ValueError, match="num_groups"):
+        fwd(x, None, None, None, None, 4, 1e-5, True)
+    with pytest.raises(ValueError, match="weight"):
+        fwd(x, torch.ones(5, device=dev), None, None, None, 2, 1e-5, True)
+    with pytest.raises(ValueError, match="temb"):
+        fwd(x, None, None, torch.ones(2, 5, device=dev), None, 2, 1e-5, True)
+    with pytest.raises(TypeError, match="x"):
+        fwd(x.long(), None, None, None, None, 2, 1e-5, True)
+    with pytest.raises(ValueError, match="x"):
+        fwd(x[:0], None, None, None, None, 2, 1e-5, True)
+    y, mean, rstd = fwd(x, None, None, None, None, 2, 1e-5, True)
+    with pytest.raises(ValueError, match="grad_out"):
+        bwd(y[:, :3], x, None, None, None, None, mean, rstd, 2, True)
+    with pytest.raises(ValueError, match="mean"):
+        bwd(y, x, None, None, None, None, mean[:, :1], rstd, 2, True)
+    with pytest.raises(ValueError, match="rstd"):
+        bwd(y, x, None, None, None, None, mean, rstd.double(), 2, True)
