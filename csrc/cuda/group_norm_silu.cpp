@@ -37,7 +37,9 @@ gk::ScalarKind scalar_kind(at::ScalarType t) {
 at::ScalarType stats_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // The layout rule shared by every backend (gencore/ops/group_norm_silu.py: is_channels_last / output_like).
-bool is_channels_last(const Tensor& x) { return x.dim() >= 3 && !x.is_contiguous() && x.movedim(1, -1).is_contiguous(); }
+bool is_channels_last(const Tensor& x) {
+  return x.dim() >= 3 && !x.is_contiguous() && x.movedim(1, -1).is_contiguous();
+}
 
 Tensor output_like(const Tensor& x) {
   if (is_channels_last(x)) return at::empty(x.movedim(1, -1).sizes(), x.options()).movedim(-1, 1);

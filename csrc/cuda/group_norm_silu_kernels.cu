@@ -5,12 +5,15 @@
 //
 //   forward   h = x + t[n,c];  per (n, g): mean, var (biased), r = 1/sqrt(var + eps)
 //             k = 1 + scale[n,c], w = weight[c], b = bias[c], sh = shift[n,c]
-//             A[n,c] = r*w*k,  B[n,c] = ((t[n,c] - mean)*r*w + b)*k + sh,  y = act(x*A + B)
-//   backward  z = x*A + B, gz = gy*act'(z), xhat = (x + t - mean)*r = x*r + Q[n,c] with Q = (t - mean)*r
+//             d = h - mean,  A[n,c] = r*w*k,  B[n,c] = b*k + sh,  y = act(d*A + B)
+//             (= act(x*A + ((t - mean)*r*w + b)*k + sh) of GN_MATH, but with h - mean formed per element: folding
+//             t - mean into one constant cancels catastrophically when the variance is tiny next to the mean, e.g.
+//             a group of one element, where d must be exactly 0)
+//   backward  z = d*A + B, gz = gy*act'(z), xhat = d*r
 //             per (n,c): S1 = sum_s gz, S2 = sum_s gz*xhat, S3 = sum_s xhat
 //             g_shift = S1, g_scale = w*S2 + b*S1, g_weight[c] = sum_n k*S2, g_bias[c] = sum_n k*S1
 //             per (n,g): m1 = sum_{c in g} w*k*S1 / D, m2 = sum_{c in g} w*k*S2 / D   (D = cpg*S)
-//             gx = r*(w*k*gz - m1 - xhat*m2) = A*gz + E*x + F  with  E = -r*r*m2,  F = -r*m1 + E*(t - mean)
+//             gx = r*(w*k*gz - m1 - xhat*m2) = A*gz + E*d + F  with  E = -r*r*m2,  F = -r*m1
 //             g_temb[n,c] = sum_s gx = r*(w*k*S1 - S*m1 - m2*S3)
 //
 // Work decomposition. Each sample n is a row-major matrix of R rows x L columns:
@@ -32,6 +35,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#ifdef GENCORE_CUDA_HOST_EMULATION
+#include "host_emulation.h"  // tests only: runs these kernels on CPU threads (see that file)
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -115,8 +122,24 @@ __device__ __forceinline__ A activation_grad(A z, bool silu) {
   return s * (A(1) + z * (A(1) - s));
 }
 
-// The per-(n, c) affine of the forward: y = act(x*A + B). Shared by the forward finalize and the backward prepare
-// kernels so both directions use bit-identical coefficients.
+// Per-(n, c) coefficients in the workspace, index i = n*C + c. The group constants (mean, r, E, F) are repeated per
+// channel so that every elementwise pass indexes all of them the same way.
+template <class A>
+struct ChannelCoefs {
+  A* t;  // temb[n, c] (0 without temb)
+  A* m;  // the group's mean
+  A* a;  // A = r*w*k
+  A* b;  // B = b*k + sh
+  A* r;  // the group's rstd                         (backward only)
+  A* e;  // E = -r*r*m2, F = -r*m1 (see the top)      (backward only)
+  A* f;
+
+  // d = (x + t) - mean: h exactly as the statistics saw it, then centred (exact when h is near the mean).
+  __device__ __forceinline__ A centred(A x, int64_t i) const { return (x + t[i]) - m[i]; }
+};
+
+// Where the per-(n, c) parameters come from. Shared by the forward finalize and the backward prepare kernels so both
+// directions use bit-identical coefficients.
 template <class T>
 struct ChannelParams {
   const T* weight;
@@ -134,6 +157,18 @@ struct ChannelParams {
     t = opt(temb, n * C + c, A(0));
     k = A(1) + opt(scale_shift, n * 2 * C + c, A(0));
     sh = opt(scale_shift, n * 2 * C + C + c, A(0));
+  }
+
+  // t, mean, A, B of channel i = n*C + c, for a group with statistics (mean, r).
+  __device__ __forceinline__ void store_forward(const ChannelCoefs<Acc<T>>& cf, int64_t n, int64_t c, Acc<T> mean,
+                                                Acc<T> r) const {
+    Acc<T> w, b, t, k, sh;
+    load(n, c, w, b, t, k, sh);
+    const int64_t i = n * C + c;
+    cf.t[i] = t;
+    cf.m[i] = mean;
+    cf.a[i] = r * w * k;
+    cf.b[i] = b * k + sh;
   }
 };
 
@@ -227,8 +262,8 @@ struct FwdStatsOp {
   }
 };
 
-// Backward sums S1 = sum gz, S2 = sum gz*xhat, S3 = sum xhat, from the per-(n, c) coefficients A, B (z = x*A + B) and
-// R, Q (xhat = x*R + Q).
+// Backward sums S1 = sum gz, S2 = sum gz*xhat, S3 = sum xhat, from the per-(n, c) coefficients (z = d*A + B,
+// xhat = d*r, d = x + t - mean).
 template <class T, int V, bool CL>
 struct BwdSumsOp {
   using A = Acc<T>;
@@ -241,10 +276,7 @@ struct BwdSumsOp {
 
   const T* x;
   const T* grad_out;
-  const A* coef_a;
-  const A* coef_b;
-  const A* coef_r;
-  const A* coef_q;
+  ChannelCoefs<A> coefs;
   bool silu;
   A* part_s1;  // (N*C, splits)
   A* part_s2;
@@ -260,10 +292,9 @@ struct BwdSumsOp {
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int64_t i = lane_channel<CL>(nc, k);
-      const A xk = to_acc(xv.v[k]);
-      const A z = xk * coef_a[i] + coef_b[i];
-      const A gz = to_acc(gv.v[k]) * activation_grad(z, silu);
-      const A xhat = xk * coef_r[i] + coef_q[i];
+      const A d = coefs.centred(to_acc(xv.v[k]), i);
+      const A gz = to_acc(gv.v[k]) * activation_grad(d * coefs.a[i] + coefs.b[i], silu);
+      const A xhat = d * coefs.r[i];
       st.s1[k] += gz;
       st.s2[k] += gz * xhat;
       st.s3[k] += xhat;
@@ -383,12 +414,12 @@ struct GroupPlan {
 };
 
 // One block per (n, g): merge the group's cpg * splits Welford slots (thread t takes a contiguous run of them, in
-// order; then block_merge), write mean and rstd, and the per-channel A, B of y = act(x*A + B).
+// order; then block_merge), write mean and rstd, and the per-channel coefficients of y = act(d*A + B).
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     fwd_finalize_kernel(ReducePlan rp, GroupPlan gp, const Acc<T>* part_mean, const Acc<T>* part_m2,
-                        ChannelParams<T> params, Acc<T> eps, Acc<T>* out_mean, Acc<T>* out_rstd, Acc<T>* coef_a,
-                        Acc<T>* coef_b) {
+                        ChannelParams<T> params, Acc<T> eps, Acc<T>* out_mean, Acc<T>* out_rstd,
+                        ChannelCoefs<Acc<T>> coefs) {
   using A = Acc<T>;
   __shared__ Welford<A> shared[kWarps + 1];
   const int64_t slots = gp.cpg * rp.splits;
@@ -411,13 +442,7 @@ __global__ void __launch_bounds__(kThreads)
       out_mean[ng] = mean;
       out_rstd[ng] = r;
     }
-    for (int64_t j = threadIdx.x; j < gp.cpg; j += kThreads) {
-      const int64_t c = g * gp.cpg + j;
-      A w, b, t, k, sh;
-      params.load(n, c, w, b, t, k, sh);
-      coef_a[n * gp.C + c] = r * w * k;
-      coef_b[n * gp.C + c] = ((t - mean) * r * w + b) * k + sh;
-    }
+    for (int64_t j = threadIdx.x; j < gp.cpg; j += kThreads) params.store_forward(coefs, n, g * gp.cpg + j, mean, r);
   }
 }
 
@@ -444,8 +469,7 @@ struct RowColWalker {
 
 template <class T, int V, bool CL>
 __global__ void __launch_bounds__(kThreads)
-    fwd_apply_kernel(ApplyPlan p, const T* x, T* y, const Acc<T>* coef_a, const Acc<T>* coef_b, bool silu) {
-  using A = Acc<T>;
+    fwd_apply_kernel(ApplyPlan p, const T* x, T* y, ChannelCoefs<Acc<T>> coefs, bool silu) {
   const int64_t cols = p.L / V;
   const int64_t start = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t step = int64_t(gridDim.x) * kThreads;
@@ -459,7 +483,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         const int64_t i = lane_channel<CL>(nc, k);
-        yv.v[k] = from_acc<T>(activation(to_acc(xv.v[k]) * coef_a[i] + coef_b[i], silu));
+        yv.v[k] = from_acc<T>(activation(coefs.centred(to_acc(xv.v[k]), i) * coefs.a[i] + coefs.b[i], silu));
       }
       *reinterpret_cast<Pack<T, V>*>(y + off) = yv;
     }
@@ -469,40 +493,34 @@ __global__ void __launch_bounds__(kThreads)
 // ---------------------------------------------------------------------------------------------------------------------
 // Backward
 
-// Per (n, c): A, B of the forward (from the saved mean and rstd), and R = r, Q = (t - mean)*r so xhat = x*R + Q.
+// Per (n, c): the forward's coefficients (from the saved mean and rstd) and r.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     bwd_prepare_kernel(GroupPlan gp, ChannelParams<T> params, const Acc<T>* mean_in, const Acc<T>* rstd_in,
-                       Acc<T>* coef_a, Acc<T>* coef_b, Acc<T>* coef_r, Acc<T>* coef_q) {
-  using A = Acc<T>;
+                       ChannelCoefs<Acc<T>> coefs) {
   const int64_t total = gp.N * gp.C;
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total; i += int64_t(gridDim.x) * kThreads) {
     const int64_t n = i / gp.C, c = i % gp.C;
     const int64_t ng = n * gp.G + c / gp.cpg;
-    const A mean = mean_in[ng], r = rstd_in[ng];
-    A w, b, t, k, sh;
-    params.load(n, c, w, b, t, k, sh);
-    coef_a[i] = r * w * k;
-    coef_b[i] = ((t - mean) * r * w + b) * k + sh;
-    coef_r[i] = r;
-    coef_q[i] = (t - mean) * r;
+    params.store_forward(coefs, n, c, mean_in[ng], rstd_in[ng]);
+    coefs.r[i] = rstd_in[ng];
   }
 }
 
 // One block per (n, g): merge each channel's split sums in split order; write g_scale_shift and the per-(n, c)
 // parameter-gradient partials; reduce m1, m2 over the group's channels (fixed order); write g_temb and the E, F
-// coefficients of gx = A*gz + E*x + F.
+// coefficients of gx = A*gz + E*d + F.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    bwd_finalize_kernel(ReducePlan rp, GroupPlan gp, ChannelParams<T> params, const Acc<T>* mean_in,
-                        const Acc<T>* rstd_in, const Acc<T>* part_s1, const Acc<T>* part_s2, const Acc<T>* part_s3,
-                        Acc<T>* sum_s1, Acc<T>* sum_s3, Acc<T>* gw_nc, Acc<T>* gb_nc, Acc<T>* coef_e,
-                        Acc<T>* coef_f, T* grad_temb, T* grad_scale_shift) {
+    bwd_finalize_kernel(ReducePlan rp, GroupPlan gp, ChannelParams<T> params, const Acc<T>* rstd_in,
+                        const Acc<T>* part_s1, const Acc<T>* part_s2, const Acc<T>* part_s3, Acc<T>* sum_s1,
+                        Acc<T>* sum_s3, Acc<T>* gw_nc, Acc<T>* gb_nc, ChannelCoefs<Acc<T>> coefs,
+                        T* grad_temb, T* grad_scale_shift) {
   using A = Acc<T>;
   __shared__ Sums3<A> shared[kWarps + 1];
   for (int64_t ng = blockIdx.x; ng < gp.N * gp.G; ng += gridDim.x) {
     const int64_t n = ng / gp.G, g = ng % gp.G;
-    const A mean = mean_in[ng], r = rstd_in[ng];
+    const A r = rstd_in[ng];
     Sums3<A> wk{A(0), A(0), A(0)};  // s1: sum w*k*S1, s2: sum w*k*S2 over this thread's channels
     for (int64_t j = threadIdx.x; j < gp.cpg; j += kThreads) {
       const int64_t c = g * gp.cpg + j, i = n * gp.C + c;
@@ -533,8 +551,8 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t c = g * gp.cpg + j, i = n * gp.C + c;
       A w, b, t, k, sh;
       params.load(n, c, w, b, t, k, sh);
-      coef_e[i] = e;
-      coef_f[i] = -r * m1 + e * (t - mean);
+      coefs.e[i] = e;
+      coefs.f[i] = -r * m1;
       if (grad_temb != nullptr) grad_temb[i] = from_acc<T>(r * (w * k * sum_s1[i] - A(gp.S) * m1 - m2 * sum_s3[i]));
     }
   }
@@ -542,8 +560,7 @@ __global__ void __launch_bounds__(kThreads)
 
 template <class T, int V, bool CL>
 __global__ void __launch_bounds__(kThreads)
-    bwd_apply_kernel(ApplyPlan p, const T* x, const T* grad_out, T* grad_x, const Acc<T>* coef_a,
-                     const Acc<T>* coef_b, const Acc<T>* coef_e, const Acc<T>* coef_f, bool silu) {
+    bwd_apply_kernel(ApplyPlan p, const T* x, const T* grad_out, T* grad_x, ChannelCoefs<Acc<T>> coefs, bool silu) {
   using A = Acc<T>;
   const int64_t cols = p.L / V;
   const int64_t start = int64_t(blockIdx.x) * kThreads + threadIdx.x;
@@ -559,10 +576,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int k = 0; k < V; ++k) {
         const int64_t i = lane_channel<CL>(nc, k);
-        const A xk = to_acc(xv.v[k]);
-        const A a = coef_a[i];
-        const A gz = to_acc(gv.v[k]) * activation_grad(xk * a + coef_b[i], silu);
-        out.v[k] = from_acc<T>(a * gz + coef_e[i] * xk + coef_f[i]);
+        const A d = coefs.centred(to_acc(xv.v[k]), i);
+        const A a = coefs.a[i];
+        const A gz = to_acc(gv.v[k]) * activation_grad(d * a + coefs.b[i], silu);
+        out.v[k] = from_acc<T>(a * gz + coefs.e[i] * d + coefs.f[i]);
       }
       *reinterpret_cast<Pack<T, V>*>(grad_x + off) = out;
     }
@@ -672,30 +689,27 @@ class Carver {
 
 template <class T>
 struct FwdWorkspace {
-  Acc<T>*part_mean, *part_m2, *coef_a, *coef_b;
+  Acc<T>*part_mean, *part_m2;
+  ChannelCoefs<Acc<T>> coefs{};  // t, m, a, b
   size_t bytes;
   FwdWorkspace(void* base, const GroupNormSiluDims& d, const ReducePlan& rp) {
     Carver w(base);
     part_mean = w.take<Acc<T>>(d.N * d.C * rp.splits);
     part_m2 = w.take<Acc<T>>(d.N * d.C * rp.splits);
-    coef_a = w.take<Acc<T>>(d.N * d.C);
-    coef_b = w.take<Acc<T>>(d.N * d.C);
+    for (Acc<T>** p : {&coefs.t, &coefs.m, &coefs.a, &coefs.b}) *p = w.take<Acc<T>>(d.N * d.C);
     bytes = w.used();
   }
 };
 
 template <class T>
 struct BwdWorkspace {
-  Acc<T>*coef_a, *coef_b, *coef_r, *coef_q, *part_s1, *part_s2, *part_s3, *sum_s1, *sum_s3, *gw_nc, *gb_nc, *coef_e,
-      *coef_f;
+  Acc<T>*part_s1, *part_s2, *part_s3, *sum_s1, *sum_s3, *gw_nc, *gb_nc;
+  ChannelCoefs<Acc<T>> coefs{};  // all seven
   size_t bytes;
   BwdWorkspace(void* base, const GroupNormSiluDims& d, const ReducePlan& rp) {
     Carver w(base);
     const int64_t nc = d.N * d.C;
-    coef_a = w.take<Acc<T>>(nc);
-    coef_b = w.take<Acc<T>>(nc);
-    coef_r = w.take<Acc<T>>(nc);
-    coef_q = w.take<Acc<T>>(nc);
+    for (Acc<T>** p : {&coefs.t, &coefs.m, &coefs.a, &coefs.b, &coefs.r, &coefs.e, &coefs.f}) *p = w.take<Acc<T>>(nc);
     part_s1 = w.take<Acc<T>>(nc * rp.splits);
     part_s2 = w.take<Acc<T>>(nc * rp.splits);
     part_s3 = w.take<Acc<T>>(nc * rp.splits);
@@ -703,8 +717,6 @@ struct BwdWorkspace {
     sum_s3 = w.take<Acc<T>>(nc);
     gw_nc = w.take<Acc<T>>(nc);
     gb_nc = w.take<Acc<T>>(nc);
-    coef_e = w.take<Acc<T>>(nc);
-    coef_f = w.take<Acc<T>>(nc);
     bytes = w.used();
   }
 };
@@ -725,13 +737,25 @@ int bwd_vector_width(const GroupNormSiluBwdArgs& a) {
   return vector_width<T>(a.dims, {a.x, a.grad_out, a.grad_x});
 }
 
+// Every launch goes through here: on the GPU a plain <<<grid, 256, 0, stream>>>; under host emulation (tests only)
+// the same kernel runs on CPU threads.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, cudaStream_t stream, Args... args) {
+#ifdef GENCORE_CUDA_HOST_EMULATION
+  (void)stream;
+  gencore_emulation::launch(kernel, grid, kThreads, Params(args)...);
+#else
+  kernel<<<grid, kThreads, 0, stream>>>(Params(args)...);
+#endif
+}
+
 template <class Op, int V, bool CL>
 void launch_partials(const Op& op, const ReducePlan& rp, cudaStream_t stream) {
   const unsigned blocks = blocks_for(rp.N * rp.tiles * rp.splits);
   if constexpr (CL) {
-    channel_partials_cl_kernel<Op, V><<<blocks, kThreads, 0, stream>>>(op, rp);
+    launch(channel_partials_cl_kernel<Op, V>, blocks, stream, op, rp);
   } else {
-    channel_partials_cf_kernel<Op, V><<<blocks, kThreads, 0, stream>>>(op, rp);
+    launch(channel_partials_cf_kernel<Op, V>, blocks, stream, op, rp);
   }
 }
 
@@ -743,13 +767,11 @@ void fwd_reduce_and_apply(const GroupNormSiluFwdArgs& a, const ReducePlan& rp, c
   const T* x = static_cast<const T*>(a.x);
   FwdStatsOp<T, V, CL> op{x, static_cast<const T*>(a.temb), ws.part_mean, ws.part_m2};
   launch_partials<FwdStatsOp<T, V, CL>, V, CL>(op, rp, stream);
-  fwd_finalize_kernel<T><<<blocks_for(d.N * d.G), kThreads, 0, stream>>>(
-      rp, make_group_plan(d), ws.part_mean, ws.part_m2,
-      channel_params<T>(a.weight, a.bias, a.temb, a.scale_shift, d.C), A(a.eps), static_cast<A*>(a.mean),
-      static_cast<A*>(a.rstd), ws.coef_a, ws.coef_b);
+  launch(fwd_finalize_kernel<T>, blocks_for(d.N * d.G), stream, rp, make_group_plan(d), ws.part_mean, ws.part_m2,
+         channel_params<T>(a.weight, a.bias, a.temb, a.scale_shift, d.C), A(a.eps), static_cast<A*>(a.mean),
+         static_cast<A*>(a.rstd), ws.coefs);
   const ApplyPlan ap = make_apply_plan(d);
-  fwd_apply_kernel<T, V, CL><<<apply_grid(ap, V, sms), kThreads, 0, stream>>>(ap, x, static_cast<T*>(a.y),
-                                                                               ws.coef_a, ws.coef_b, a.silu);
+  launch(fwd_apply_kernel<T, V, CL>, apply_grid(ap, V, sms), stream, ap, x, static_cast<T*>(a.y), ws.coefs, a.silu);
 }
 
 template <class T>
@@ -791,20 +813,19 @@ void bwd_reduce_and_apply(const GroupNormSiluBwdArgs& a, const ReducePlan& rp, c
   const T* grad_out = static_cast<const T*>(a.grad_out);
   const A* mean = static_cast<const A*>(a.mean);
   const A* rstd = static_cast<const A*>(a.rstd);
-  bwd_prepare_kernel<T><<<blocks_for(ceil_div(d.N * d.C, kThreads)), kThreads, 0, stream>>>(
-      gp, params, mean, rstd, ws.coef_a, ws.coef_b, ws.coef_r, ws.coef_q);
-  BwdSumsOp<T, V, CL> op{x, grad_out, ws.coef_a, ws.coef_b, ws.coef_r, ws.coef_q, a.silu,
-                         ws.part_s1, ws.part_s2, ws.part_s3};
+  launch(bwd_prepare_kernel<T>, blocks_for(ceil_div(d.N * d.C, kThreads)), stream, gp, params, mean, rstd,
+         ws.coefs);
+  BwdSumsOp<T, V, CL> op{x, grad_out, ws.coefs, a.silu, ws.part_s1, ws.part_s2, ws.part_s3};
   launch_partials<BwdSumsOp<T, V, CL>, V, CL>(op, rp, stream);
-  bwd_finalize_kernel<T><<<blocks_for(d.N * d.G), kThreads, 0, stream>>>(
-      rp, gp, params, mean, rstd, ws.part_s1, ws.part_s2, ws.part_s3, ws.sum_s1, ws.sum_s3, ws.gw_nc, ws.gb_nc,
-      ws.coef_e, ws.coef_f, static_cast<T*>(a.grad_temb), static_cast<T*>(a.grad_scale_shift));
+  launch(bwd_finalize_kernel<T>, blocks_for(d.N * d.G), stream, rp, gp, params, rstd, ws.part_s1, ws.part_s2,
+         ws.part_s3, ws.sum_s1, ws.sum_s3, ws.gw_nc, ws.gb_nc, ws.coefs, static_cast<T*>(a.grad_temb),
+         static_cast<T*>(a.grad_scale_shift));
   const ApplyPlan ap = make_apply_plan(d);
-  bwd_apply_kernel<T, V, CL><<<apply_grid(ap, V, sms), kThreads, 0, stream>>>(
-      ap, x, grad_out, static_cast<T*>(a.grad_x), ws.coef_a, ws.coef_b, ws.coef_e, ws.coef_f, a.silu);
+  launch(bwd_apply_kernel<T, V, CL>, apply_grid(ap, V, sms), stream, ap, x, grad_out, static_cast<T*>(a.grad_x),
+         ws.coefs, a.silu);
   if (a.grad_weight != nullptr || a.grad_bias != nullptr) {
-    param_grads_kernel<T><<<blocks_for(ceil_div(d.C, kThreads)), kThreads, 0, stream>>>(
-        d.N, d.C, ws.gw_nc, ws.gb_nc, static_cast<T*>(a.grad_weight), static_cast<T*>(a.grad_bias));
+    launch(param_grads_kernel<T>, blocks_for(ceil_div(d.C, kThreads)), stream, d.N, d.C, ws.gw_nc, ws.gb_nc,
+           static_cast<T*>(a.grad_weight), static_cast<T*>(a.grad_bias));
   }
 }
 
