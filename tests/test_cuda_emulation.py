@@ -2,7 +2,7 @@
 
 No GPU is needed: tests/cuda_emulation/group_norm_silu_emulation.cpp includes csrc/cuda/group_norm_silu_kernels.cu
 verbatim and builds it with g++ on top of csrc/cuda/host_emulation.h, which implements the CUDA execution model
-(blocks of host threads, __syncthreads and warp shuffles as barriers, static shared memory). So the indexing, the
+(each GPU thread a fiber, __syncthreads and warp shuffles as barriers, blocks in turn over static shared memory). So the indexing, the
 vectorized and scalar paths, both layouts, the split reductions and their fixed-order merges are all checked here,
 with a workspace poisoned with NaN so that a slot read before it is written shows up. What this cannot check: the
 speed, device-specific compilation (test_cuda_compile.py runs nvcc), and real-GPU concurrency (the `gpu` tests in
@@ -168,7 +168,7 @@ def test_matches_reference(emu, shape, dtype, layout):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_batch1_split_reduction(emu, dtype, layout):
     """Batch 1, few channels, large S: the reductions split s over many blocks and merge them in order."""
     a = _make(1, 8, (48, 48), dtype, offset=3.0)
@@ -178,6 +178,29 @@ def test_batch1_split_reduction(emu, dtype, layout):
     splits = emu.gencore_emulation_gns_splits(1, 8, 48 * 48, 2, int(layout == "channels_last"), vec)
     assert splits > 4, "the test must exercise the split path"
     _check(emu, a, 2, dtype)
+
+
+# (N, C, spatial, G, layout) where the work decomposition has more than one of something.
+DECOMPOSITIONS = {
+    "finalize-thread-merges-4-slots": (1, 64, (64, 64), 1, "contiguous"),    # cpg * splits = 512 > 256 threads
+    "cl-two-column-tiles": (1, 512, (8, 8), 32, "channels_last"),            # C/V = 64 vectors > 32 lanes (fp16)
+    "cl-batch3-splits": (3, 24, (40, 40), 6, "channels_last"),
+    "cf-rows-past-C": (2, 20, (33, 17), 5, "contiguous"),                    # 8-row tiles, C = 20 is not a multiple
+}
+
+
+@pytest.mark.parametrize("sm_count", [1, 132])
+@pytest.mark.parametrize("case", DECOMPOSITIONS.values(), ids=DECOMPOSITIONS.keys())
+def test_work_decompositions(emu, case, sm_count):
+    n, c, spatial, g, layout = case
+    a = _make(n, c, spatial, torch.float16, offset=1.0)
+    if layout == "channels_last":
+        a["x"] = a["x"].movedim(1, -1).contiguous().movedim(-1, 1)
+    emu.gencore_emulation_set_sm_count(sm_count)
+    try:
+        _check(emu, a, g, torch.float16)
+    finally:
+        emu.gencore_emulation_set_sm_count(132)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -220,3 +243,8 @@ def test_launcher_refuses_inconsistent_sizes(emu):
     rc = emu.gencore_emulation_gns_fwd(2, 2, 6, 16, 4, 0, x.data_ptr(), None, None, None, None, y.data_ptr(),
                                        mean.data_ptr(), rstd.data_ptr(), 1e-5, 1)
     assert rc != 0
+
+
+def test_emulator_reports_a_divergent_syncthreads(emu):
+    """The emulation itself can fail: threads returning before a __syncthreads make the launch fail, not hang."""
+    assert emu.gencore_emulation_selftest_divergent_sync() != 0

@@ -29,6 +29,12 @@ gencore::cuda::GroupNormSiluDims dims(int64_t N, int64_t C, int64_t S, int64_t G
   return d;
 }
 
+__global__ void divergent_sync_kernel(int* flag) {
+  if (threadIdx.x < 5) return;
+  __syncthreads();
+  *flag = 1;
+}
+
 }  // namespace
 
 extern "C" {
@@ -90,6 +96,13 @@ int gencore_emulation_gns_bwd(int dtype, int64_t N, int64_t C, int64_t S, int64_
   if (err != cudaSuccess) return int(err);
   PoisonedWorkspace ws(bytes);
   return int(gencore::cuda::group_norm_silu_bwd(a, ws.data, ws.size, nullptr));
+}
+
+// The emulator's own check: a kernel where some threads return before a __syncthreads must fail, not hang.
+int gencore_emulation_selftest_divergent_sync() {
+  int flag = 0;
+  gencore_emulation::launch(divergent_sync_kernel, dim3(1), 64, &flag);
+  return int(cudaGetLastError());
 }
 
 }  // extern "C"
