@@ -134,9 +134,29 @@ struct ChannelCoefs {
   A* e;  // E = -r*r*m2, F = -r*m1 (see the top)      (backward only)
   A* f;
 
-  // d = (x + t) - mean: h exactly as the statistics saw it, then centred (exact when h is near the mean).
-  __device__ __forceinline__ A centred(A x, int64_t i) const { return (x + t[i]) - m[i]; }
 };
+
+// d = (x + t) - mean: h exactly as the statistics saw it, then centred (exact when h is near the mean).
+template <class A>
+__device__ __forceinline__ A centred(A x, A t, A mean) {
+  return (x + t) - mean;
+}
+
+// The coefficients of a vector's V lanes from a per-(n, c) array, nc = n*C + c of lane 0. Channels-last: the lanes
+// are V consecutive channels, read with one vector load (the workspace arrays are 256-byte aligned and nc is a
+// multiple of V whenever V > 1). Channels-first: one channel, one load, broadcast.
+template <int V, bool CL, class A>
+__device__ __forceinline__ Pack<A, V> lanes_of(const A* p, int64_t nc) {
+  Pack<A, V> out;
+  if constexpr (CL) {
+    out = *reinterpret_cast<const Pack<A, V>*>(p + nc);
+  } else {
+    const A v = p[nc];
+#pragma unroll
+    for (int k = 0; k < V; ++k) out.v[k] = v;
+  }
+  return out;
+}
 
 // Where the per-(n, c) parameters come from. Shared by the forward finalize and the backward prepare kernels so both
 // directions use bit-identical coefficients.
@@ -289,12 +309,14 @@ struct BwdSumsOp {
   __device__ __forceinline__ void push(Lanes& st, int64_t off, int64_t nc) const {
     const Pack<T, V> xv = *reinterpret_cast<const Pack<T, V>*>(x + off);
     const Pack<T, V> gv = *reinterpret_cast<const Pack<T, V>*>(grad_out + off);
+    const Pack<A, V> t = lanes_of<V, CL>(coefs.t, nc), m = lanes_of<V, CL>(coefs.m, nc);
+    const Pack<A, V> a = lanes_of<V, CL>(coefs.a, nc), b = lanes_of<V, CL>(coefs.b, nc);
+    const Pack<A, V> r = lanes_of<V, CL>(coefs.r, nc);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const int64_t i = lane_channel<CL>(nc, k);
-      const A d = coefs.centred(to_acc(xv.v[k]), i);
-      const A gz = to_acc(gv.v[k]) * activation_grad(d * coefs.a[i] + coefs.b[i], silu);
-      const A xhat = d * coefs.r[i];
+      const A d = centred(to_acc(xv.v[k]), t.v[k], m.v[k]);
+      const A gz = to_acc(gv.v[k]) * activation_grad(d * a.v[k] + b.v[k], silu);
+      const A xhat = d * r.v[k];
       st.s1[k] += gz;
       st.s2[k] += gz * xhat;
       st.s3[k] += xhat;
@@ -470,6 +492,7 @@ struct RowColWalker {
 template <class T, int V, bool CL>
 __global__ void __launch_bounds__(kThreads)
     fwd_apply_kernel(ApplyPlan p, const T* x, T* y, ChannelCoefs<Acc<T>> coefs, bool silu) {
+  using A = Acc<T>;
   const int64_t cols = p.L / V;
   const int64_t start = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t step = int64_t(gridDim.x) * kThreads;
@@ -479,11 +502,12 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t off = (n * p.R + it.row) * p.L + it.col * V;
       const int64_t nc = n * p.C + (CL ? it.col * V : it.row);
       const Pack<T, V> xv = *reinterpret_cast<const Pack<T, V>*>(x + off);
+      const Pack<A, V> t = lanes_of<V, CL>(coefs.t, nc), m = lanes_of<V, CL>(coefs.m, nc);
+      const Pack<A, V> a = lanes_of<V, CL>(coefs.a, nc), b = lanes_of<V, CL>(coefs.b, nc);
       Pack<T, V> yv;
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        const int64_t i = lane_channel<CL>(nc, k);
-        yv.v[k] = from_acc<T>(activation(coefs.centred(to_acc(xv.v[k]), i) * coefs.a[i] + coefs.b[i], silu));
+        yv.v[k] = from_acc<T>(activation(centred(to_acc(xv.v[k]), t.v[k], m.v[k]) * a.v[k] + b.v[k], silu));
       }
       *reinterpret_cast<Pack<T, V>*>(y + off) = yv;
     }
@@ -572,14 +596,15 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t nc = n * p.C + (CL ? it.col * V : it.row);
       const Pack<T, V> xv = *reinterpret_cast<const Pack<T, V>*>(x + off);
       const Pack<T, V> gv = *reinterpret_cast<const Pack<T, V>*>(grad_out + off);
+      const Pack<A, V> t = lanes_of<V, CL>(coefs.t, nc), m = lanes_of<V, CL>(coefs.m, nc);
+      const Pack<A, V> a = lanes_of<V, CL>(coefs.a, nc), b = lanes_of<V, CL>(coefs.b, nc);
+      const Pack<A, V> e = lanes_of<V, CL>(coefs.e, nc), f = lanes_of<V, CL>(coefs.f, nc);
       Pack<T, V> out;
 #pragma unroll
       for (int k = 0; k < V; ++k) {
-        const int64_t i = lane_channel<CL>(nc, k);
-        const A d = coefs.centred(to_acc(xv.v[k]), i);
-        const A a = coefs.a[i];
-        const A gz = to_acc(gv.v[k]) * activation_grad(d * a + coefs.b[i], silu);
-        out.v[k] = from_acc<T>(a * gz + coefs.e[i] * d + coefs.f[i]);
+        const A d = centred(to_acc(xv.v[k]), t.v[k], m.v[k]);
+        const A gz = to_acc(gv.v[k]) * activation_grad(d * a.v[k] + b.v[k], silu);
+        out.v[k] = from_acc<T>(a.v[k] * gz + e.v[k] * d + f.v[k]);
       }
       *reinterpret_cast<Pack<T, V>*>(grad_x + off) = out;
     }
