@@ -265,3 +265,17 @@ def test_torch_compile_fullgraph_cuda(backend):
     compiled.sum().backward()
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(x.grad, eager_grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+@pytest.mark.parametrize("activation", ["silu", None])
+def test_gradcheck_and_gradgradcheck_cuda(backend, activation):
+    """float64 on the GPU: the fused backward against finite differences, and the double backward (recompute path)."""
+    a = _make(2, 6, (3, 2), torch.float64)
+    inputs = tuple(a[k].clone().requires_grad_() for k in NAMES)
+
+    def fn(x, w, b, t, ss):
+        return group_norm_silu(x, 3, w, b, temb=t, scale_shift=ss, activation=activation, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-6)
