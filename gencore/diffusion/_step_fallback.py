@@ -34,3 +34,15 @@ def sampler_step_fallback(model_output, sample, timesteps, coefs, *, model_outpu
     if noise is not None:
         prev = prev + c[8] * noise.to(compute)
     return prev.to(sample.dtype), x0.to(sample.dtype)
+
+
+def diffusion_training_inputs_fallback(x0, noise, timesteps, coefs, target="epsilon", *, backend=None):
+    view = (-1,) + (1,) * (x0.dim() - 1)
+    c = coefs[timesteps]
+    c0, c1 = c[:, 0].reshape(view).to(x0.dtype), c[:, 1].reshape(view).to(x0.dtype)
+    noisy = c0 * x0 + c1 * noise
+    if target == "epsilon":
+        return noisy, noise
+    if target == "sample":
+        return noisy, x0
+    return noisy, c0 * noise - c1 * x0
