@@ -10,10 +10,7 @@ import torch.nn.functional as F
 from .sampling import _as_tensor_output
 from .schedulers import LEARNED_VARIANCE_TYPES, _DiscreteScheduler, _randn
 
-try:
-    from ..ops import diffusion_training_inputs as _training_inputs
-except ImportError:  # TEMPORARY: until the sampler-kernels branch is merged; see _step_fallback.py
-    from ._step_fallback import diffusion_training_inputs_fallback as _training_inputs
+from ..ops.sampler_step import diffusion_training_inputs
 
 LOSS_TYPES = ("l2", "l1", "huber")
 
@@ -112,7 +109,7 @@ def training_loss(
     compute = torch.float64 if x0.dtype == torch.float64 else torch.float32
     coefs = scheduler.noise_coefficients(device, compute)
     prediction_type = scheduler.config.prediction_type
-    noisy, target = _training_inputs(x0, noise, timesteps, coefs, prediction_type)
+    noisy, target = diffusion_training_inputs(x0, noise, timesteps, coefs, prediction_type)
 
     out = _as_tensor_output(model(noisy, timesteps) if class_labels is None
                             else model(noisy, timesteps, class_labels))

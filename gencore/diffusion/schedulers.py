@@ -45,10 +45,7 @@ import torch
 
 from .schedules import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
 
-try:  # the fused op (sampler-kernels branch)
-    from ..ops import sampler_step as _sampler_step
-except ImportError:  # TEMPORARY: until that branch is merged; see _step_fallback.py
-    from ._step_fallback import sampler_step_fallback as _sampler_step
+from ..ops.sampler_step import sampler_step
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
@@ -520,7 +517,7 @@ class _DiscreteScheduler:
         kwargs = {}
         if philox_seed is not None:
             kwargs = dict(philox_seed=philox_seed, philox_offset=philox_offset)
-        prev, x0 = _sampler_step(model_output, sample, ts, coefs, model_output_uncond=uncond,
+        prev, x0 = sampler_step(model_output, sample, ts, coefs, model_output_uncond=uncond,
                                  guidance_scale=float(guidance_scale), clip_range=clip_range, threshold=threshold,
                                  noise=noise, **kwargs)
         out = SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
