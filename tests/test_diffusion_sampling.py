@@ -219,3 +219,12 @@ def test_training_loss_bad_input():
         training_loss(model, x0, s, noise=torch.randn(2, 1, 4, 4))
     with pytest.raises(ValueError, match="snr_gamma"):
         training_loss(model, x0, s, snr_gamma=0)
+
+
+def test_philox_sampling_does_not_depend_on_the_batch():
+    model = TinyModel()
+    noise = torch.randn(SHAPE)
+    full = sample(model, DDIMScheduler(), noise, 6, eta=1.0, philox_seed=7, progress=False)
+    part = sample(model, DDIMScheduler(), noise[:1], 6, eta=1.0, philox_seed=7, progress=False)
+    torch.testing.assert_close(part, full[:1], **tolerance(torch.float32))
+    assert not torch.equal(full, sample(model, DDIMScheduler(), noise, 6, eta=1.0, philox_seed=8, progress=False))

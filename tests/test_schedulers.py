@@ -563,3 +563,24 @@ def test_shape_mismatch():
     learned = DDPMScheduler(variance_type="learned_range")
     with pytest.raises(ValueError, match="2\\*C channels"):
         learned.step(x, 999, x)
+
+
+@pytest.mark.parametrize("cls,kwargs", [(DDIMScheduler, {"eta": 1.0}), (DDPMScheduler, {})])
+def test_philox_noise_is_keyed_on_sample_and_step(cls, kwargs):
+    """philox_seed draws gencore.reference.philox's noise for (seed, sample, step): the same whatever the batch."""
+    from gencore.reference.philox import philox_normal
+
+    s = cls()
+    s.set_timesteps(10)
+    x, m = rand(*SHAPE, seed=1), rand(*SHAPE, seed=2)
+    t = 700  # position 2 of the schedule [900, 800, 700, ...]: the default philox_offset
+    fused = s.step(m, t, x, philox_seed=1234, **kwargs).prev_sample
+    z = philox_normal(SHAPE, 1234, 2)
+    close32(fused, s.step(m, t, x, variance_noise=z, **kwargs).prev_sample)
+    close32(s.step(m[:2], t, x[:2], philox_seed=1234, **kwargs).prev_sample, fused[:2])
+    other = s.step(m, t, x, philox_seed=1234, philox_offset=3, **kwargs).prev_sample
+    assert not torch.allclose(other, fused)
+    with pytest.raises(ValueError, match="philox_offset"):
+        s.step(m, s.timesteps[torch.tensor([0, 1, 2])], x, philox_seed=1, **kwargs)
+    with pytest.raises(ValueError, match="philox_seed"):
+        s.step(m, t, x, philox_seed=1, generator=torch.Generator(), **kwargs)
