@@ -29,7 +29,8 @@ What differs, on purpose:
 How a step runs: set_timesteps builds a coefficient table (T, 9) on the device (see gencore.ops.sampler_step for
 the columns), one row per training timestep, for the schedule in use. step() gathers each sample's row inside the
 fused op, so it never reads a value back to the host: a sampling loop on CUDA can be captured in a CUDA graph once
-the tables it uses exist (a new eta or use_clipped_model_output value builds its table on its first step). Rows of
+the tables it uses exist (a new eta or use_clipped_model_output value builds its table on its first step) and the
+timestep is a device tensor updated in place (a Python int would be baked into the graph). Rows of
 timesteps the schedule does not visit are NaN, and a timestep off the schedule is an error: a ValueError on the CPU,
 a device-side assertion (torch._assert_async) for CUDA tensors.
 """
@@ -440,6 +441,8 @@ class _DiscreteScheduler:
             if timestep.dtype.is_floating_point or timestep.dtype.is_complex or timestep.dtype == torch.bool:
                 raise TypeError(f"timestep must be an integer tensor, got dtype {timestep.dtype}")
             if timestep.dim() == 0 or (timestep.dim() == 1 and timestep.numel() == 1):
+                if timestep.device.type == "cpu":  # reading a CPU scalar costs nothing: take the int path
+                    return self._timesteps_tensor(int(timestep.reshape(())), sample)
                 timestep = timestep.reshape(1).expand(n)
             elif timestep.dim() != 1 or timestep.numel() != n:
                 raise ValueError(f"timestep must be an int, a 0-d tensor or a tensor of shape ({n},) (one per "
@@ -696,7 +699,8 @@ class DDPMScheduler(_DiscreteScheduler):
                 the step uses uncond + guidance_scale * (model_output - uncond) (learned variance: the variance
                 channels come from model_output).
             philox_seed, philox_offset: draw the noise inside the kernel from Philox keyed on (seed, sample index,
-                philox_offset, element); philox_offset defaults to the step's position in the schedule.
+                philox_offset, element); philox_offset defaults to the step's position in the schedule (which
+                reads a CUDA timestep back to the host: pass it explicitly in a graph-captured loop).
 
         Noise is drawn from the generator unless every timestep is known on the host to be 0 (an int, or a CPU
         tensor); for CUDA timestep tensors it is always drawn, and the table's zero std at t = 0 removes it.
