@@ -589,7 +589,7 @@ class _DiscreteScheduler:
 
 
 class DDPMScheduler(_DiscreteScheduler):
-    """Denoising diffusion probabilistic models (Ho et al. 2020): ancestral sampling from the posterior q(x_{t-1}|x_t, x_0).
+    """Denoising diffusion probabilistic models (Ho et al. 2020): ancestral sampling from q(x_{t-1} | x_t, x_0).
 
     Parameters (diffusers' names, order and defaults):
         num_train_timesteps (int, 1000): T, the number of training timesteps.
