@@ -584,3 +584,17 @@ def test_philox_noise_is_keyed_on_sample_and_step(cls, kwargs):
         s.step(m, s.timesteps[torch.tensor([0, 1, 2])], x, philox_seed=1, **kwargs)
     with pytest.raises(ValueError, match="philox_seed"):
         s.step(m, t, x, philox_seed=1, generator=torch.Generator(), **kwargs)
+
+
+@pytest.mark.parametrize("limit", [40, 10])  # chunks of samples; then samples larger than torch.quantile takes
+def test_thresholding_beyond_torch_quantile_limit(monkeypatch, limit):
+    import gencore.diffusion.schedulers as schedulers
+
+    s = DDIMScheduler(thresholding=True, sample_max_value=3.0, dynamic_thresholding_ratio=0.9)
+    s.set_timesteps(10)
+    x, m = rand(*SHAPE, seed=1, scale=3), rand(*SHAPE, seed=2)
+    expected = s.step(m, 900, x)
+    monkeypatch.setattr(schedulers, "QUANTILE_MAX_NUMEL", limit)
+    got = s.step(m, 900, x)
+    close32(got.prev_sample, expected.prev_sample)
+    close32(got.pred_original_sample, expected.pred_original_sample)

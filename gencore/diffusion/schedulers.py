@@ -164,6 +164,23 @@ def _randn(shape, generator, device, dtype):
     return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
 
 
+# torch.quantile refuses inputs of more than 2**24 elements.
+QUANTILE_MAX_NUMEL = 2**24
+
+
+def _per_sample_quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile (linear interpolation, as torch.quantile and diffusers) of each row of flat (N, M)."""
+    n, m = flat.shape
+    if m <= QUANTILE_MAX_NUMEL:
+        rows = max(1, QUANTILE_MAX_NUMEL // m)
+        return torch.cat([torch.quantile(chunk, q, dim=1) for chunk in flat.split(rows)])
+    pos = q * (m - 1)  # a sample larger than torch.quantile takes: the two order statistics around pos
+    lo, frac = math.floor(pos), pos - math.floor(pos)
+    below = torch.kthvalue(flat, lo + 1, dim=1).values
+    above = torch.kthvalue(flat, min(lo + 2, m), dim=1).values
+    return torch.lerp(below, above, frac)
+
+
 def _coef_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -499,7 +516,7 @@ class _DiscreteScheduler:
             u = uncond.to(compute)
             m = u + guidance_scale * (m - u)
         x0 = c[:, X0_FROM_SAMPLE].reshape(view) * sample.to(compute) + c[:, X0_FROM_MODEL].reshape(view) * m
-        s = torch.quantile(x0.abs().reshape(sample.shape[0], -1), cfg["dynamic_thresholding_ratio"], dim=1)
+        s = _per_sample_quantile(x0.abs().reshape(sample.shape[0], -1), cfg["dynamic_thresholding_ratio"])
         return torch.clamp(s, min=1, max=cfg["sample_max_value"]).to(torch.float32)
 
     def _fused_step(self, model_output, sample, ts, coefs, *, noise, uncond, guidance_scale, philox_seed,
