@@ -598,3 +598,51 @@ def test_thresholding_beyond_torch_quantile_limit(monkeypatch, limit):
     got = s.step(m, 900, x)
     close32(got.prev_sample, expected.prev_sample)
     close32(got.pred_original_sample, expected.pred_original_sample)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CUDA: no host synchronisation, so a sampling loop captures in a CUDA graph
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls,kwargs", [(DDIMScheduler, {"eta": 0.0}), (DDIMScheduler, {"eta": 1.0}),
+                                        (DDPMScheduler, {})])
+def test_cuda_step_matches_cpu(cls, kwargs):
+    s = cls(thresholding=True)
+    s.set_timesteps(10, device="cuda")
+    x, m, z = rand(*SHAPE, seed=1, scale=2), rand(*SHAPE, seed=2), rand(*SHAPE, seed=3)
+    ts = s.timesteps[torch.tensor([0, 4, 9], device="cuda")]
+    gpu = s.step(m.cuda(), ts, x.cuda(), variance_noise=z.cuda(), **kwargs)
+    cpu = s.step(m, ts.cpu(), x, variance_noise=z, **kwargs)
+    close32(gpu.prev_sample.cpu(), cpu.prev_sample)
+    close32(gpu.pred_original_sample.cpu(), cpu.pred_original_sample)
+
+
+@pytest.mark.gpu
+def test_ddim_loop_captures_in_a_cuda_graph():
+    s = DDIMScheduler(clip_sample=False, timestep_spacing="trailing")
+    s.set_timesteps(10, device="cuda")
+    x_T = torch.randn(SHAPE, device="cuda")
+
+    def model(x, t):
+        return 0.1 * x + (t.float() / 1000).reshape(-1, 1, 1, 1)
+
+    x_buf, t_buf = x_T.clone(), torch.full((SHAPE[0],), int(s.timesteps[0]), device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture (tables exist already: set_timesteps built them)
+        for _ in range(2):
+            s.step(model(x_buf, t_buf), t_buf, x_buf)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = s.step(model(x_buf, t_buf), t_buf, x_buf).prev_sample
+    x_buf.copy_(x_T)
+    for t in s.timesteps.tolist():
+        t_buf.fill_(t)
+        graph.replay()
+        x_buf.copy_(out)
+    eager = x_T.clone()
+    for t in s.timesteps.tolist():
+        eager = s.step(model(eager, torch.full((SHAPE[0],), t, device="cuda")), t, eager).prev_sample
+    close32(x_buf, eager)
