@@ -181,6 +181,14 @@ def _per_sample_quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
     return torch.lerp(below, above, frac)
 
 
+def _device(device) -> torch.device:
+    """A canonical device key: None is the CPU, "cuda" is the current CUDA device (what tensors report)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def _coef_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -340,8 +348,9 @@ class _DiscreteScheduler:
         self._device_tables: dict = {}  # (variant, device, dtype) -> tensor
         self._valid: dict = {}  # device -> bool (T,) tensor: timestep is on the schedule
         self._aux_tables: dict = {}
-        self._table(self._default_variant(), torch.device("cpu") if device is None else torch.device(device),
-                    torch.float32)
+        # Build now what step() reads on this device, so the steps themselves only gather.
+        self._table(self._default_variant(), _device(device), torch.float32)
+        self._valid_mask(_device(device))
 
     def previous_timestep(self, timestep: int) -> int:
         """The timestep the schedule visits after `timestep` (-1 after the last one)."""
@@ -417,8 +426,7 @@ class _DiscreteScheduler:
         visit); the columns are documented in gencore.ops.sampler_step. step_options are DDIM's eta and
         use_clipped_model_output (none for DDPM).
         """
-        device = torch.device("cpu") if device is None else torch.device(device)
-        return self._table(self._variant(**step_options), device, dtype)
+        return self._table(self._variant(**step_options), _device(device), dtype)
 
     def _variant(self, **step_options):
         raise NotImplementedError
@@ -429,12 +437,11 @@ class _DiscreteScheduler:
         The forward process is x_t = c[t, 0] * x_0 + c[t, 1] * noise; gencore.ops.diffusion_training_inputs takes
         this table (float32) as its `coefs`.
         """
-        device = torch.device("cpu") if device is None else torch.device(device)
-        key = (device, dtype)
+        key = (_device(device), dtype)
         table = self._noise_tables.get(key)
         if table is None:
             host = np.stack([np.sqrt(self._abar), np.sqrt(1.0 - self._abar)], axis=1)
-            table = torch.from_numpy(host).to(device=device, dtype=dtype)
+            table = torch.from_numpy(host).to(device=key[0], dtype=dtype)
             self._noise_tables[key] = table
         return table
 
