@@ -646,3 +646,38 @@ def test_ddim_loop_captures_in_a_cuda_graph():
     for t in s.timesteps.tolist():
         eager = s.step(model(eager, torch.full((SHAPE[0],), t, device="cuda")), t, eager).prev_sample
     close32(x_buf, eager)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The schedulers on every backend of the fused op (each held to the reference backend)
+
+from gencore.testing import backend_params, device_for  # noqa: E402
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("cls,options,step_kwargs", [
+    (DDIMScheduler, {"thresholding": True}, {"eta": 0.5}),
+    (DDIMScheduler, {"prediction_type": "v_prediction"}, {"eta": 0.0, "use_clipped_model_output": True}),
+    (DDPMScheduler, {"variance_type": "fixed_large", "prediction_type": "sample"}, {}),
+])
+def test_step_on_every_backend(backend, dtype, cls, options, step_kwargs):
+    import importlib
+
+    import gencore
+
+    op_module = importlib.import_module("gencore.ops.sampler_step")  # (gencore.ops.sampler_step is the function)
+    if backend not in op_module.IMPLEMENTED:
+        pytest.skip(f"sampler_step has no {backend} implementation in this build")
+    device = device_for(backend)
+    s = cls(timestep_spacing="trailing", **options)
+    s.set_timesteps(13, device=device)
+    ts = s.timesteps[torch.tensor([0, 6, 12])]
+    x, c, u, z = (rand(3, 2, 5, 3, seed=i, scale=2).to(device=device, dtype=dtype) for i in range(4))
+    with gencore.use_backend("reference"):
+        ref = s.step(c, ts, x, model_output_uncond=u, guidance_scale=2.5, variance_noise=z, **step_kwargs)
+    with gencore.use_backend(backend):
+        got = s.step(c, ts, x, model_output_uncond=u, guidance_scale=2.5, variance_noise=z, **step_kwargs)
+    assert got.prev_sample.dtype == dtype
+    assert_close(got.prev_sample, ref.prev_sample, msg=backend)
+    assert_close(got.pred_original_sample, ref.pred_original_sample, msg=backend)
