@@ -464,14 +464,16 @@ class _DiscreteScheduler:
         if isinstance(timestep, torch.Tensor):
             if timestep.dtype.is_floating_point or timestep.dtype.is_complex or timestep.dtype == torch.bool:
                 raise TypeError(f"timestep must be an integer tensor, got dtype {timestep.dtype}")
+            # Under torch.compile the tensor is not readable on the host: every device takes the device-side check.
+            host_check = timestep.device.type == "cpu" and not torch.compiler.is_compiling()
             if timestep.dim() == 0 or (timestep.dim() == 1 and timestep.numel() == 1):
-                if timestep.device.type == "cpu":  # reading a CPU scalar costs nothing: take the int path
+                if host_check:  # reading a CPU scalar costs nothing: take the int path
                     return self._timesteps_tensor(int(timestep.reshape(())), sample)
                 timestep = timestep.reshape(1).expand(n)
             elif timestep.dim() != 1 or timestep.numel() != n:
                 raise ValueError(f"timestep must be an int, a 0-d tensor or a tensor of shape ({n},) (one per "
                                  f"sample); got shape {tuple(timestep.shape)}")
-            if timestep.device.type == "cpu":
+            if host_check:
                 self._check_host_timesteps(timestep)
                 return timestep.to(device=sample.device, dtype=torch.int64, non_blocking=True).contiguous()
             t = timestep.to(device=sample.device, dtype=torch.int64).contiguous()
