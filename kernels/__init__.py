@@ -31,7 +31,9 @@ InterpretedFunction, which cannot be compiled). No GPU is needed: a kernel that 
 unsupported operation for a dtype, too much shared memory for the architecture) fails CI. A module without
 ``aot_specs`` that defines a Triton kernel fails the test, so a new kernel cannot be forgotten.
 
-Scalar flags that only gate loads and stores should be runtime arguments marked ``do_not_specialize`` (the JIT then
-builds exactly the kernel the AOT test compiled); integers the JIT specialises because they equal 1 only add constant
-folding to a configuration already covered.
+Every integer parameter must be listed in ``@triton.jit(do_not_specialize=[...])``: otherwise the JIT turns an
+argument equal to 1 into a constexpr, a kernel the AOT test never compiled (and code such as ``S.to(tl.float32)``
+that breaks on a constexpr); the test fails on such a parameter. Divisibility by 16 stays specialised (it buys
+vectorised loads), so the test compiles every spec twice: with every pointer and integer marked 16-divisible, and
+with none. Runtime flags (has_weight, silu, ...) are cheaper to cover than constexprs: one variant instead of two.
 """

@@ -123,16 +123,17 @@ def _grad_z(gy, z, silu):
 
 
 # The activation is a runtime flag (a uniform branch, free next to the memory traffic) rather than a constexpr: it
-# halves the variants to compile ahead of time. Flags are not specialised by the JIT either (do_not_specialize), so
-# the kernels the JIT builds are the ones aot_specs compiles.
-_FLAGS = ["has_w", "has_b", "has_t", "has_ss", "silu"]
+# halves the variants to compile ahead of time. No scalar argument is specialised by the JIT (do_not_specialize):
+# otherwise a size equal to 1 (S with no spatial dims, CPG with groups == C) would become a constexpr, which both
+# changes the code (`S.to(...)` is not defined on a constexpr) and leaves the compiled kernel untested by aot_specs.
+_SCALARS = ["has_w", "has_b", "has_t", "has_ss", "silu", "N", "C", "S", "G", "CPG", "NCB", "CHUNK_S", "SPLIT"]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Forward kernels
 
 
-@triton.jit(do_not_specialize=_FLAGS)
+@triton.jit(do_not_specialize=_SCALARS)
 def _fwd_stats_kernel(x_ptr, t_ptr, pmean_ptr, pm2_ptr, has_t, C, S, NCB, CHUNK_S, SPLIT,
                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """Per-channel (mean of h, M2) over one spatial chunk -> slot (n, chunk, c) of the partials."""
@@ -168,7 +169,7 @@ def _fwd_stats_kernel(x_ptr, t_ptr, pmean_ptr, pm2_ptr, has_t, C, S, NCB, CHUNK_
     tl.store(pm2_ptr + slot, m2, mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SCALARS)
 def _fwd_merge_kernel(pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, C, S, G, CPG, CHUNK_S, SPLIT, eps,
                       BLOCK_P: tl.constexpr):
     """One program per (n, g): merge the group's SPLIT x CPG partials in a fixed order -> mean, rstd."""
@@ -190,7 +191,7 @@ def _fwd_merge_kernel(pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, C, S, G, CPG, CHUN
         count = tl.minimum(CHUNK_S, S - chunk * CHUNK_S).to(acc_ty)
         mu = tl.load(first + chunk * C + p % CPG, mask=pmask, other=0.0)
         acc += tl.where(pmask, count * (mu - pivot), 0.0)
-    D = (CPG * S).to(acc_ty)
+    D = CPG.to(acc_ty) * S.to(acc_ty)  # in floating point: a group may exceed 2**31
     mean = pivot + tl.sum(acc, axis=0) / D
     acc = tl.zeros([BLOCK_P], dtype=acc_ty)
     for p0 in range(0, num_partials, BLOCK_P):
@@ -206,7 +207,7 @@ def _fwd_merge_kernel(pmean_ptr, pm2_ptr, mean_ptr, rstd_ptr, C, S, G, CPG, CHUN
     tl.store(rstd_ptr + pid, 1.0 / tl.sqrt(var + eps))
 
 
-@triton.jit(do_not_specialize=_FLAGS)
+@triton.jit(do_not_specialize=_SCALARS)
 def _fwd_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rstd_ptr, has_w, has_b, has_t, has_ss,
                       silu, C, S, G, CPG, NCB, CHUNK_S,
                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
@@ -240,7 +241,7 @@ def _fwd_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rstd_
 # Backward kernels
 
 
-@triton.jit(do_not_specialize=_FLAGS)
+@triton.jit(do_not_specialize=_SCALARS)
 def _bwd_reduce_kernel(gy_ptr, x_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rstd_ptr, ps1_ptr, ps2_ptr, ps3_ptr,
                        has_w, has_b, has_t, has_ss, silu, C, S, G, CPG, NCB, CHUNK_S, SPLIT,
                        BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
@@ -291,7 +292,7 @@ def _sum_partials(ptr, n, c, limit, C, SPLIT, BLOCK_SPLIT: tl.constexpr, BLOCK_C
     return tl.sum(total, axis=0)
 
 
-@triton.jit(do_not_specialize=_FLAGS)
+@triton.jit(do_not_specialize=_SCALARS)
 def _bwd_merge_kernel(ps1_ptr, ps2_ptr, ps3_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, rstd_ptr,
                       m1_ptr, m2_ptr, gw_part_ptr, gb_part_ptr, gt_ptr, gss_ptr,
                       has_w, has_b, has_t, has_ss, C, S, G, CPG, SPLIT,
@@ -318,7 +319,7 @@ def _bwd_merge_kernel(ps1_ptr, ps2_ptr, ps3_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, rs
         tl.store(gb_part_ptr + n * C + c, k * s1, mask=c < limit * has_b)
         acc1 += tl.where(c < limit, wk * s1, 0.0)
         acc2 += tl.where(c < limit, wk * s2, 0.0)
-    D = (CPG * S).to(acc_ty)
+    D = CPG.to(acc_ty) * S.to(acc_ty)  # in floating point: a group may exceed 2**31
     m1 = tl.sum(acc1, axis=0) / D
     m2 = tl.sum(acc2, axis=0) / D
     tl.store(m1_ptr + pid, m1)
@@ -335,7 +336,7 @@ def _bwd_merge_kernel(ps1_ptr, ps2_ptr, ps3_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, rs
             tl.store(gt_ptr + n * C + c, gt.to(gt_ptr.dtype.element_ty), mask=c < limit)
 
 
-@triton.jit(do_not_specialize=_FLAGS)
+@triton.jit(do_not_specialize=_SCALARS)
 def _bwd_apply_kernel(gy_ptr, x_ptr, gx_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rstd_ptr, m1_ptr, m2_ptr,
                       has_w, has_b, has_t, has_ss, silu, C, S, G, CPG, NCB, CHUNK_S,
                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
@@ -367,7 +368,7 @@ def _bwd_apply_kernel(gy_ptr, x_ptr, gx_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_p
         tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=_FLAGS)
+@triton.jit(do_not_specialize=_SCALARS)
 def _param_grad_kernel(gw_part_ptr, gb_part_ptr, gw_ptr, gb_ptr, has_w, has_b, N, C, BLOCK: tl.constexpr):
     """g_weight[c] = sum_n gw_part[n, c] (same for bias), n = 0, 1, ... in order: deterministic, no atomics."""
     c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

@@ -3,7 +3,9 @@
 The kernels run in the interpreter in the other tests (no GPU here); the interpreter accepts things a GPU compiler
 rejects. So each module's `aot_specs()` (the convention is in gencore.kernels' docstring) lists every configuration
 its launchers can pick, and each is compiled to a cubin for both targets, its shared memory checked against the
-architecture's limit.
+architecture's limit. Each spec is compiled twice, as the JIT would for two kinds of launch: "aligned" (every pointer
+16-byte aligned and every integer a multiple of 16: the usual case, with vectorised loads) and "unaligned" (no
+divisibility known: odd sizes or offset views, scalar loads): different code paths of the compiler.
 
 The compilation runs in one subprocess without TRITON_INTERPRET: conftest.py sets it before gencore is imported,
 and under it `@triton.jit` returns an InterpretedFunction, which cannot be compiled. Specs compile in parallel
@@ -59,19 +61,32 @@ def _all_specs():
     return specs
 
 
+def _specialised_scalars(kernel, signature) -> list[str]:
+    """Integer parameters the JIT would turn into a constexpr when they equal 1 (a kernel aot_specs never built)."""
+    return [p.name for p in kernel.params if signature.get(p.name) in ("i32", "i64") and not p.do_not_specialize]
+
+
 def _compile(task):
-    index, cc = task
+    index, cc, aligned = task
     import triton
     from triton.backends.compiler import GPUTarget
 
     module, spec, error = _SPECS[index]
     if error is not None:
-        return dict(module=module, label="<module>", cc=cc, ok=False, error=error)
+        return dict(module=module, label="<module>", cc=cc, aligned=aligned, ok=False, error=error)
     label, kernel, signature, constexprs = spec[:4]
     options = spec[4] if len(spec) > 4 else {}
-    result = dict(module=module, label=label, cc=cc)
+    result = dict(module=module, label=label, cc=cc, aligned=aligned)
     try:
-        src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+        specialised = _specialised_scalars(kernel, signature)
+        if specialised:
+            raise RuntimeError(f"integer parameters {specialised} are not do_not_specialize: the JIT would compile a "
+                               "constexpr variant when they equal 1 that this test never sees")
+        attrs = None
+        if aligned:  # what the JIT records for 16-byte-aligned pointers and integers divisible by 16
+            attrs = {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(signature.values())
+                     if kind.startswith("*") or kind in ("i32", "i64")}
+        src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
         if "cubin" not in compiled.asm:
             raise RuntimeError("no cubin was produced")
@@ -92,7 +107,7 @@ def _main() -> None:
     import multiprocessing
 
     _SPECS.extend(_all_specs())
-    tasks = [(i, cc) for i in range(len(_SPECS)) for cc in TARGETS]
+    tasks = [(i, cc, aligned) for i in range(len(_SPECS)) for cc in TARGETS for aligned in (True, False)]
     jobs = int(os.environ.get("GENCORE_AOT_JOBS", "0")) or os.cpu_count() or 1
     if jobs == 1:
         results = map(_compile, tasks)
@@ -119,7 +134,8 @@ def aot_results():
 
 def test_every_kernel_compiles_for_sm80_and_sm90(aot_results):
     assert aot_results, "no aot_specs() found under gencore.kernels"
-    failures = [f"{r['module']}:{r['label']} sm_{r['cc']}: {r['error']}" for r in aot_results if not r["ok"]]
+    failures = [f"{r['module']}:{r['label']} sm_{r['cc']} {'aligned' if r['aligned'] else 'unaligned'}: "
+                f"{r['error']}" for r in aot_results if not r["ok"]]
     assert not failures, f"{len(failures)} of {len(aot_results)} compilations failed:\n" + "\n".join(failures)
     for cc in TARGETS:
         assert any(r["cc"] == cc for r in aot_results)
