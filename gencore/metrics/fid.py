@@ -12,7 +12,7 @@ non-zero eigenvalues), so
     Tr((S1 S2)^½) = Tr((S1^½ S2 S1^½)^½) = sum of singular values of S2^½ S1^½        (the nuclear norm)
 
 because (S2^½ S1^½)ᵀ(S2^½ S1^½) = S1^½ S2 S1^½. gencore computes S1^½ and S2^½ with a symmetric eigendecomposition
-(eigenvalues that rounding made slightly negative are clamped to 0; the matrices are PSD) and the trace as the sum
+(eigenvalues that are zero up to rounding, including slightly negative ones, are set to 0; see `sqrtm_psd`) and the trace as the sum
 of singular values of their product. Both steps are real and defined for every PSD input. Why singular values
 rather than the square roots of the eigenvalues of S1^½ S2 S1^½: an eigenvalue that is zero in exact arithmetic
 comes out as ~eps·|M| and its square root as ~1e-8·|S|, so rank-deficient statistics (fewer samples than
@@ -44,11 +44,19 @@ def _as_float64(name: str, x, device=None) -> torch.Tensor:
 
 
 def sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
-    """Square root of a symmetric positive semi-definite matrix (D, D) through eigh; eigenvalues below 0 (rounding)
-    are clamped to 0. The input is symmetrised first, so a covariance with rounding asymmetry is fine."""
+    """Square root of a symmetric positive semi-definite matrix (D, D) through eigh.
+
+    The input is symmetrised first (a covariance with rounding asymmetry is fine). Eigenvalues at or below
+    D * eps * max|eigenvalue| are set to 0: eigh's backward error is ~eps * |S|, so such eigenvalues are zero up to
+    rounding (negative ones are pure rounding). Keeping them would put ~sqrt(eps * |S|) = 1e-8 * sqrt|S| noise into
+    every null direction of the root, which for rank-deficient covariances adds up to a visible error in the FID.
+    """
     sym = (matrix + matrix.transpose(-1, -2)) / 2
     eigenvalues, eigenvectors = torch.linalg.eigh(sym)
-    return (eigenvectors * eigenvalues.clamp(min=0).sqrt().unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
+    if eigenvalues.numel():
+        threshold = eigenvalues.abs().max() * (sym.shape[-1] * torch.finfo(sym.dtype).eps)
+        eigenvalues = torch.where(eigenvalues > threshold, eigenvalues, torch.zeros_like(eigenvalues))
+    return (eigenvectors * eigenvalues.sqrt().unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:

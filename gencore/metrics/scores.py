@@ -38,7 +38,7 @@ def _tensor(name: str, x, *, dims: int | None = None, min_rows: int = 1) -> torc
 # -- Inception Score ------------------------------------------------------------------------------------------------
 
 def _row_keys(rows: torch.Tensor) -> torch.Tensor:
-    """A 64-bit hash of each row's float64 bit pattern (int64 (N,)): a key that depends only on the row's content.
+    """A 64-bit hash of each row's bit pattern (as float64; int64 (N,)): a key that depends only on the row's content.
 
     Each element's bits are mixed with its column index (splitmix64-style multiply/xor-shift; int64 products wrap
     modulo 2^64 in torch), then the columns are summed, so equal rows get equal keys wherever they are and the key
@@ -113,7 +113,9 @@ def inception_score(logits_or_probs, splits: int = 10, *, inputs: str = "auto") 
         log_probs = torch.log_softmax(x64, dim=1)
         probs = log_probs.exp()
     scores = []
-    for index in _split_assignment(x64, splits):
+    # Split by the probabilities rounded to float32, not the raw input: the same predictions given as logits or as
+    # probabilities (equal up to float64 rounding) then land in the same splits.
+    for index in _split_assignment(probs.to(torch.float32), splits):
         p, log_p = probs[index], log_probs[index]
         log_marginal = p.mean(0).clamp(min=1e-300).log()
         kl = (p * (log_p - log_marginal)).sum(1)  # 0 * log 0 terms are 0: p = 0 multiplies a finite number
