@@ -462,7 +462,10 @@ def test_eval_command(mnist_dir, tmp_path, monkeypatch, capsys):
         assert name in printed
     results = json.loads(out_json.read_text())
     assert results["n_real"] == 2000 and results["n_fake"] == 500
-    assert results["precision"] > 0.8 and results["recall"] > 0.5 and results["inception_score"] > 5
+    # real digits against real digits (measured: FID 0.49, precision 0.76, recall 0.83, IS 8.0; noise: FID 864,
+    # precision 0, recall 0, IS 1)
+    assert results["fid"] < 2 and results["precision"] > 0.6 and results["recall"] > 0.6
+    assert results["inception_score"] > 6
 
     # a folder of PNGs and an .npz give the same numbers as the tensor file
     from PIL import Image

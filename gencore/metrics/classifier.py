@@ -5,9 +5,10 @@ ImageNet photos; on 28x28 digits they measure mostly the upsampling. A small CNN
 features that separate digit shapes, which is what a digit generator should be judged on. FID/IS numbers computed
 with it are comparable across gencore runs, not with papers that use InceptionV3.
 
-Training: scripts/train_mnist_classifier.py, on the first 8,000 images of the MNIST test file only (the project's
-training part); its accuracy on the last 2,000 (the held-out reference set it never saw) is recorded next to the
-weights in metrics/weights/mnist_classifier.json, with the seed and the SHA-256 of the weights file.
+Training: scripts/train_mnist_classifier.py (seed 0, 8 epochs), on the first 8,000 images of the MNIST test file
+only (the project's training part). Accuracy on the last 2,000 (the held-out reference set it never saw): 98.80%
+(1976 / 2000). Both are recorded next to the weights in metrics/weights/mnist_classifier.json, with the SHA-256 of
+the weights file, and tests/test_metrics.py re-measures the accuracy from the shipped weights.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class MnistClassifier(nn.Module):
     Layout: 3x3 convolutions with BatchNorm + ReLU, 16-16 channels at 28x28, 2x2 max-pool, 32-32 at 14x14, max-pool,
     128 at 7x7, global average pooling to a 128-wide feature vector, a linear layer to 10 logits. The features are
     `features(images)`: the pooled 128-vector, the classifier's penultimate layer (the analogue of InceptionV3's
-    pool3 features that FID uses). 53 k parameters (0.2 MB in float32), ~6 M multiply-adds per image: small
+    pool3 features that FID uses). 55 k parameters (0.22 MB in float32), ~6 M multiply-adds per image: small
     enough to train on 2 CPU cores in minutes and to evaluate 10,000 samples in seconds.
     """
 
