@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MnistClassifier", "load_mnist_classifier", "classifier_weights_path", "check_images"]
+__all__ = ["MnistClassifier", "check_images", "classifier_info", "classifier_weights_path", "classify_in_batches",
+           "load_mnist_classifier"]
 
 WEIGHTS_NAME = "mnist_classifier"
 
