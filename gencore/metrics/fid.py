@@ -166,7 +166,7 @@ class FID:
 
     def __init__(self, feature_extractor: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
                  device: str | torch.device | None = None, batch_size: int = 500, name: str | None = None):
-        self._check_images = False
+        self._check_images = None  # the default classifier's input check; custom extractors check their own
         if feature_extractor is None:
             from .classifier import check_images, classifier_info, load_mnist_classifier
 
@@ -202,14 +202,14 @@ class FID:
         real (real=True) or generated (real=False) statistics."""
         if not isinstance(real, bool):
             raise TypeError(f"real must be True or False, got {real!r}")
-        if self._check_images:
+        if self._check_images is not None:
             self._check_images(images)
         elif not isinstance(images, torch.Tensor):
             raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
         device = self.device or images.device
         for start in range(0, images.shape[0], self.batch_size):
             chunk = images[start:start + self.batch_size].to(device)
-            if self._check_images:
+            if self._check_images is not None:
                 chunk = chunk.float()
             self.update_features(self.feature_extractor(chunk), real=real)
 
