@@ -31,6 +31,7 @@ PACKAGES = [
     "gencore.metrics",
     "gencore.data",
     "gencore.training",
+    "gencore.commands",  # the `gencore` CLI's subcommands: without it an installed wheel's `gencore` cannot start
 ]
 
 
