@@ -94,8 +94,19 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+# Filled once, eagerly (see the end of this module): torch.compile traces resolve() -> _can_serve() -> _cpu_error(),
+# and must find a plain cached value there, not a call of torch.ops.gencore.cpu_isa() (a str-returning op breaks a
+# fullgraph compile; Dynamo also ignores functools.lru_cache and would trace into the function).
+_cpu_error_cache: list[str | None] = []
+
+
 def _cpu_error() -> str | None:
+    if not _cpu_error_cache:
+        _cpu_error_cache.append(_find_cpu_error())
+    return _cpu_error_cache[0]
+
+
+def _find_cpu_error() -> str | None:
     err = _extension.error()
     if err:
         return err
@@ -192,3 +203,6 @@ def resolve(requested: str | None, device: torch.device, implemented: tuple[str,
     if err is not None:
         raise RuntimeError(f"backend {name!r} cannot run here: {err}")
     return name
+
+
+_cpu_error()  # see _cpu_error_cache
