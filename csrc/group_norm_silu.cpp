@@ -33,6 +33,8 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu_output_pool.h"
+
 namespace gencore {
 namespace {
 
@@ -234,9 +236,10 @@ bool channels_last(const at::Tensor& x) {
   return x.dim() >= 3 && !x.is_contiguous() && x.movedim(1, -1).is_contiguous();
 }
 
+// x's layout, from the output pool (see cpu_output_pool.h: large fresh allocations cost more than the kernel).
 at::Tensor output_like(const at::Tensor& x) {
-  if (channels_last(x)) return at::empty(x.movedim(1, -1).sizes(), x.options()).movedim(-1, 1);
-  return at::empty(x.sizes(), x.options());
+  if (channels_last(x)) return pooled_empty(x.movedim(1, -1).sizes(), x.options()).movedim(-1, 1);
+  return pooled_empty(x.sizes(), x.options());
 }
 
 at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
