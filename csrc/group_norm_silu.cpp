@@ -89,20 +89,84 @@ struct IO<at::Half> : IOReduced<at::Half> {};
 template <>
 struct IO<at::BFloat16> : IOReduced<at::BFloat16> {};
 
-inline Vectorized<float> vexp(const Vectorized<float>& v) { return v.exp_u20(); }  // ~1e-6 relative, no Sleef
-inline Vectorized<double> vexp(const Vectorized<double>& v) { return v.exp(); }
+#define GENCORE_INLINE inline __attribute__((always_inline))
+
+// sigmoid(z) = 1 / (1 + exp(-z)) in float32, inlined into the loops. ATen's Vectorized<float>::exp_u20 is not
+// inlined by GCC: the call spills every live vector register and made the SiLU backward 4x slower than its loads.
+// exp: Cody-Waite range reduction x = n*ln2 + r (ln2 in two parts), degree-5 minimax polynomial on
+// |r| <= ln2/2 (Cephes' expf coefficients), 2^n built in the exponent bits: ~2 ulp. The input is clamped to
+// [-87.3, 88.3], so exp never overflows (sigmoid of a very negative z is then ~1e-38 instead of 0, and z * that
+// is still 0 in float32 for the output). 1/x: the hardware reciprocal estimate refined by one Newton step
+// (AVX-512 rcp14: ~1e-8 relative after the step; AVX2 rcp: ~3e-7 relative, well inside the float32 tolerance).
+#if defined(CPU_CAPABILITY_AVX512)
+#define GENCORE_SIMD_EXP 1
+using simd_ps = __m512;
+GENCORE_INLINE __m512 sigmoid_ps(__m512 z) {
+  __m512 x = _mm512_sub_ps(_mm512_setzero_ps(), z);
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  const __m512 den = _mm512_fmadd_ps(p, _mm512_castsi512_ps(e), _mm512_set1_ps(1.0f));  // 1 + exp(-z)
+  const __m512 est = _mm512_rcp14_ps(den);
+  return _mm512_mul_ps(est, _mm512_fnmadd_ps(den, est, _mm512_set1_ps(2.0f)));
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+#define GENCORE_SIMD_EXP 1
+using simd_ps = __m256;
+GENCORE_INLINE __m256 sigmoid_ps(__m256 z) {
+  __m256 x = _mm256_sub_ps(_mm256_setzero_ps(), z);
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 den = _mm256_fmadd_ps(p, _mm256_castsi256_ps(e), _mm256_set1_ps(1.0f));  // 1 + exp(-z)
+  const __m256 est = _mm256_rcp_ps(den);
+  return _mm256_mul_ps(est, _mm256_fnmadd_ps(den, est, _mm256_set1_ps(2.0f)));
+}
+#endif
+
+GENCORE_INLINE Vectorized<float> sigmoid(const Vectorized<float>& z) {
+#ifdef GENCORE_SIMD_EXP
+  return Vectorized<float>(sigmoid_ps(static_cast<simd_ps>(z)));
+#else
+  const Vectorized<float> one(1.0f);
+  return one / (one + (Vectorized<float>(0.0f) - z).exp_u20());
+#endif
+}
+GENCORE_INLINE Vectorized<double> sigmoid(const Vectorized<double>& z) {
+  const Vectorized<double> one(1.0);
+  return one / (one + (Vectorized<double>(0.0) - z).exp());
+}
 
 template <typename V>
-inline V silu(const V& z) {
-  const V one(1);
-  return z / (one + vexp(V(0) - z));
+GENCORE_INLINE V silu(const V& z) {
+  return z * sigmoid(z);
 }
 
 // d/dz silu(z) * gy = gy * s * (1 + z*(1 - s)), s = sigmoid(z).
 template <typename V>
-inline V silu_backward(const V& z, const V& gy) {
+GENCORE_INLINE V silu_backward(const V& z, const V& gy) {
   const V one(1);
-  const V s = one / (one + vexp(V(0) - z));
+  const V s = sigmoid(z);
   return gy * s * at::vec::fmadd(z, one - s, one);
 }
 

@@ -49,10 +49,14 @@ def _providers(device: str) -> list[str]:
 def _compiled_reference():
     """The reference under torch.compile, static shapes (what a fixed-shape model gets). Every benchmark shape,
     with and without grad, is one more compiled entry of the same code, so the recompile limit is raised to keep
-    them all compiled rather than silently falling back to eager."""
+    them all compiled rather than silently falling back to eager. Donated buffers are turned off: the "backward"
+    mode replays one graph's backward (retain_graph=True), which a backward with donated buffers refuses."""
+    import torch._functorch.config
+
     from ..reference.group_norm_silu import group_norm_silu_ref
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._functorch.config.donated_buffer = False
     return torch.compile(group_norm_silu_ref, dynamic=False)
 
 
