@@ -111,11 +111,14 @@ def _find_cpu_error() -> str | None:
     if err:
         return err
     isa = _extension.cpu_isa()
+    # What the hardware supports (cpuinfo), not torch's chosen capability, which ATEN_CPU_CAPABILITY can lower.
+    have_avx512 = torch.cpu._is_avx512_supported()
+    have_avx2 = have_avx512 or torch.cpu._is_avx2_supported()
     have = torch.backends.cpu.get_cpu_capability()
-    if isa == "avx512" and have != "AVX512":
-        return f"the CPU kernels were built for AVX-512 but this CPU reports {have}; rebuild with GENCORE_CPU_ISA=auto"
-    if isa == "avx2" and have not in ("AVX2", "AVX512"):
-        return f"the CPU kernels were built for AVX2 but this CPU reports {have}; rebuild with GENCORE_CPU_ISA=auto"
+    if isa == "avx512" and not have_avx512:
+        return f"the CPU kernels were built for AVX-512 but this CPU lacks it ({have}); rebuild with GENCORE_CPU_ISA=auto"
+    if isa == "avx2" and not have_avx2:
+        return f"the CPU kernels were built for AVX2 but this CPU lacks it ({have}); rebuild with GENCORE_CPU_ISA=auto"
     return None
 
 
