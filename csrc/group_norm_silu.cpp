@@ -19,10 +19,14 @@
 // Channels-last: per-(n, row-block) partial sums over all channels, merged per group in a fixed order, then one
 // elementwise pass over rows.
 //
-// Elementwise math per (n, c) with M = mean - temb (so x - M = h - mean, computed before any scaling: on offset
-// data such as x = 1000 + noise this keeps the cancellation exact instead of losing it in x*A + B):
-//   forward   z = (x - M)*A + B,  A = r*w*k,  B = b*k + shift,  y = silu(z) or z
-//   backward  gz = gy*silu'(z);   gx = P*gz + Q*(x - M) + R,  P = r*w*k, Q = -r*r*m2, R = -r*m1
+// Elementwise math per (n, c), around the centre M = mean - temb (x - M = h - mean), subtracted before any scaling:
+// on offset data (x = 1000 + noise) x*A + B would lose ~1e-4 absolute to the rounding of A and B. M is kept in
+// double through the merge and split as M_hi (float) + M_lo; x - M_hi is exact (Sterbenz) and M_lo is folded into
+// the per-channel constants, so the passes cost no extra operation:
+//   forward   z = (x - M_hi)*A + B,  A = r*w*k,  B = b*k + shift - M_lo*A,  y = silu(z) or z
+//   backward  gz = gy*silu'(z), xhat = (x - M_hi)*r - M_lo*r;  gx = P*gz + Q*(x - M_hi) + R,
+//             P = r*w*k, Q = -r*r*m2, R = -r*m1 - Q*M_lo   (m1, m2 as in GN_MATH.md)
+// Each of y and grad_x is one allocation, from the output cache (cpu_output_pool.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
