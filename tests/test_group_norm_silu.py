@@ -163,6 +163,17 @@ def test_layouts(backend, shape):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(2, 12, (6, 5), 4), (2, 40, (3, 7), 5)], ids=["C12", "C40-vector-tail"])
+def test_channels_last_every_dtype(backend, dtype, shape):
+    """The channels-last kernels vectorize over channels: C smaller than, and not a multiple of, the vector width."""
+    args = _make(shape, dtype, device_for(backend))
+    args["x"] = args["x"].contiguous(memory_format=torch.channels_last)
+    y = _check_fwd_bwd(backend, args, dtype)
+    assert is_channels_last(y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_grad_out_layout_differs_from_input(backend):
     """torch.compile may hand the backward a channels_last tangent for a contiguous input (and vice versa)."""
     args = _make((2, 8, (5, 6), 4), torch.float32, device_for(backend))
