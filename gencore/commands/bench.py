@@ -20,6 +20,8 @@ def add_parser(sub, name):
                    help="device of the tensors (default: cuda if a GPU is present, else cpu)")
     p.add_argument("--quick", action="store_true", help="small shapes only (a smoke test, not a measurement)")
     p.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per case (default 0.5)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for every provider (torch.set_num_threads; default: torch's choice)")
     return p
 
 
@@ -34,6 +36,10 @@ def run(args) -> int:
     for op in ops:
         if op not in known:
             raise ValueError(f"unknown op {op!r}; benchmarked ops: {', '.join(known)}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible")
