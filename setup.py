@@ -18,23 +18,11 @@ import glob
 import os
 import platform
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = [
-    "gencore",
-    "gencore.kernels",
-    "gencore.reference",
-    "gencore.ops",
-    "gencore.nn",
-    "gencore.diffusion",
-    "gencore.gan",
-    "gencore.models",
-    "gencore.metrics",
-    "gencore.data",
-    "gencore.training",
-    "gencore.commands",  # the `gencore` CLI's subcommands: without it an installed wheel's `gencore` cannot start
-]
+# Every package under gencore/ (found, so a new subpackage cannot be forgotten), plus the Triton kernels folder.
+PACKAGES = find_packages(include=["gencore", "gencore.*"]) + ["gencore.kernels"]
 
 
 def _cpu_isa_flags():
