@@ -103,8 +103,8 @@ def _philox_normals(seed, offset_lo, offset_hi, n, chunk, acc_like, BLOCK: tl.co
 # Kernels
 
 
-@triton.jit(do_not_specialize=["has_uncond", "clip_mode", "guidance_bits", "clip_bits", "seed", "offset_lo",
-                               "offset_hi"])
+@triton.jit(do_not_specialize=["chunks", "numel", "C", "S", "T", "has_uncond", "guidance_bits", "clip_mode",
+                               "clip_bits", "seed", "offset_lo", "offset_hi"])
 def _sampler_step_kernel(model_ptr, sample_ptr, uncond_ptr, noise_ptr, t_ptr, coef_ptr, threshold_ptr, prev_ptr,
                          x0_ptr, chunks, numel, C, S, T, has_uncond, guidance_bits, clip_mode, clip_bits, seed,
                          offset_lo, offset_hi, NOISE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
@@ -148,7 +148,7 @@ def _sampler_step_kernel(model_ptr, sample_ptr, uncond_ptr, noise_ptr, t_ptr, co
     tl.store(x0_ptr + mem, x0.to(x0_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["velocity"])
+@triton.jit(do_not_specialize=["chunks", "numel", "C", "S", "T", "velocity"])
 def _training_inputs_kernel(x0_ptr, noise_ptr, t_ptr, coef_ptr, noisy_ptr, velocity_ptr, chunks, numel, C, S, T,
                             velocity, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -164,7 +164,7 @@ def _training_inputs_kernel(x0_ptr, noise_ptr, t_ptr, coef_ptr, noisy_ptr, veloc
         tl.store(velocity_ptr + mem, (c0 * z - c1 * x).to(velocity_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["seed", "offset_lo", "offset_hi"])
+@triton.jit(do_not_specialize=["chunks", "numel", "seed", "offset_lo", "offset_hi"])
 def _philox_uint32_kernel(out_ptr, chunks, numel, seed, offset_lo, offset_hi, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     n = pid // chunks
@@ -267,8 +267,8 @@ def philox_uint32(sample, seed, offset):
 # Ahead-of-time compilation
 
 
-def aot_specs() -> list[tuple[str, object, dict[str, str], dict[str, object]]]:
-    """Every kernel variant a launch above can pick: (label, jit function, signature, constexprs).
+def aot_specs() -> list[tuple]:
+    """Every kernel variant a launch above can pick: (label, jit function, signature, constexprs, options).
 
     The signature maps each parameter to its Triton type (constexprs as "constexpr"), for
     triton.compile(ASTSource(fn, signature, constexprs)). Variants: sample dtype x noise mode x layout for the step,
@@ -289,7 +289,7 @@ def aot_specs() -> list[tuple[str, object, dict[str, str], dict[str, object]]]:
                 }
                 const = {"NOISE": noise, "CHANNELS_LAST": channels_last, "BLOCK": BLOCK}
                 label = f"sampler_step_{ty}_noise{noise}_{'cl' if channels_last else 'contig'}"
-                specs.append((label, _sampler_step_kernel, sig, const))
+                specs.append((label, _sampler_step_kernel, sig, const, {"num_warps": NUM_WARPS}))
         for channels_last in (False, True):
             sig = {
                 "x0_ptr": f"*{ty}", "noise_ptr": f"*{ty}", "t_ptr": "*i64", "coef_ptr": f"*{acc}",
@@ -298,8 +298,8 @@ def aot_specs() -> list[tuple[str, object, dict[str, str], dict[str, object]]]:
             }
             const = {"CHANNELS_LAST": channels_last, "BLOCK": BLOCK}
             specs.append((f"training_inputs_{ty}_{'cl' if channels_last else 'contig'}", _training_inputs_kernel,
-                          sig, const))
+                          sig, const, {"num_warps": NUM_WARPS}))
     sig = {"out_ptr": "*i64", "chunks": "i32", "numel": "i32", "seed": "i64", "offset_lo": "i64", "offset_hi": "i64",
            "BLOCK": "constexpr"}
-    specs.append(("philox_uint32", _philox_uint32_kernel, sig, {"BLOCK": BLOCK}))
+    specs.append(("philox_uint32", _philox_uint32_kernel, sig, {"BLOCK": BLOCK}, {"num_warps": NUM_WARPS}))
     return specs
