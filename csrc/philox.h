@@ -34,7 +34,7 @@ struct Words {
 
 GENCORE_HOST_DEVICE Words philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
                                         uint32_t k1) {
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)  // the device pass only: the host compiler would warn about an unknown pragma
 #pragma unroll
 #endif
   for (int round = 0; round < kRounds; ++round) {
