@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cpu_output_pool.h"
 #include "philox.h"
 
 namespace gencore {
@@ -73,6 +74,13 @@ void check_like(const at::Tensor& t, const at::Tensor& ref, const char* name, co
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), " but ", ref_name,
               " has dtype ", ref.scalar_type());
   TORCH_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ", ref.device());
+}
+
+// An output in t's layout (contiguous or channels-last), from the output pool: fresh multi-MB allocations cost page
+// faults comparable to the whole step (cpu_output_pool.h), and a sampling loop repeats its shapes.
+at::Tensor output_like(const at::Tensor& t, bool channels_last) {
+  if (channels_last) return pooled_empty(t.movedim(1, -1).sizes(), t.options()).movedim(-1, 1);
+  return pooled_empty(t.sizes(), t.options());
 }
 
 // Checks timesteps and coefs against the samples; returns the timesteps as a contiguous int64 tensor.
@@ -305,9 +313,8 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
     TORCH_CHECK(at::isFloatingType(threshold_in->scalar_type()), "threshold must be a floating-point tensor");
     threshold = threshold_in->to(coefs.scalar_type()).contiguous();
   }
-  // empty_like keeps a dense sample's strides: contiguous stays contiguous, channels-last stays channels-last.
-  auto prev = at::empty_like(sample);
-  auto x0 = at::empty_like(sample);
+  auto prev = output_like(sample, channels_last);
+  auto x0 = output_like(sample, channels_last);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sample.scalar_type(), "sampler_step_cpu", [&] {
     sampler_step_kernel<scalar_t>(model_output, sample, ts, coefs, uncond, guidance_scale, clip_range, threshold,
                                   noise, philox_seed, philox_offset, channels_last, prev, x0);
@@ -354,8 +361,8 @@ std::tuple<at::Tensor, at::Tensor> training_inputs_cpu(const at::Tensor& x0_in, 
   const auto x0 = in_layout(x0_in, channels_last);
   const auto noise = in_layout(noise_in, channels_last);
   const auto coefs = coefs_in.contiguous();
-  auto noisy = at::empty_like(x0);
-  auto v = velocity ? at::empty_like(x0) : at::empty({0}, x0.options());
+  auto noisy = output_like(x0, channels_last);
+  auto v = velocity ? output_like(x0, channels_last) : at::empty({0}, x0.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "diffusion_training_inputs_cpu", [&] {
     training_inputs_kernel<scalar_t>(x0, noise, ts, coefs, noisy, velocity ? &v : nullptr);
   });
