@@ -14,6 +14,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include "gradient_penalty.h"
+
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -32,33 +34,6 @@ constexpr int64_t kGrain = 32768;
 
 template <typename scalar_t>
 using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-// Each sample is one dense block of numel / N elements at offset n * numel / N (contiguous, channels_last, ...).
-bool per_sample_dense(const at::Tensor& t) {
-  const int64_t n = t.size(0);
-  if (t.numel() == 0) return true;
-  if (n > 1 && t.stride(0) != t.numel() / n) return false;
-  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of the non-batch dims that matter
-  for (int64_t i = 1; i < t.dim(); ++i) {
-    if (t.size(i) != 1) dims.emplace_back(t.stride(i), t.size(i));
-  }
-  std::sort(dims.begin(), dims.end());
-  int64_t expected = 1;
-  for (const auto& [stride, size] : dims) {
-    if (stride != expected) return false;
-    expected *= size;
-  }
-  return true;
-}
-
-at::Tensor as_flat(const at::Tensor& t) { return per_sample_dense(t) ? t : t.contiguous(); }
-
-void check_grad_like(const at::Tensor& grad, const char* name) {
-  TORCH_CHECK(grad.device().is_cpu(), name, " must be a CPU tensor for the cpu backend, got ", grad.device());
-  TORCH_CHECK(at::isFloatingType(grad.scalar_type()), name, " must be floating point, got ", grad.scalar_type());
-  TORCH_CHECK(grad.dim() >= 1 && grad.size(0) > 0, name, " must have a non-empty batch dimension, got shape ",
-              grad.sizes());
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Vector helpers: float/double use their own Vectorized; half types load as two float vectors.
@@ -154,19 +129,10 @@ void for_each_sample_piece(int64_t n_samples, int64_t d, const F& body) {
 // ---------------------------------------------------------------------------------------------------------------
 
 at::Tensor gp_interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_in, const at::Tensor& alpha_in) {
-  check_grad_like(real_in, "real");
-  TORCH_CHECK(fake_in.sizes() == real_in.sizes(), "fake must have real's shape ", real_in.sizes(), ", got ",
-              fake_in.sizes());
-  TORCH_CHECK(fake_in.scalar_type() == real_in.scalar_type(), "fake has dtype ", fake_in.scalar_type(),
-              " but real has ", real_in.scalar_type());
-  TORCH_CHECK(fake_in.device().is_cpu() && alpha_in.device().is_cpu(), "fake and alpha must be CPU tensors");
+  gp::check_interpolate(real_in, fake_in, alpha_in, c10::DeviceType::CPU);
   const int64_t n = real_in.size(0);
-  TORCH_CHECK(alpha_in.dim() == 1 && alpha_in.size(0) == n, "alpha must have shape (", n, ",), got ",
-              alpha_in.sizes());
-  TORCH_CHECK(alpha_in.scalar_type() == real_in.scalar_type(), "alpha has dtype ", alpha_in.scalar_type(),
-              " but real has ", real_in.scalar_type());
   // real and fake must share one flat layout to be walked together.
-  at::Tensor real = as_flat(real_in), fake = as_flat(fake_in);
+  at::Tensor real = gp::as_flat(real_in), fake = gp::as_flat(fake_in);
   if (real.strides() != fake.strides()) {
     real = real.contiguous();
     fake = fake.contiguous();
@@ -190,11 +156,11 @@ at::Tensor gp_interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_
 
 std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_cpu(const at::Tensor& grad_in, double center, bool one_sided,
                                                            double grad_scale) {
-  check_grad_like(grad_in, "grad");
-  const at::Tensor grad = as_flat(grad_in);
+  gp::check_batch(grad_in, "grad", c10::DeviceType::CPU);
+  const at::Tensor grad = gp::as_flat(grad_in);
   const int64_t n = grad.size(0);
   const int64_t d = grad.numel() / n;
-  const auto stats = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto stats = gp::stats_type(grad.scalar_type());
   at::Tensor norms = at::empty({n}, grad.options().dtype(stats));
   at::Tensor penalty = at::empty({}, grad.options().dtype(stats));
   const int64_t chunks = std::max<int64_t>(1, (d + kChunk - 1) / kChunk);
@@ -226,15 +192,10 @@ std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_cpu(const at::Tensor& gra
 
 at::Tensor gp_norm_penalty_bwd_cpu(const at::Tensor& grad_penalty, const at::Tensor& grad_in,
                                    const at::Tensor& norms_in, double center, bool one_sided, double grad_scale) {
-  check_grad_like(grad_in, "grad");
-  const at::Tensor grad = as_flat(grad_in);
+  gp::check_backward(grad_penalty, grad_in, norms_in, c10::DeviceType::CPU);
+  const at::Tensor grad = gp::as_flat(grad_in);
   const int64_t n = grad.size(0);
   const int64_t d = grad.numel() / n;
-  const auto stats = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(grad_penalty.numel() == 1, "grad_penalty must hold one value, got shape ", grad_penalty.sizes());
-  TORCH_CHECK(norms_in.dim() == 1 && norms_in.size(0) == n && norms_in.scalar_type() == stats,
-              "norms must be the (", n, ",) ", stats, " tensor the forward returned, got ", norms_in.sizes(), " ",
-              norms_in.scalar_type());
   const at::Tensor norms = norms_in.contiguous();
   const double gout = grad_penalty.to(at::kDouble).item<double>();
   at::Tensor out = at::empty_like(grad);
