@@ -1,4 +1,4 @@
-"""Triton kernels of the WGAN-GP gradient penalty, and their host launchers (math: gencore/reference/gradient_penalty.py).
+"""Triton kernels of the WGAN-GP gradient penalty and host launchers (math: gencore/reference/gradient_penalty.py).
 
     _gp_interpolate_kernel      x_hat = alpha[n] * real + (1 - alpha[n]) * fake            grid (cdiv(D, BLOCK), N)
     _gp_sumsq_kernel            partial[n, c] = sum of grad^2 over chunk c of sample n     grid (CHUNKS, N)

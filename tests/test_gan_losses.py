@@ -15,7 +15,7 @@ def _logits(seed=0, n=(7, 1), scale=3.0):
 
 
 def _definition_d(kind, r, f, real_label=1.0):
-    """The losses as written in papers and tutorials, with probabilities D = sigmoid(logit) (fine at moderate logits)."""
+    """The losses as written in papers and tutorials, with D = sigmoid(logit) (fine at moderate logits)."""
     if kind == "bce":
         pr, pf = torch.sigmoid(r), torch.sigmoid(f)
         return (-(real_label * torch.log(pr) + (1 - real_label) * torch.log(1 - pr))).mean() \

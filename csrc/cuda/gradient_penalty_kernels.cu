@@ -176,7 +176,8 @@ cudaError_t gp_norm_penalty_fwd(GpDtype dtype, const void* grad, void* workspace
                                                    chunks);
     finalize_kernel<A><<<1, kThreads, 0, stream>>>(static_cast<const A*>(workspace), static_cast<A*>(norms),
                                                    static_cast<A*>(penalty), n, chunks, static_cast<A>(center),
-                                                   one_sided, static_cast<A>(grad_scale < 0 ? -grad_scale : grad_scale));
+                                                   one_sided,
+                                                   static_cast<A>(grad_scale < 0 ? -grad_scale : grad_scale));
   });
 }
 

@@ -63,7 +63,8 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kin
     r = _logits("real_logits", real_logits)
     f = _logits("fake_logits", fake_logits)
     if r.device != f.device:
-        raise ValueError(f"real_logits is on {r.device} but fake_logits is on {f.device}; they must be on the same device")
+        raise ValueError(f"real_logits is on {r.device} but fake_logits is on {f.device}; "
+                         "they must be on the same device")
     if isinstance(real_label, bool) or not isinstance(real_label, (int, float)) or not 0.0 <= real_label <= 1.0:
         raise ValueError(f"real_label must be a float in [0, 1], got {real_label!r}")
     if kind != "bce" and real_label != 1.0:

@@ -14,16 +14,9 @@ from __future__ import annotations
 import torch
 
 from .. import backends
-from ..ops._checks import check_float_tensor, check_like
-from ..ops.gradient_penalty import (IMPLEMENTED, check_interpolate_args, check_penalty_args, gradient_norm_penalty,
-                                    gradient_penalty_interpolate)
-
-
-def _check_batch(name: str, x) -> None:
-    check_float_tensor(name, x, min_dim=1, allow_empty=True)
-    if x.shape[0] == 0:
-        raise ValueError(f"the batch is empty: {name} has shape {tuple(x.shape)}")
-    check_float_tensor(name, x, min_dim=1)
+from ..ops._checks import check_like
+from ..ops.gradient_penalty import (IMPLEMENTED, check_batch, check_interpolate_args, check_penalty_args,
+                                    gradient_norm_penalty, gradient_penalty_interpolate)
 
 
 def _critic_gradient(critic, x: torch.Tensor, critic_kwargs, scaler) -> tuple[torch.Tensor, float]:
@@ -39,7 +32,8 @@ def _critic_gradient(critic, x: torch.Tensor, critic_kwargs, scaler) -> tuple[to
     if critic_kwargs is None:
         critic_kwargs = {}
     elif not isinstance(critic_kwargs, dict):
-        raise TypeError(f"critic_kwargs must be a dict of extra critic inputs or None, got {type(critic_kwargs).__name__}")
+        raise TypeError("critic_kwargs must be a dict of extra critic inputs or None, "
+                        f"got {type(critic_kwargs).__name__}")
     n = x.shape[0]
     out = critic(x, **critic_kwargs)
     if not isinstance(out, torch.Tensor):
@@ -96,7 +90,7 @@ def gradient_penalty(
         The 0-dim penalty, float32 (float64 for float64 inputs), differentiable w.r.t. the critic's parameters
         (double backpropagation). Multiply by lambda (10 in the WGAN-GP paper) and add to the critic's loss.
     """
-    _check_batch("real", real)
+    check_batch("real", real)
     check_like("fake", fake, real, "real", tuple(real.shape))
     check_penalty_args(real, center, one_sided, 1.0)
     name = backends.resolve(backend, real.device, IMPLEMENTED)
@@ -121,7 +115,7 @@ def r1_penalty(critic, real: torch.Tensor, critic_kwargs: dict | None = None, *,
     The zero-centred norm penalty at the data (no interpolation). StyleGAN weights it by gamma / 2.
     Args and return as in gradient_penalty (real: (N, *) of any rank >= 1, detached).
     """
-    _check_batch("real", real)
+    check_batch("real", real)
     name = backends.resolve(backend, real.device, IMPLEMENTED)
     with torch.enable_grad():
         x = real.detach().requires_grad_(True)
@@ -135,7 +129,7 @@ def r2_penalty(critic, fake: torch.Tensor, critic_kwargs: dict | None = None, *,
 
     Args and return as in r1_penalty, with fake (N, *) in place of real (detached: it regularises the critic).
     """
-    _check_batch("fake", fake)
+    check_batch("fake", fake)
     name = backends.resolve(backend, fake.device, IMPLEMENTED)
     with torch.enable_grad():
         x = fake.detach().requires_grad_(True)

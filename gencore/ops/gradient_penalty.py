@@ -6,7 +6,7 @@
 
 Layers:
     gencore::gp_interpolate, gp_norm_penalty_fwd / _bwd        C++ schemas (csrc/gencore.cpp); CPU and CUDA kernels.
-    gencore::gp_interpolate_triton, gp_norm_penalty_*_triton   triton_op wrappers around gencore.kernels.gradient_penalty.
+    gencore::gp_interpolate_triton, gp_norm_penalty_*_triton   triton_op wrappers of gencore.kernels.gradient_penalty.
     gradient_penalty_interpolate(...), gradient_norm_penalty(...)   the public functions: checks, backend, dispatch.
 
 gencore.gan.gradient_penalty puts them around the critic: interpolate, critic forward, autograd.grad with
@@ -34,12 +34,18 @@ def stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def check_batch(name: str, x) -> None:
+    """x is a floating-point tensor (N, *) with N >= 1 samples, each non-empty."""
+    check_float_tensor(name, x, min_dim=1, allow_empty=True)
+    if x.shape[0] == 0:
+        raise ValueError(f"the batch is empty: {name} has shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+
+
 def check_interpolate_args(real, fake, alpha) -> torch.Tensor:
     """Checks real/fake/alpha and returns alpha as (N,). alpha may be (N,) or the textbook (N, 1, ..., 1)."""
-    check_float_tensor("real", real, min_dim=1, allow_empty=True)
-    if real.shape[0] == 0:
-        raise ValueError(f"the batch is empty: real has shape {tuple(real.shape)}")
-    check_float_tensor("real", real, min_dim=1)
+    check_batch("real", real)
     check_like("fake", fake, real, "real", tuple(real.shape))
     n = real.shape[0]
     if not isinstance(alpha, torch.Tensor):
@@ -53,10 +59,7 @@ def check_interpolate_args(real, fake, alpha) -> torch.Tensor:
 
 
 def check_penalty_args(grad, center, one_sided, grad_scale) -> None:
-    check_float_tensor("grad", grad, min_dim=1, allow_empty=True)
-    if grad.shape[0] == 0:
-        raise ValueError(f"the batch is empty: grad has shape {tuple(grad.shape)}")
-    check_float_tensor("grad", grad, min_dim=1)
+    check_batch("grad", grad)
     for name, value in (("center", center), ("grad_scale", grad_scale)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{name} must be a finite float, got {value!r}")

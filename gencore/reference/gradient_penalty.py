@@ -47,7 +47,9 @@ def gradient_norm_penalty_ref(grad: torch.Tensor, center: float = 1.0, one_sided
     penalty is a loss-like reduction, kept in float32 as autocast does for reductions. Differentiable to any order.
     """
     compute = compute_dtype(grad.dtype, upcast)
-    u = grad.to(compute) * grad_scale
+    u = grad.to(compute)
+    if grad_scale != 1.0:  # skipped when there is nothing to unscale: the textbook recipe has no such pass
+        u = u * grad_scale
     norms = torch.linalg.vector_norm(u.reshape(grad.shape[0], -1), ord=2, dim=1)
     d = norms - center
     if one_sided:
