@@ -9,8 +9,14 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#ifdef GENCORE_CUDA_HOST_EMULATION
+#include "host_emulation.h"  // tests only: runs these kernels on CPU threads (tests/test_gradient_penalty_emulation.py)
+#endif
 
 #include <algorithm>
+#include <cmath>
 
 namespace gencore {
 namespace cuda {
@@ -34,10 +40,17 @@ template <> __device__ __forceinline__ double from_acc<double>(double x) { retur
 template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+#ifdef GENCORE_CUDA_HOST_EMULATION
+inline float exact_sqrt(float x) { return std::sqrt(x); }
+inline double exact_sqrt(double x) { return std::sqrt(x); }
+inline float exact_div(float a, float b) { return a / b; }
+inline double exact_div(double a, double b) { return a / b; }
+#else
 __device__ __forceinline__ float exact_sqrt(float x) { return __fsqrt_rn(x); }
 __device__ __forceinline__ double exact_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ float exact_div(float a, float b) { return __fdiv_rn(a, b); }
 __device__ __forceinline__ double exact_div(double a, double b) { return a / b; }
+#endif
 
 // Sum over the block in a fixed order: shuffles within each warp, then warp 0 over the warps' sums.
 template <typename A>
@@ -131,6 +144,18 @@ __global__ void penalty_bwd_kernel(const typename Acc<T>::type* __restrict__ gra
   }
 }
 
+// Every launch goes through here: on the GPU a plain <<<grid, kThreads, 0, stream>>>; under host emulation (tests
+// only) the same kernel runs on CPU fibers.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, cudaStream_t stream, Args... args) {
+#ifdef GENCORE_CUDA_HOST_EMULATION
+  (void)stream;
+  gencore_emulation::launch(kernel, grid, kThreads, Params(args)...);
+#else
+  kernel<<<grid, kThreads, 0, stream>>>(Params(args)...);
+#endif
+}
+
 dim3 elementwise_grid(int64_t n, int64_t d) {
   const int64_t x = std::max<int64_t>(1, std::min<int64_t>((d + kElemsPerBlock - 1) / kElemsPerBlock, 1 << 20));
   const int64_t y = std::max<int64_t>(1, std::min<int64_t>(n, kMaxGridY));
@@ -156,9 +181,8 @@ cudaError_t gp_interpolate(GpDtype dtype, const void* real, const void* fake, co
   if (n <= 0 || d <= 0) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    interpolate_kernel<T><<<elementwise_grid(n, d), kThreads, 0, stream>>>(
-        static_cast<const T*>(real), static_cast<const T*>(fake), static_cast<const T*>(alpha), static_cast<T*>(out),
-        n, d);
+    launch(interpolate_kernel<T>, elementwise_grid(n, d), stream, static_cast<const T*>(real),
+           static_cast<const T*>(fake), static_cast<const T*>(alpha), static_cast<T*>(out), n, d);
   });
 }
 
@@ -172,12 +196,10 @@ cudaError_t gp_norm_penalty_fwd(GpDtype dtype, const void* grad, void* workspace
     using A = typename Acc<T>::type;
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(chunks, 1 << 20)),
                     static_cast<unsigned>(std::min<int64_t>(n, kMaxGridY)));
-    sumsq_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(grad), static_cast<A*>(workspace), n, d,
-                                                   chunks);
-    finalize_kernel<A><<<1, kThreads, 0, stream>>>(static_cast<const A*>(workspace), static_cast<A*>(norms),
-                                                   static_cast<A*>(penalty), n, chunks, static_cast<A>(center),
-                                                   one_sided,
-                                                   static_cast<A>(grad_scale < 0 ? -grad_scale : grad_scale));
+    launch(sumsq_kernel<T>, grid, stream, static_cast<const T*>(grad), static_cast<A*>(workspace), n, d, chunks);
+    launch(finalize_kernel<A>, dim3(1), stream, static_cast<const A*>(workspace), static_cast<A*>(norms),
+           static_cast<A*>(penalty), n, chunks, static_cast<A>(center), one_sided,
+           static_cast<A>(grad_scale < 0 ? -grad_scale : grad_scale));
   });
 }
 
@@ -188,9 +210,9 @@ cudaError_t gp_norm_penalty_bwd(GpDtype dtype, const void* grad_penalty, const v
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = typename Acc<T>::type;
-    penalty_bwd_kernel<T><<<elementwise_grid(n, d), kThreads, 0, stream>>>(
-        static_cast<const A*>(grad_penalty), static_cast<const T*>(grad), static_cast<const A*>(norms),
-        static_cast<T*>(out), n, d, static_cast<A>(center), one_sided, static_cast<A>(grad_scale * grad_scale));
+    launch(penalty_bwd_kernel<T>, elementwise_grid(n, d), stream, static_cast<const A*>(grad_penalty),
+           static_cast<const T*>(grad), static_cast<const A*>(norms), static_cast<T*>(out), n, d,
+           static_cast<A>(center), one_sided, static_cast<A>(grad_scale * grad_scale));
   });
 }
 
