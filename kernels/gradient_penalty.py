@@ -167,13 +167,17 @@ def gp_norm_penalty_bwd(grad_penalty: torch.Tensor, grad: torch.Tensor, norms: t
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Ahead-of-time compilation specs: (label, jit_fn, signature, constexprs) for every launch configuration the launchers
-# above use, so that tests/test_triton_aot.py can compile them for sm_80/sm_90 without a GPU.
+# Ahead-of-time compilation specs (the convention of gencore.kernels): (label, kernel, signature, constexprs, options)
+# for every configuration the launchers above launch: each dtype x each constexpr value (BLOCK, ITERS and the
+# finalize tiles are fixed; ONE_SIDED and IS_FP64 take both values), so that tests/test_triton_aot.py compiles them
+# for sm_80/sm_90 without a GPU. Sizes are "i32": tensors of 2**31 elements or more per sample make the JIT build an
+# "i64" variant of the same code (all offsets are computed in int64 either way).
 
 _PTR = {torch.float32: "*fp32", torch.float64: "*fp64", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 
 
 def aot_specs():
+    options = {"num_warps": NUM_WARPS}
     specs = []
     for dtype, ptr in _PTR.items():
         stats = _PTR[_stats_dtype(dtype)]
@@ -182,18 +186,18 @@ def aot_specs():
         specs.append((f"gp_interpolate_{name}", _gp_interpolate_kernel,
                       {"real_ptr": ptr, "fake_ptr": ptr, "alpha_ptr": ptr, "out_ptr": ptr, "D": "i32",
                        "BLOCK": "constexpr", "IS_FP64": "constexpr"},
-                      {"BLOCK": BLOCK, "IS_FP64": is_fp64}))
+                      {"BLOCK": BLOCK, "IS_FP64": is_fp64}, options))
         specs.append((f"gp_sumsq_{name}", _gp_sumsq_kernel,
                       {"grad_ptr": ptr, "partial_ptr": stats, "D": "i32", "CHUNKS": "i32", "BLOCK": "constexpr",
                        "ITERS": "constexpr", "IS_FP64": "constexpr"},
-                      {"BLOCK": BLOCK, "ITERS": ITERS, "IS_FP64": is_fp64}))
+                      {"BLOCK": BLOCK, "ITERS": ITERS, "IS_FP64": is_fp64}, options))
         for one_sided in (False, True):
             tag = f"{name}_{'one_sided' if one_sided else 'two_sided'}"
             specs.append((f"gp_penalty_bwd_{tag}", _gp_penalty_bwd_kernel,
                           {"gout_ptr": stats, "grad_ptr": ptr, "norms_ptr": stats, "out_ptr": ptr, "N": "i32",
                            "D": "i32", "center": "fp32", "grad_scale": "fp32", "ONE_SIDED": "constexpr",
                            "BLOCK": "constexpr", "IS_FP64": "constexpr"},
-                          {"ONE_SIDED": one_sided, "BLOCK": BLOCK, "IS_FP64": is_fp64}))
+                          {"ONE_SIDED": one_sided, "BLOCK": BLOCK, "IS_FP64": is_fp64}, options))
     for stats_dtype in (torch.float32, torch.float64):
         stats = _PTR[stats_dtype]
         for one_sided in (False, True):
@@ -203,5 +207,5 @@ def aot_specs():
                            "CHUNKS": "i32", "center": "fp32", "grad_scale": "fp32", "ONE_SIDED": "constexpr",
                            "BLOCK_N": "constexpr", "BLOCK_C": "constexpr", "IS_FP64": "constexpr"},
                           {"ONE_SIDED": one_sided, "BLOCK_N": FIN_BLOCK_N, "BLOCK_C": FIN_BLOCK_C,
-                           "IS_FP64": stats_dtype == torch.float64}))
+                           "IS_FP64": stats_dtype == torch.float64}, options))
     return specs
