@@ -138,7 +138,7 @@ at::Tensor gp_interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_
     fake = fake.contiguous();
   }
   const at::Tensor alpha = alpha_in.contiguous();
-  at::Tensor out = at::empty_like(real);  // preserves a dense layout stride for stride
+  at::Tensor out = gp::output_like(real);  // the layout of real, stride for stride
   const int64_t d = real.numel() / n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gp_interpolate_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -198,7 +198,7 @@ at::Tensor gp_norm_penalty_bwd_cpu(const at::Tensor& grad_penalty, const at::Ten
   const int64_t d = grad.numel() / n;
   const at::Tensor norms = norms_in.contiguous();
   const double gout = grad_penalty.to(at::kDouble).item<double>();
-  at::Tensor out = at::empty_like(grad);
+  at::Tensor out = gp::output_like(grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gp_norm_penalty_bwd_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const acc* nrm = norms.const_data_ptr<acc>();

@@ -12,7 +12,7 @@ namespace gencore {
 namespace gp {
 
 // Each sample is one dense block of numel / N elements at offset n * numel / N (contiguous, channels_last, ...).
-// Such tensors are read in place as (N, D) and outputs are allocated with empty_like (same strides); others are
+// Such tensors are read in place as (N, D) and outputs get the same strides (output_like); others are
 // copied to contiguous first. The Python twin is gencore.reference.gradient_penalty.per_sample_dense.
 inline bool per_sample_dense(const at::Tensor& t) {
   if (t.numel() == 0) return true;
@@ -32,6 +32,10 @@ inline bool per_sample_dense(const at::Tensor& t) {
 }
 
 inline at::Tensor as_flat(const at::Tensor& t) { return per_sample_dense(t) ? t : t.contiguous(); }
+
+// An uninitialised tensor with t's sizes and strides (t is per_sample_dense, so empty_like keeps them exactly).
+// The one place the outputs are allocated: where a CPU output cache is adopted, it goes here.
+inline at::Tensor output_like(const at::Tensor& t) { return at::empty_like(t); }
 
 inline at::ScalarType stats_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 

@@ -34,7 +34,7 @@ at::Tensor gp_interpolate_cuda(const at::Tensor& real_in, const at::Tensor& fake
     fake = fake.contiguous();
   }
   const at::Tensor alpha = alpha_in.contiguous();
-  at::Tensor out = at::empty_like(real);
+  at::Tensor out = gp::output_like(real);
   const int64_t n = real.size(0);
   check_launch(cuda::gp_interpolate(gp_dtype(real.scalar_type()), real.const_data_ptr(), fake.const_data_ptr(),
                                     alpha.const_data_ptr(), out.mutable_data_ptr(), n, real.numel() / n,
@@ -70,7 +70,7 @@ at::Tensor gp_norm_penalty_bwd_cuda(const at::Tensor& grad_penalty, const at::Te
   // Stays on the device: the kernel reads the scalar itself, so no host synchronisation.
   const at::Tensor gout = grad_penalty.reshape({}).to(norms_in.scalar_type()).contiguous();
   const at::Tensor norms = norms_in.contiguous();
-  at::Tensor out = at::empty_like(grad);
+  at::Tensor out = gp::output_like(grad);
   check_launch(cuda::gp_norm_penalty_bwd(gp_dtype(grad.scalar_type()), gout.const_data_ptr(), grad.const_data_ptr(),
                                          norms.const_data_ptr(), out.mutable_data_ptr(), n, d, center, one_sided,
                                          grad_scale, c10::cuda::getCurrentCUDAStream()),
