@@ -35,7 +35,7 @@ def _acc(x, IS_FP64: tl.constexpr):
         return tl.cast(x, tl.float32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["D"])
 def _gp_interpolate_kernel(real_ptr, fake_ptr, alpha_ptr, out_ptr, D, BLOCK: tl.constexpr, IS_FP64: tl.constexpr):
     n = tl.program_id(1)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -48,7 +48,7 @@ def _gp_interpolate_kernel(real_ptr, fake_ptr, alpha_ptr, out_ptr, D, BLOCK: tl.
     tl.store(out_ptr + base + offs, x_hat.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["D", "CHUNKS"])
 def _gp_sumsq_kernel(grad_ptr, partial_ptr, D, CHUNKS, BLOCK: tl.constexpr, ITERS: tl.constexpr,
                      IS_FP64: tl.constexpr):
     c = tl.program_id(0)
@@ -63,7 +63,7 @@ def _gp_sumsq_kernel(grad_ptr, partial_ptr, D, CHUNKS, BLOCK: tl.constexpr, ITER
     tl.store(partial_ptr + n.to(tl.int64) * CHUNKS + c, tl.sum(acc, axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "CHUNKS"])
 def _gp_penalty_finalize_kernel(partial_ptr, norms_ptr, penalty_ptr, N, CHUNKS, center, grad_scale,
                                 ONE_SIDED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                                 IS_FP64: tl.constexpr):
@@ -87,7 +87,7 @@ def _gp_penalty_finalize_kernel(partial_ptr, norms_ptr, penalty_ptr, N, CHUNKS, 
     tl.store(penalty_ptr, tl.sum(total, axis=0) / N)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "D"])
 def _gp_penalty_bwd_kernel(gout_ptr, grad_ptr, norms_ptr, out_ptr, N, D, center, grad_scale,
                            ONE_SIDED: tl.constexpr, BLOCK: tl.constexpr, IS_FP64: tl.constexpr):
     n = tl.program_id(1)
