@@ -486,3 +486,19 @@ def test_kernels_reject_bad_input_directly():
         torch.ops.gencore.gp_norm_penalty_bwd(torch.tensor(1.0), real, torch.rand(3), 1.0, False, 1.0)
     with pytest.raises(RuntimeError, match="grad"):
         torch.ops.gencore.gp_norm_penalty_fwd(real[:0], 1.0, False, 1.0)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_detaches_samples_and_works_under_no_grad(backend):
+    """real and fake are constants of the penalty (no gradient reaches the generator through fake), and the penalty
+    can be evaluated under torch.no_grad (e.g. for logging) with the same value."""
+    device = device_for(backend)
+    real, fake, alpha = _inputs((4, 2, 5), torch.float64, device)
+    critic = _make_critic((4, 2, 5)).to(device, torch.float64)
+    fake = fake.clone().requires_grad_(True)
+    penalty = gradient_penalty(critic, real, fake, alpha=alpha, backend=backend)
+    penalty.backward()
+    assert fake.grad is None
+    with torch.no_grad():
+        logged = gradient_penalty(critic, real, fake, alpha=alpha, backend=backend)
+    assert torch.equal(logged, penalty.detach())
