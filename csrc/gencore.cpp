@@ -47,6 +47,16 @@ TORCH_LIBRARY(gencore, m) {
         "-> (Tensor, Tensor)");
   // The raw Philox4x32-10 words of sampler_step's noise: (N, numel per sample) int64 holding uint32 values.
   m.def("philox_uint32(Tensor sample, int seed, int offset) -> Tensor");
+
+  // WGAN-GP gradient penalty (gencore/ops/gradient_penalty.py). x_hat = alpha[n] * real + (1 - alpha[n]) * fake,
+  // alpha of shape (N,), any rank.
+  m.def("gp_interpolate(Tensor real, Tensor fake, Tensor alpha) -> Tensor");
+  // Returns (penalty, norms): mean_n (||grad_scale * grad[n]|| - center)^2 (one_sided: only norms above center)
+  // and the per-sample norms (N,), both float32 (float64 for float64 grad).
+  m.def("gp_norm_penalty_fwd(Tensor grad, float center, bool one_sided, float grad_scale) -> (Tensor, Tensor)");
+  // d penalty / d grad, scaled by the 0-dim grad_penalty (read on the device: no host synchronisation on CUDA).
+  m.def("gp_norm_penalty_bwd(Tensor grad_penalty, Tensor grad, Tensor norms, float center, bool one_sided, "
+        "float grad_scale) -> Tensor");
 }
 
 }  // namespace gencore

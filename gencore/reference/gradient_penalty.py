@@ -1,0 +1,78 @@
+"""Pure-PyTorch twins of the two fused gradient-penalty ops: the truth every backend is tested against.
+
+    x_hat[n]  = alpha[n] * real[n] + (1 - alpha[n]) * fake[n]          (interpolate; any rank, one alpha per sample)
+
+    u[n]      = grad_scale * grad[n]                                   (unscale a GradScaler-scaled gradient)
+    norm[n]   = || u[n] ||_2                  over ALL non-batch dims  (per sample, never over the whole batch)
+    d[n]      = norm[n] - center              (one_sided: max(d[n], 0): only norms above center are penalised)
+    penalty   = mean_n d[n]^2
+
+    d penalty / d grad[n] = (2 / N) * d[n] * grad_scale^2 * grad[n] / norm[n],   and 0 where norm[n] == 0
+
+The zero-norm convention is the one torch.linalg.vector_norm's own backward uses (the minimum-norm subgradient), so
+the penalty and its gradient stay finite when a sample's gradient vanishes, with no epsilon that would bias it.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def compute_dtype(dtype: torch.dtype, upcast: bool = False) -> torch.dtype:
+    """float64 when upcasting (the tests' truth) or for float64 input, else float32 (what every fused backend uses)."""
+    return torch.float64 if upcast or dtype == torch.float64 else torch.float32
+
+
+def per_sample(alpha: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(N,) -> (N, 1, ..., 1), broadcastable against an (N, ...) tensor of `ndim` dims."""
+    return alpha.reshape((alpha.shape[0],) + (1,) * (ndim - 1))
+
+
+def interpolate_ref(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor, *,
+                    upcast: bool = False) -> torch.Tensor:
+    """x_hat = alpha * real + (1 - alpha) * fake with alpha of shape (N,). Differentiable to any order.
+
+    Computed in float32 for half inputs (float64 with upcast=True) and returned in real's dtype (float64 if upcast).
+    """
+    compute = compute_dtype(real.dtype, upcast)
+    a = per_sample(alpha.to(compute), real.dim())
+    x_hat = a * real.to(compute) + (1 - a) * fake.to(compute)
+    return x_hat if upcast else x_hat.to(real.dtype)
+
+
+def gradient_norm_penalty_ref(grad: torch.Tensor, center: float = 1.0, one_sided: bool = False,
+                              grad_scale: float = 1.0, *, upcast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penalty, norms): the scalar mean((||grad_scale * grad[n]|| - center)^2) and the per-sample norms (N,).
+
+    Both are float32 for float16/bfloat16/float32 grad and float64 for float64 grad (or with upcast=True): the
+    penalty is a loss-like reduction, kept in float32 as autocast does for reductions. Differentiable to any order.
+    """
+    compute = compute_dtype(grad.dtype, upcast)
+    u = grad.to(compute)
+    if grad_scale != 1.0:  # skipped when there is nothing to unscale: the textbook recipe has no such pass
+        u = u * grad_scale
+    norms = torch.linalg.vector_norm(u.reshape(grad.shape[0], -1), ord=2, dim=1)
+    d = norms - center
+    if one_sided:
+        d = d.clamp_min(0)
+    return d.square().mean(), norms
+
+
+def per_sample_dense(t: torch.Tensor) -> bool:
+    """Whether each sample of t is one dense block of numel/N elements at offset n * numel/N.
+
+    The layout rule every backend shares (and the fake implementations mirror): such tensors (contiguous,
+    channels_last, and their N-D analogues) are read in place as (N, D), and outputs are allocated with empty_like,
+    which keeps the layout stride for stride; any other strides are copied to contiguous first. The norm of a sample
+    does not depend on the order of its elements, so the per-sample result is the same in every layout.
+    """
+    if t.numel() == 0:
+        return True
+    n = t.shape[0]
+    if n > 1 and t.stride(0) != t.numel() // n:
+        return False
+    expected = 1
+    for stride, size in sorted((t.stride(i), t.shape[i]) for i in range(1, t.dim()) if t.shape[i] != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True

@@ -1,0 +1,211 @@
+"""Triton kernels of the WGAN-GP gradient penalty and host launchers (math: gencore/reference/gradient_penalty.py).
+
+    _gp_interpolate_kernel      x_hat = alpha[n] * real + (1 - alpha[n]) * fake            grid (cdiv(D, BLOCK), N)
+    _gp_sumsq_kernel            partial[n, c] = sum of grad^2 over chunk c of sample n     grid (CHUNKS, N)
+    _gp_penalty_finalize_kernel norms[n] = |s| sqrt(sum_c partial[n, c]); penalty          grid (1,)
+    _gp_penalty_bwd_kernel      out = coef[n] * grad                                       grid (cdiv(D, BLOCK), N)
+
+Every tensor is read as (N, D), each sample one dense block of D elements (the layout rule of per_sample_dense).
+The norm is split over fixed chunks of CHUNK = BLOCK * ITERS elements so that batch 1 still fills a GPU; the partial
+sums land in a workspace with one writer per slot and are merged by one program in a fixed order: deterministic,
+no atomics. Half types compute in float32, float64 in float64. `center` and `grad_scale` arrive as float32 kernel
+scalars (Triton's type for Python floats): exact for the usual centres 0 and 1 and power-of-two GradScaler scales.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..reference.gradient_penalty import per_sample_dense
+
+BLOCK = 1024  # elements per program of the elementwise passes, and per iteration of the sum of squares
+ITERS = 4  # iterations per sum-of-squares program: CHUNK = 4096 elements
+FIN_BLOCK_N = 64  # samples per step of the finalize program
+FIN_BLOCK_C = 16  # chunks per step of the finalize program
+NUM_WARPS = 4
+
+
+@triton.jit
+def _acc(x, IS_FP64: tl.constexpr):
+    """The accumulation type: float64 for float64 tensors, float32 for everything else."""
+    if IS_FP64:
+        return tl.cast(x, tl.float64)
+    else:
+        return tl.cast(x, tl.float32)
+
+
+@triton.jit(do_not_specialize=["D"])
+def _gp_interpolate_kernel(real_ptr, fake_ptr, alpha_ptr, out_ptr, D, BLOCK: tl.constexpr, IS_FP64: tl.constexpr):
+    n = tl.program_id(1)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < D
+    base = n.to(tl.int64) * D
+    a = _acc(tl.load(alpha_ptr + n), IS_FP64)
+    r = _acc(tl.load(real_ptr + base + offs, mask=mask, other=0.0), IS_FP64)
+    f = _acc(tl.load(fake_ptr + base + offs, mask=mask, other=0.0), IS_FP64)
+    x_hat = a * r + (1.0 - a) * f
+    tl.store(out_ptr + base + offs, x_hat.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["D", "CHUNKS"])
+def _gp_sumsq_kernel(grad_ptr, partial_ptr, D, CHUNKS, BLOCK: tl.constexpr, ITERS: tl.constexpr,
+                     IS_FP64: tl.constexpr):
+    c = tl.program_id(0)
+    n = tl.program_id(1)
+    base = n.to(tl.int64) * D
+    start = c.to(tl.int64) * (BLOCK * ITERS)
+    acc = _acc(tl.zeros([BLOCK], dtype=tl.float32), IS_FP64)
+    for it in tl.static_range(ITERS):
+        offs = start + it * BLOCK + tl.arange(0, BLOCK)
+        x = _acc(tl.load(grad_ptr + base + offs, mask=offs < D, other=0.0), IS_FP64)
+        acc += x * x
+    tl.store(partial_ptr + n.to(tl.int64) * CHUNKS + c, tl.sum(acc, axis=0))
+
+
+@triton.jit(do_not_specialize=["N", "CHUNKS"])
+def _gp_penalty_finalize_kernel(partial_ptr, norms_ptr, penalty_ptr, N, CHUNKS, center, grad_scale,
+                                ONE_SIDED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+                                IS_FP64: tl.constexpr):
+    scale = tl.abs(_acc(grad_scale, IS_FP64))
+    ctr = _acc(center, IS_FP64)
+    total = _acc(tl.zeros([BLOCK_N], dtype=tl.float32), IS_FP64)
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        row_mask = rows < N
+        sq = _acc(tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32), IS_FP64)
+        for c0 in range(0, CHUNKS, BLOCK_C):
+            cols = c0 + tl.arange(0, BLOCK_C)
+            m = row_mask[:, None] & (cols < CHUNKS)[None, :]
+            sq += tl.load(partial_ptr + rows.to(tl.int64)[:, None] * CHUNKS + cols[None, :], mask=m, other=0.0)
+        norm = tl.sqrt(tl.sum(sq, axis=1)) * scale
+        tl.store(norms_ptr + rows, norm, mask=row_mask)
+        dev = norm - ctr
+        if ONE_SIDED:
+            dev = tl.maximum(dev, 0.0)
+        total += tl.where(row_mask, dev * dev, 0.0)
+    tl.store(penalty_ptr, tl.sum(total, axis=0) / N)
+
+
+@triton.jit(do_not_specialize=["N", "D"])
+def _gp_penalty_bwd_kernel(gout_ptr, grad_ptr, norms_ptr, out_ptr, N, D, center, grad_scale,
+                           ONE_SIDED: tl.constexpr, BLOCK: tl.constexpr, IS_FP64: tl.constexpr):
+    n = tl.program_id(1)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < D
+    base = n.to(tl.int64) * D
+    norm = tl.load(norms_ptr + n)
+    s = _acc(grad_scale, IS_FP64)
+    dev = norm - _acc(center, IS_FP64)
+    if ONE_SIDED:
+        dev = tl.maximum(dev, 0.0)
+    # coef = gout * (2/N) * dev * s^2 / norm, and 0 where norm == 0 (the sample's gradient is then 0 as well).
+    safe_norm = tl.where(norm > 0, norm, 1.0)
+    gout = _acc(tl.load(gout_ptr), IS_FP64)
+    coef = tl.where(norm > 0, gout * 2.0 * dev * (s * s) / (safe_norm * N), 0.0)
+    g = _acc(tl.load(grad_ptr + base + offs, mask=mask, other=0.0), IS_FP64)
+    tl.store(out_ptr + base + offs, (coef * g).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Host launchers (no autograd; gencore/ops/gradient_penalty.py wraps them in triton_op).
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t if per_sample_dense(t) else t.contiguous()
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def gp_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    real, fake = _flat(real), _flat(fake)
+    if real.stride() != fake.stride():
+        real, fake = real.contiguous(), fake.contiguous()
+    out = torch.empty_like(real)
+    n = real.shape[0]
+    d = real.numel() // n
+    grid = (triton.cdiv(d, BLOCK), n)
+    torch.library.wrap_triton(_gp_interpolate_kernel)[grid](
+        real, fake, alpha.contiguous(), out, d, BLOCK=BLOCK, IS_FP64=real.dtype == torch.float64,
+        num_warps=NUM_WARPS)
+    return out
+
+
+def gp_norm_penalty_fwd(grad: torch.Tensor, center: float, one_sided: bool,
+                        grad_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    grad = _flat(grad)
+    n = grad.shape[0]
+    d = grad.numel() // n
+    stats = _stats_dtype(grad.dtype)
+    chunks = max(1, triton.cdiv(d, BLOCK * ITERS))
+    partial = torch.empty((n, chunks), dtype=stats, device=grad.device)
+    norms = torch.empty((n,), dtype=stats, device=grad.device)
+    penalty = torch.empty((), dtype=stats, device=grad.device)
+    is_fp64 = grad.dtype == torch.float64
+    torch.library.wrap_triton(_gp_sumsq_kernel)[(chunks, n)](
+        grad, partial, d, chunks, BLOCK=BLOCK, ITERS=ITERS, IS_FP64=is_fp64, num_warps=NUM_WARPS)
+    torch.library.wrap_triton(_gp_penalty_finalize_kernel)[(1,)](
+        partial, norms, penalty, n, chunks, float(center), float(grad_scale), ONE_SIDED=bool(one_sided),
+        BLOCK_N=FIN_BLOCK_N, BLOCK_C=FIN_BLOCK_C, IS_FP64=is_fp64, num_warps=NUM_WARPS)
+    return penalty, norms
+
+
+def gp_norm_penalty_bwd(grad_penalty: torch.Tensor, grad: torch.Tensor, norms: torch.Tensor, center: float,
+                        one_sided: bool, grad_scale: float) -> torch.Tensor:
+    grad = _flat(grad)
+    n = grad.shape[0]
+    d = grad.numel() // n
+    out = torch.empty_like(grad)
+    grid = (triton.cdiv(d, BLOCK), n)
+    torch.library.wrap_triton(_gp_penalty_bwd_kernel)[grid](
+        grad_penalty.reshape(()).to(norms.dtype), grad, norms.contiguous(), out, n, d, float(center),
+        float(grad_scale), ONE_SIDED=bool(one_sided), BLOCK=BLOCK, IS_FP64=grad.dtype == torch.float64,
+        num_warps=NUM_WARPS)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Ahead-of-time compilation specs (the convention of gencore.kernels): (label, kernel, signature, constexprs, options)
+# for every configuration the launchers above launch: each dtype x each constexpr value (BLOCK, ITERS and the
+# finalize tiles are fixed; ONE_SIDED and IS_FP64 take both values), so that tests/test_triton_aot.py compiles them
+# for sm_80/sm_90 without a GPU. Sizes are "i32": tensors of 2**31 elements or more per sample make the JIT build an
+# "i64" variant of the same code (all offsets are computed in int64 either way).
+
+_PTR = {torch.float32: "*fp32", torch.float64: "*fp64", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+
+
+def aot_specs():
+    options = {"num_warps": NUM_WARPS}
+    specs = []
+    for dtype, ptr in _PTR.items():
+        stats = _PTR[_stats_dtype(dtype)]
+        is_fp64 = dtype == torch.float64
+        name = ptr[1:]
+        specs.append((f"gp_interpolate_{name}", _gp_interpolate_kernel,
+                      {"real_ptr": ptr, "fake_ptr": ptr, "alpha_ptr": ptr, "out_ptr": ptr, "D": "i32",
+                       "BLOCK": "constexpr", "IS_FP64": "constexpr"},
+                      {"BLOCK": BLOCK, "IS_FP64": is_fp64}, options))
+        specs.append((f"gp_sumsq_{name}", _gp_sumsq_kernel,
+                      {"grad_ptr": ptr, "partial_ptr": stats, "D": "i32", "CHUNKS": "i32", "BLOCK": "constexpr",
+                       "ITERS": "constexpr", "IS_FP64": "constexpr"},
+                      {"BLOCK": BLOCK, "ITERS": ITERS, "IS_FP64": is_fp64}, options))
+        for one_sided in (False, True):
+            tag = f"{name}_{'one_sided' if one_sided else 'two_sided'}"
+            specs.append((f"gp_penalty_bwd_{tag}", _gp_penalty_bwd_kernel,
+                          {"gout_ptr": stats, "grad_ptr": ptr, "norms_ptr": stats, "out_ptr": ptr, "N": "i32",
+                           "D": "i32", "center": "fp32", "grad_scale": "fp32", "ONE_SIDED": "constexpr",
+                           "BLOCK": "constexpr", "IS_FP64": "constexpr"},
+                          {"ONE_SIDED": one_sided, "BLOCK": BLOCK, "IS_FP64": is_fp64}, options))
+    for stats_dtype in (torch.float32, torch.float64):
+        stats = _PTR[stats_dtype]
+        for one_sided in (False, True):
+            specs.append((f"gp_penalty_finalize_{stats[1:]}_{'one_sided' if one_sided else 'two_sided'}",
+                          _gp_penalty_finalize_kernel,
+                          {"partial_ptr": stats, "norms_ptr": stats, "penalty_ptr": stats, "N": "i32",
+                           "CHUNKS": "i32", "center": "fp32", "grad_scale": "fp32", "ONE_SIDED": "constexpr",
+                           "BLOCK_N": "constexpr", "BLOCK_C": "constexpr", "IS_FP64": "constexpr"},
+                          {"ONE_SIDED": one_sided, "BLOCK_N": FIN_BLOCK_N, "BLOCK_C": FIN_BLOCK_C,
+                           "IS_FP64": stats_dtype == torch.float64}, options))
+    return specs
