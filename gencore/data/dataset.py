@@ -59,7 +59,8 @@ def load_dataset(spec: str, *, root: str | None = None, split: str = "train", im
     Args:
         spec: "digits" (scikit-learn's 8x8 digits upsampled to 28x28: offline, no download), "mnist" (the project's
             MNIST split, see gencore.data.mnist: split="train" is the first 8,000 test-set images, "heldout" the last
-            2,000, "all" all 10,000; `root` names the folder of IDX files), or the path of a folder of images
+            2,000, "all" all 10,000; `root` names the folder of IDX files, default $GENCORE_MNIST_ROOT, else the
+            download cache), or the path of a folder of images
             (gencore.data.folder: every image resized to image_size, converted to `channels`).
         image_size, channels: only for folders (default 28 and 1 when not given).
 
@@ -70,15 +71,14 @@ def load_dataset(spec: str, *, root: str | None = None, split: str = "train", im
 
         return load_digits()
     if spec == "mnist":
-        from . import mnist
+        from .mnist import mnist_split, mnist_to_float
 
-        if split == "all":
-            ds = mnist.load_mnist(root) if root is not None else mnist.load_mnist()
-            images, labels = _as_tensors(ds)
-        else:
-            parts = mnist.mnist_split(root) if root is not None else mnist.mnist_split()
-            images, labels = _as_tensors(parts[0] if split == "train" else parts[1])
-        return ImageDataset(images.float(), labels, 10, f"mnist-{split}")
+        part = {"train": "train", "heldout": "reference", "reference": "reference", "all": "all"}.get(split)
+        if part is None:
+            raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+        root = root if root is not None else os.environ.get("GENCORE_MNIST_ROOT")
+        arrays = mnist_split(part, root)
+        return ImageDataset(mnist_to_float(arrays.images), arrays.labels, 10, f"mnist-{part}")
     if os.path.isdir(spec):
         from .folder import load_image_folder
 
@@ -86,23 +86,3 @@ def load_dataset(spec: str, *, root: str | None = None, split: str = "train", im
     if os.path.exists(spec):
         raise ValueError(f"--data {spec!r} is a file; give a folder of images, 'mnist' or 'digits'")
     raise FileNotFoundError(f"--data {spec!r}: no such folder (choices: mnist, digits, or a folder of images)")
-
-
-def _as_tensors(ds) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(images, labels) from whatever gencore.data.mnist returns: a dataset with .images/.labels, or a tuple."""
-    if isinstance(ds, (tuple, list)) and len(ds) == 2 and torch.is_tensor(ds[0]):
-        images, labels = ds
-    else:
-        images = getattr(ds, "images", None)
-        labels = getattr(ds, "labels", None)
-        if images is None:
-            images = getattr(ds, "data", None)
-            labels = getattr(ds, "targets", labels)
-    if images is None:
-        raise TypeError(f"cannot read images from {type(ds).__name__}")
-    images = torch.as_tensor(images)
-    if images.dim() == 3:
-        images = images[:, None]
-    if not images.is_floating_point():  # uint8 pixels
-        images = images.float() / 127.5 - 1.0
-    return images, None if labels is None else torch.as_tensor(labels).long()
