@@ -1,0 +1,129 @@
+"""Pure-PyTorch twins of the fused diffusion ops: the truth every backend is tested against.
+
+sampler_step, per element of sample n with c = coefs[timesteps[n]] (the 9 columns named in COEF_COLUMNS):
+
+    m    = uncond + guidance_scale * (model_output - uncond)      if model_output_uncond is given, else model_output
+    x0   = c0 * sample + c1 * m                                    (x0_from_sample, x0_from_model)
+    x0   = clamp(x0, -threshold[n], threshold[n]) / threshold[n]   if threshold (N,) is given (dynamic thresholding)
+           clamp(x0, -clip_range, clip_range)                      elif clip_range is not None
+    eps  = c2 * sample + c3 * m + c4 * x0                          (eps_from_sample, eps_from_model, eps_from_x0)
+    prev = c5 * x0 + c6 * sample + c7 * eps + c8 * z               (prev_from_x0, prev_from_sample, prev_from_eps,
+                                                                    noise_std)
+    z    = noise if given; else Philox normals (gencore.reference.philox) if philox_seed is given; else 0.
+
+diffusion_training_inputs, with c = coefs[timesteps[n]] = (sqrt(abar_t), sqrt(1 - abar_t)):
+
+    noisy  = c0 * x0 + c1 * noise
+    target = noise (epsilon) | x0 (sample) | c0 * noise - c1 * x0 (v_prediction)
+
+The math is in float32 for float16/bfloat16/float32 inputs and float64 for float64 (what the fused kernels do);
+upcast=True computes in float64 and returns float64 (the tests' truth).
+"""
+from __future__ import annotations
+
+import torch
+
+from .philox import philox_normal
+
+COEF_COLUMNS = ("x0_from_sample", "x0_from_model", "eps_from_sample", "eps_from_model", "eps_from_x0",
+                "prev_from_x0", "prev_from_sample", "prev_from_eps", "noise_std")
+NUM_COEFS = len(COEF_COLUMNS)
+TRAINING_COEF_COLUMNS = ("sqrt_alpha_bar", "sqrt_one_minus_alpha_bar")
+TARGETS = ("epsilon", "sample", "v_prediction")
+
+
+def compute_dtype(dtype: torch.dtype, upcast: bool = False) -> torch.dtype:
+    """float64 for float64 inputs (or upcast), else float32: the dtype every backend does its math in."""
+    return torch.float64 if (upcast or dtype == torch.float64) else torch.float32
+
+
+def keep_layout(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """y in like's layout when like is channels-last (channels innermost), else contiguous: every backend's rule."""
+    if like.dim() >= 3 and not like.is_contiguous() and like.movedim(1, -1).is_contiguous():
+        return y.movedim(1, -1).contiguous().movedim(-1, 1)
+    return y.contiguous()
+
+
+def gather_coefs(coefs: torch.Tensor, timesteps: torch.Tensor, ndim: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Column j of coefs[timesteps] as an (N, 1, ..., 1) tensor broadcastable against an ndim-dim sample."""
+    if timesteps.device.type == "cpu" and timesteps.numel():
+        lo, hi = int(timesteps.min()), int(timesteps.max())
+        if lo < 0 or hi >= coefs.shape[0]:
+            bad = lo if lo < 0 else hi
+            raise IndexError(f"timesteps must be in [0, {coefs.shape[0]}) (the rows of coefs), got {bad}")
+    rows = coefs.to(dtype)[timesteps.long()]
+    return [rows[:, j].reshape((-1,) + (1,) * (ndim - 1)) for j in range(coefs.shape[1])]
+
+
+def sampler_step_ref(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    timesteps: torch.Tensor,
+    coefs: torch.Tensor,
+    *,
+    model_output_uncond: torch.Tensor | None = None,
+    guidance_scale: float = 1.0,
+    clip_range: float | None = None,
+    threshold: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    philox_seed: int | None = None,
+    philox_offset: int = 0,
+    upcast: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference sampler step: returns (prev_sample, pred_original_sample) as the module doc defines them.
+
+    Outputs have sample's dtype (float64 with upcast=True) and sample's layout rule (contiguous, or channels-last
+    for a channels-last sample).
+    """
+    dt = compute_dtype(sample.dtype, upcast)
+    c = gather_coefs(coefs, timesteps, sample.dim(), dt)
+    x = sample.to(dt)
+    m = model_output.to(dt)
+    if model_output_uncond is not None:
+        u = model_output_uncond.to(dt)
+        m = u + guidance_scale * (m - u)
+    x0 = c[0] * x + c[1] * m
+    if threshold is not None:
+        s = threshold.to(dt).reshape((-1,) + (1,) * (sample.dim() - 1))
+        x0 = torch.minimum(torch.maximum(x0, -s), s) / s
+    elif clip_range is not None:
+        x0 = x0.clamp(-clip_range, clip_range)
+    eps = c[2] * x + c[3] * m + c[4] * x0
+    prev = c[5] * x0 + c[6] * x + c[7] * eps
+    if noise is not None:
+        prev = prev + c[8] * noise.to(dt)
+    elif philox_seed is not None:
+        z = philox_normal(sample.shape, philox_seed, philox_offset, dtype=compute_dtype(sample.dtype),
+                          device=sample.device)
+        prev = prev + c[8] * z.to(dt)
+    out = dt if upcast else sample.dtype
+    return keep_layout(prev.to(out), sample), keep_layout(x0.to(out), sample)
+
+
+def diffusion_training_inputs_ref(
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    coefs: torch.Tensor,
+    target: str = "epsilon",
+    *,
+    upcast: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference training inputs: (noisy, target) as the module doc defines them. Differentiable (plain autograd).
+
+    For target "epsilon" / "sample" the target is `noise` / `x0` itself (the same tensor, not a copy), as in the
+    fused op.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
+    dt = compute_dtype(x0.dtype, upcast)
+    c = gather_coefs(coefs, timesteps, x0.dim(), dt)
+    x = x0.to(dt)
+    z = noise.to(dt)
+    out = dt if upcast else x0.dtype
+    noisy = keep_layout((c[0] * x + c[1] * z).to(out), x0)
+    if target == "epsilon":
+        return noisy, noise.to(out) if upcast else noise
+    if target == "sample":
+        return noisy, x0.to(out) if upcast else x0
+    return noisy, keep_layout((c[0] * z - c[1] * x).to(out), x0)
