@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from ..nn import GroupNorm
+
 SIZES = (28, 32, 64)
 DISCRIMINATOR_NORMS = ("batch", "layer", "none")
 
@@ -103,8 +105,8 @@ class DCGANDiscriminator(nn.Module):
         def normalization(ch):
             if norm == "batch":
                 return [nn.BatchNorm2d(ch)]
-            if norm == "layer":
-                return [nn.GroupNorm(1, ch)]
+            if norm == "layer":  # gencore's fused GroupNorm (one group = LayerNorm over C, H, W)
+                return [GroupNorm(1, ch)]
             return []
 
         ch = features

@@ -1,7 +1,7 @@
 """A time-conditioned UNet denoiser for DDPM/DDIM, built on gencore's fused GroupNorm+SiLU(+time embedding).
 
-Every normalization of the network goes through `gencore.ops.group_norm_silu`, so choosing a backend
-(`gencore.use_backend("cpu")`, GENCORE_BACKEND, ...) speeds up real training and sampling, not only a micro-benchmark.
+Every normalization of the network is gencore.nn's GroupNormSiLU / GroupNorm (gencore.ops.group_norm_silu), so
+choosing a backend (`gencore.use_backend("cpu")`, GENCORE_BACKEND, ...) speeds up real training and sampling, not only a micro-benchmark.
 
 Layout (ADM / diffusers UNet2DModel style):
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import group_norm_silu
+from ..nn import GroupNorm, GroupNormSiLU
 
 TIME_EMBEDDING_NORMS = ("default", "scale_shift")
 
@@ -42,36 +42,6 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return emb
 
 
-class GroupNormAct(nn.Module):
-    """GroupNorm (+ optional per-sample temb add or scale/shift) (+ SiLU) through gencore's fused op.
-
-    Holds `weight` and `bias` like nn.GroupNorm (same parameter names, so state_dicts map one to one). Under autocast
-    the convolutions hand over bfloat16/float16 activations: weight, bias and the conditioning are cast to the
-    activation's dtype, as the fused op requires one dtype (it still accumulates statistics in float32).
-    """
-
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, activation: str | None = "silu"):
-        super().__init__()
-        if num_channels % num_groups:
-            raise ValueError(f"norm_groups ({num_groups}) must divide every channel count; {num_channels} is not "
-                             "divisible by it")
-        self.num_groups, self.num_channels, self.eps, self.activation = num_groups, num_channels, eps, activation
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-
-    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None,
-                scale_shift: torch.Tensor | None = None) -> torch.Tensor:
-        dt = x.dtype
-        return group_norm_silu(
-            x, self.num_groups, self.weight.to(dt), self.bias.to(dt), self.eps,
-            temb=None if temb is None else temb.to(dt),
-            scale_shift=None if scale_shift is None else scale_shift.to(dt),
-            activation=self.activation)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, activation={self.activation!r}"
-
-
 class ResBlock(nn.Module):
     """h = conv(norm_silu(x)); h = conv(dropout(norm_silu(h, conditioned on temb))); return h + skip(x).
 
@@ -83,11 +53,11 @@ class ResBlock(nn.Module):
                  time_embedding_norm: str):
         super().__init__()
         self.time_embedding_norm = time_embedding_norm
-        self.norm1 = GroupNormAct(norm_groups, in_channels)
+        self.norm1 = GroupNormSiLU(norm_groups, in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         factor = 2 if time_embedding_norm == "scale_shift" else 1
         self.time_proj = nn.Linear(temb_dim, factor * out_channels)
-        self.norm2 = GroupNormAct(norm_groups, out_channels)
+        self.norm2 = GroupNormSiLU(norm_groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
@@ -112,7 +82,7 @@ class Attention(nn.Module):
             raise ValueError(f"attention_heads ({num_heads}) must divide the channels at an attention level "
                              f"({channels})")
         self.num_heads = num_heads
-        self.norm = GroupNormAct(norm_groups, channels, activation=None)
+        self.norm = GroupNorm(norm_groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
@@ -223,6 +193,10 @@ class UNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be None or a positive int, got {num_classes!r}")
+        for ch in {base_channels * m for m in channel_mult} | {base_channels}:
+            if ch % norm_groups:
+                raise ValueError(f"norm_groups ({norm_groups}) must divide every channel count; "
+                                 f"base_channels * channel_mult gives {ch}")
         time_embed_dim = 4 * base_channels if time_embed_dim is None else int(time_embed_dim)
 
         # Everything needed to rebuild the model (checkpoints store it as JSON).
@@ -275,7 +249,7 @@ class UNet(nn.Module):
             if level > 0:
                 self.upsample.append(Upsample(ch))
 
-        self.norm_out = GroupNormAct(norm_groups, ch)
+        self.norm_out = GroupNormSiLU(norm_groups, ch)
         self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
 
     @property
