@@ -1,7 +1,8 @@
 """A time-conditioned UNet denoiser for DDPM/DDIM, built on gencore's fused GroupNorm+SiLU(+time embedding).
 
 Every normalization of the network is gencore.nn's GroupNormSiLU / GroupNorm (gencore.ops.group_norm_silu), so
-choosing a backend (`gencore.use_backend("cpu")`, GENCORE_BACKEND, ...) speeds up real training and sampling, not only a micro-benchmark.
+choosing a backend (`gencore.use_backend("cpu")`, GENCORE_BACKEND, ...) speeds up real training and sampling, not
+only a micro-benchmark.
 
 Layout (ADM / diffusers UNet2DModel style):
 
@@ -265,7 +266,8 @@ class UNet(nn.Module):
             timesteps = timesteps.reshape(1).expand(n)
         elif timesteps.dim() != 1 or timesteps.shape[0] != n:
             raise ValueError(f"timesteps must be a scalar or of shape ({n},) to match x, got {tuple(timesteps.shape)}")
-        temb = self.time_mlp(timestep_embedding(timesteps.to(x.device), self.base_channels))
+        emb = timestep_embedding(timesteps.to(x.device), self.base_channels)
+        temb = self.time_mlp(emb.to(self.time_mlp[0].weight.dtype))
         if self.class_embedding is not None:
             if class_labels is None:
                 class_labels = torch.full((n,), self.num_classes, dtype=torch.long, device=x.device)
