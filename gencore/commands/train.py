@@ -53,7 +53,7 @@ def add_parser(sub, name):
                    help="'mnist' (first 8,000 images of the MNIST test file, see --mnist-root), 'digits' "
                         "(scikit-learn's digits, offline) or a folder of images")
     p.add_argument("--mnist-root", default=None,
-                   help="folder with the MNIST IDX files (default: $GENCORE_MNIST_ROOT, else the download cache)")
+                   help="folder with the MNIST IDX files (default: $GENCORE_MNIST_DIR, else the download cache)")
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="resize a folder's images to this side (default 28; DCGAN models need 28, 32 or 64)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="channels of a folder's images")

@@ -59,7 +59,7 @@ def load_dataset(spec: str, *, root: str | None = None, split: str = "train", im
     Args:
         spec: "digits" (scikit-learn's 8x8 digits upsampled to 28x28: offline, no download), "mnist" (the project's
             MNIST split, see gencore.data.mnist: split="train" is the first 8,000 test-set images, "heldout" the last
-            2,000, "all" all 10,000; `root` names the folder of IDX files, default $GENCORE_MNIST_ROOT, else the
+            2,000, "all" all 10,000; `root` names the folder of IDX files, default $GENCORE_MNIST_DIR, else the
             download cache), or the path of a folder of images
             (gencore.data.folder: every image resized to image_size, converted to `channels`).
         image_size, channels: only for folders (default 28 and 1 when not given).
@@ -76,7 +76,7 @@ def load_dataset(spec: str, *, root: str | None = None, split: str = "train", im
         part = {"train": "train", "heldout": "reference", "reference": "reference", "all": "all"}.get(split)
         if part is None:
             raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
-        root = root if root is not None else os.environ.get("GENCORE_MNIST_ROOT")
+        root = root if root is not None else os.environ.get("GENCORE_MNIST_DIR")
         arrays = mnist_split(part, root)
         return ImageDataset(mnist_to_float(arrays.images), arrays.labels, 10, f"mnist-{part}")
     if os.path.isdir(spec):
