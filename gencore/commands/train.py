@@ -75,6 +75,7 @@ def add_parser(sub, name):
                    help="EMA decay of the (generator) weights (default: 0.999 for ddpm, none for GANs; 0 disables)")
     p.add_argument("--sample-every", type=_non_negative_int, default=500, help="steps between sample grids")
     p.add_argument("--checkpoint-every", type=_non_negative_int, default=500, help="steps between checkpoints")
+    p.add_argument("--n-samples", type=_positive_int, default=64, help="images in each sample grid")
     p.add_argument("--log-every", type=_positive_int, default=10, help="steps between loss-history entries")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("ddpm")
@@ -92,6 +93,7 @@ def add_parser(sub, name):
     g.add_argument("--snr-gamma", type=_positive_float, default=None, help="min-SNR-gamma weighting (e.g. 5)")
     g.add_argument("--class-conditional", action="store_true", help="condition on labels (classifier-free guidance)")
     g.add_argument("--cfg-dropout", type=float, default=0.1, help="label dropout probability for guidance")
+    g.add_argument("--sample-steps", type=_positive_int, default=50, help="DDIM steps for the sample grids")
     g = p.add_argument_group("gan, wgan-gp, cgan")
     g.add_argument("--loss", choices=("bce", "non_saturating", "hinge"), default="bce", help="gan/cgan loss")
     g.add_argument("--latent-dim", type=_positive_int, default=100)
@@ -114,7 +116,7 @@ def build(args):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     common = dict(batch_size=args.batch_size, seed=args.seed, device=device, amp=args.bf16,
                   grad_clip=args.grad_clip, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
-                  log_every=args.log_every, out_dir=args.out, progress=not args.no_progress)
+                  log_every=args.log_every, n_samples=args.n_samples, out_dir=args.out, progress=not args.no_progress)
     if args.lr is not None:
         common["lr"] = args.lr
     if args.ema is not None:
@@ -127,7 +129,7 @@ def build(args):
         return "ddpm", DDPMConfig(unet=unet, num_train_timesteps=args.timesteps, beta_schedule=args.beta_schedule,
                                   prediction_type=args.prediction_type, loss_type=args.loss_type,
                                   snr_gamma=args.snr_gamma, class_conditional=args.class_conditional,
-                                  cfg_dropout=args.cfg_dropout, **common)
+                                  cfg_dropout=args.cfg_dropout, sample_steps=args.sample_steps, **common)
     gan = dict(latent_dim=args.latent_dim, features=args.features, spectral_norm=args.spectral_norm,
                discriminator=args.discriminator)
     if args.n_critic is not None:
