@@ -1,0 +1,158 @@
+"""The sampling loop for DDPM and DDIM: noise -> sample, with guidance, a progress bar, callbacks and intermediates."""
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .schedulers import DDIMScheduler, SchedulerOutput, _DiscreteScheduler, _randn
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _as_tensor_output(out) -> torch.Tensor:
+    """Model outputs as tensors: a tensor, diffusers' UNet2DOutput (.sample), or a tuple whose first item it is."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "sample") and isinstance(out.sample, torch.Tensor):
+        return out.sample
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise TypeError(f"the model must return a tensor (or an object with .sample), got {type(out).__name__}")
+
+
+def _null_label(model, null_class_label):
+    if null_class_label is not None:
+        return null_class_label
+    for name in ("null_class_label", "num_classes"):
+        value = getattr(model, name, None)
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+    raise ValueError("classifier-free guidance needs the null class: pass null_class_label, or give the model a "
+                     "null_class_label (or num_classes, whose index is then the null class) attribute")
+
+
+@torch.no_grad()
+def sample(
+    model: Callable,
+    scheduler: _DiscreteScheduler,
+    shape_or_noise: Sequence[int] | torch.Tensor,
+    num_inference_steps: int | None = None,
+    *,
+    eta: float | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    class_labels: torch.Tensor | Sequence[int] | None = None,
+    guidance_scale: float = 1.0,
+    null_class_label: int | torch.Tensor | None = None,
+    callback: Callable[[int, int, SchedulerOutput], None] | None = None,
+    return_intermediates: bool | int = False,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    philox_seed: int | None = None,
+):
+    """Generate samples: start from noise and apply scheduler.step at every timestep of the schedule.
+
+    Args:
+        model: called as model(x, t) or, with class_labels, model(x, t, class_labels), where x is (B, ...) and t an
+            int64 tensor (B,); returns the prediction the scheduler's prediction_type expects (a tensor, or an
+            object with .sample such as diffusers' UNet2DOutput). Run under torch.no_grad; put it in eval mode
+            yourself.
+        scheduler: a DDPMScheduler or DDIMScheduler (its set_timesteps is called here).
+        shape_or_noise: the shape (N, C, H, W) of the batch to generate, or the initial noise x_T itself.
+        num_inference_steps: the number of steps (default: num_train_timesteps for DDPM, 50 for DDIM).
+        eta: DDIM's noise weight (default 0.0, deterministic); DDPM takes none.
+        generator: the torch.Generator (or one per sample) for the initial noise and each step's noise, so the same
+            seed gives the same samples.
+        class_labels: (N,) int64 labels for a class-conditional model.
+        guidance_scale: classifier-free guidance weight w (1 = plain conditional sampling). With w != 1 every step
+            calls the model once on a batch of 2N (the labels, then the null class) and the fused step combines
+            uncond + w * (cond - uncond).
+        null_class_label: the label of the null (unconditional) class; default model.null_class_label, else
+            model.num_classes.
+        callback: called after every step as callback(step_index, timestep, output) with the SchedulerOutput
+            (output.prev_sample, output.pred_original_sample).
+        return_intermediates: False for the final samples only; True to also return the sample after every step;
+            an int k to keep every k-th step (the progressive-generation view). The list starts with x_T and ends
+            with the final samples.
+        progress: show a tqdm progress bar.
+        device, dtype: where and in which dtype to create the noise when a shape is given (default: the model's
+            device, float32).
+        philox_seed: draw each step's noise inside the fused kernel from Philox keyed on (seed, sample, step)
+            instead of the generator (the initial noise still comes from the generator).
+
+    Returns:
+        The samples x_0, (N, ...) tensor; with return_intermediates, (samples, list of tensors).
+    """
+    if not isinstance(scheduler, _DiscreteScheduler):
+        raise TypeError(f"scheduler must be a gencore DDPMScheduler or DDIMScheduler, got {type(scheduler).__name__}")
+    is_ddim = isinstance(scheduler, DDIMScheduler)
+    if eta is not None and not is_ddim:
+        raise ValueError("eta is a DDIM option; DDPMScheduler takes none")
+    if isinstance(return_intermediates, bool):
+        every = 1 if return_intermediates else 0
+    elif isinstance(return_intermediates, numbers.Integral) and return_intermediates > 0:
+        every = int(return_intermediates)
+    else:
+        raise ValueError(f"return_intermediates must be a bool or a positive int, got {return_intermediates!r}")
+    if not isinstance(guidance_scale, numbers.Real) or isinstance(guidance_scale, bool):
+        raise TypeError(f"guidance_scale must be a float, got {type(guidance_scale).__name__}")
+
+    if isinstance(shape_or_noise, torch.Tensor):
+        x = shape_or_noise
+        device = x.device
+    else:
+        shape = tuple(int(s) for s in shape_or_noise)
+        device = torch.device(device) if device is not None else _model_device(model)
+        x = _randn(shape, generator, device, dtype) * scheduler.init_noise_sigma
+    n = x.shape[0]
+
+    labels = None
+    guided = False
+    if class_labels is not None:
+        labels = torch.as_tensor(class_labels, device=device)
+        if labels.shape != (n,):
+            raise ValueError(f"class_labels must have shape ({n},), got {tuple(labels.shape)}")
+        guided = float(guidance_scale) != 1.0
+        if guided:
+            null = torch.as_tensor(_null_label(model, null_class_label), device=device, dtype=labels.dtype)
+            labels = torch.cat([labels, null.expand(n)])
+    elif float(guidance_scale) != 1.0:
+        raise ValueError("guidance_scale != 1 needs class_labels (classifier-free guidance on class labels)")
+
+    if num_inference_steps is None:
+        num_inference_steps = 50 if is_ddim else len(scheduler)
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    schedule = scheduler.timesteps.tolist()  # host copy: the loop never reads the device
+    step_kwargs = {"eta": 0.0 if eta is None else eta} if is_ddim else {}
+    if philox_seed is None:
+        step_kwargs["generator"] = generator
+
+    intermediates = [x] if every else None
+    for i, t in enumerate(tqdm(schedule, disable=not progress, desc="sampling", leave=False)):
+        x_in = scheduler.scale_model_input(x, t)
+        if guided:
+            t_in = torch.full((2 * n,), t, dtype=torch.int64, device=device)
+            out = _as_tensor_output(model(torch.cat([x_in, x_in]), t_in, labels))
+            cond, uncond = out[:n], out[n:]  # learned variance: step() takes its channels from cond
+            extra = {"model_output_uncond": uncond, "guidance_scale": float(guidance_scale)}
+        else:
+            t_in = torch.full((n,), t, dtype=torch.int64, device=device)
+            out = _as_tensor_output(model(x_in, t_in) if labels is None else model(x_in, t_in, labels))
+            cond, extra = out, {}
+        if philox_seed is not None:
+            extra.update(philox_seed=philox_seed, philox_offset=i)
+        output = scheduler.step(cond, t, x, **step_kwargs, **extra)
+        x = output.prev_sample
+        if callback is not None:
+            callback(i, t, output)
+        if every and ((i + 1) % every == 0 or i + 1 == len(schedule)):
+            intermediates.append(x)
+    return (x, intermediates) if every else x

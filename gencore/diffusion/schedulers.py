@@ -1,0 +1,906 @@
+"""DDPM and DDIM schedulers with diffusers' configuration, defaults and step() semantics, and a fused step.
+
+    from gencore.diffusion import DDIMScheduler
+    scheduler = DDIMScheduler.from_config(diffusers_pipe.scheduler.config)   # a diffusers config loads as is
+    scheduler.set_timesteps(50, device="cuda")
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t), t, x, eta=0.0).prev_sample
+
+What is the same as diffusers' DDPMScheduler / DDIMScheduler (0.30 .. 0.42): the constructor's argument names, order
+and defaults; betas and alphas_cumprod bit for bit; set_timesteps' three spacings and steps_offset; step()'s
+arguments and its output's prev_sample / pred_original_sample; add_noise, get_velocity, scale_model_input; numbers
+equal to float32 rounding (tests/test_schedulers.py holds them to diffusers).
+
+What differs, on purpose:
+  * DDIM's previous timestep. diffusers steps from t to t - num_train_timesteps // num_inference_steps, which is the
+    schedule's previous timestep only for "leading" spacing; for "linspace" and "trailing" it lands beside the
+    schedule (diffusers issues 11347 and 12633: with 13 trailing steps it goes 999 -> 923, but the next timestep
+    the schedule visits, and that the model is then called at, is 922). gencore steps to the previous timestep of
+    the schedule in use (previous_timestep()), for both schedulers, so the two agree with each other and DDIM with
+    eta=0 inverts add_noise exactly along any schedule. With "leading" spacing the results are diffusers'.
+  * DDPM's variance_type="fixed_large_log": diffusers takes the square root of log(beta_t) < 0 and returns NaN;
+    gencore uses the intended log-variance log(beta_t), i.e. the same noise as "fixed_large".
+  * The sigmoid beta schedule is accepted by DDIMScheduler too (diffusers' DDIM has only the other three).
+  * step() accepts a timestep per sample (an int64 tensor of shape (N,)), classifier-free guidance
+    (model_output_uncond, guidance_scale), and in-kernel Philox noise (philox_seed), all in one fused pass.
+  * Unknown configuration *values* (a misspelt prediction_type, say) raise ValueError at construction, not at the
+    first step.
+
+How a step runs: set_timesteps builds a coefficient table (T, 9) on the device (see gencore.ops.sampler_step for
+the columns), one row per training timestep, for the schedule in use. step() gathers each sample's row inside the
+fused op, so it never reads a value back to the host: a sampling loop on CUDA can be captured in a CUDA graph once
+the tables it uses exist (a new eta or use_clipped_model_output value builds its table on its first step) and the
+timestep is a device tensor updated in place (a Python int would be baked into the graph). Rows of
+timesteps the schedule does not visit are NaN, and a timestep off the schedule is an error: a ValueError on the CPU,
+a device-side assertion (torch._assert_async) for CUDA tensors.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .schedules import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
+
+from ..ops.sampler_step import sampler_step
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+
+# Columns of the coefficient table (the contract of gencore.ops.sampler_step).
+X0_FROM_SAMPLE, X0_FROM_MODEL, EPS_FROM_SAMPLE, EPS_FROM_MODEL, EPS_FROM_X0 = 0, 1, 2, 3, 4
+PREV_FROM_X0, PREV_FROM_SAMPLE, PREV_FROM_EPS, NOISE_STD = 5, 6, 7, 8
+NUM_COEFS = 9
+
+# diffusers clamps the DDPM posterior variance below at 1e-20 before its square root or log.
+MIN_POSTERIOR_VARIANCE = 1e-20
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Config and output
+
+
+class SchedulerConfig(dict):
+    """A scheduler's configuration: a read-only dict with attribute access (``config.num_train_timesteps``).
+
+    ``_class_name`` names the scheduler class, as in diffusers' scheduler_config.json, so the dict can be saved as
+    one; from_config ignores it (and every other key it does not know).
+    """
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"scheduler config has no field {name!r}") from None
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("a scheduler config is read-only; make a new scheduler with "
+                        "Scheduler.from_config(scheduler.config, name=value)")
+
+    __setitem__ = __delitem__ = __setattr__ = __delattr__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self):
+        return (SchedulerConfig, (dict(self),))
+
+
+@dataclass
+class SchedulerOutput:
+    """What step() returns.
+
+    prev_sample: x_{t-1}, shaped and typed like the sample: the next model input.
+    pred_original_sample: the predicted x_0 after clipping/thresholding, like the sample (a preview, or for guidance).
+    """
+
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+    def to_tuple(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.prev_sample, self.pred_original_sample)
+
+    def __getitem__(self, index):  # out[0], as diffusers' BaseOutput allows
+        return self.to_tuple()[index]
+
+
+DDPMSchedulerOutput = SchedulerOutput
+DDIMSchedulerOutput = SchedulerOutput
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation helpers: every bad value is a ValueError/TypeError naming the field.
+
+
+def _int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _float(name, value, *, positive=False, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite float, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
+    return value
+
+
+def _bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def _randn(shape, generator, device, dtype):
+    """Standard normal noise as diffusers' randn_tensor draws it (same numbers for the same generator).
+
+    A CPU generator with a CUDA target draws on the CPU and copies; a list of generators draws sample by sample.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"generator is a list of {len(generator)} generators but the batch has {shape[0]} samples")
+        return torch.cat([_randn((1,) + tuple(shape[1:]), g, device, dtype) for g in generator])
+    if generator is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, a list of them, or None; got {type(generator).__name__}")
+    rand_device = generator.device if generator.device.type == "cpu" else device
+    return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
+
+
+# torch.quantile refuses inputs of more than 2**24 elements.
+QUANTILE_MAX_NUMEL = 2**24
+
+
+def _per_sample_quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile (linear interpolation, as torch.quantile and diffusers) of each row of flat (N, M)."""
+    n, m = flat.shape
+    if m <= QUANTILE_MAX_NUMEL:
+        rows = max(1, QUANTILE_MAX_NUMEL // m)
+        return torch.cat([torch.quantile(chunk, q, dim=1) for chunk in flat.split(rows)])
+    pos = q * (m - 1)  # a sample larger than torch.quantile takes: the two order statistics around pos
+    lo, frac = math.floor(pos), pos - math.floor(pos)
+    below = torch.kthvalue(flat, lo + 1, dim=1).values
+    above = torch.kthvalue(flat, min(lo + 2, m), dim=1).values
+    return torch.lerp(below, above, frac)
+
+
+def _device(device) -> torch.device:
+    """A canonical device key: None is the CPU, "cuda" is the current CUDA device (what tensors report)."""
+    device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _coef_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The shared machinery
+
+
+class _DiscreteScheduler:
+    """Betas, config, timestep schedule, coefficient tables and the fused step shared by DDPM and DDIM."""
+
+    order = 1
+    init_noise_sigma = 1.0
+    _fields: tuple[str, ...] = ()
+
+    # -- construction and config -------------------------------------------------------------------------------
+
+    def _setup(self, values: dict) -> None:
+        """Validate the constructor's values, store the config, build betas and the default schedule."""
+        v = dict(values)
+        v["num_train_timesteps"] = _int("num_train_timesteps", v["num_train_timesteps"], 1)
+        v["beta_start"] = _float("beta_start", v["beta_start"])
+        v["beta_end"] = _float("beta_end", v["beta_end"])
+        _choice("beta_schedule", v["beta_schedule"], BETA_SCHEDULES)
+        _choice("prediction_type", v["prediction_type"], PREDICTION_TYPES)
+        _choice("timestep_spacing", v["timestep_spacing"], TIMESTEP_SPACINGS)
+        v["clip_sample"] = _bool("clip_sample", v["clip_sample"])
+        v["thresholding"] = _bool("thresholding", v["thresholding"])
+        v["rescale_betas_zero_snr"] = _bool("rescale_betas_zero_snr", v["rescale_betas_zero_snr"])
+        v["clip_sample_range"] = _float("clip_sample_range", v["clip_sample_range"], positive=True)
+        v["sample_max_value"] = _float("sample_max_value", v["sample_max_value"], positive=True)
+        v["dynamic_thresholding_ratio"] = _float("dynamic_thresholding_ratio", v["dynamic_thresholding_ratio"],
+                                                 low=0.0, high=1.0)
+        v["steps_offset"] = _int("steps_offset", v["steps_offset"], 0)
+        tb = v["trained_betas"]
+        if tb is not None:
+            if isinstance(tb, torch.Tensor):
+                tb = tb.detach().cpu().to(torch.float64).numpy()
+            v["trained_betas"] = [float(b) for b in np.asarray(tb, dtype=np.float64).reshape(-1)]
+        self._config = SchedulerConfig(_class_name=type(self).__name__, **v)
+
+        betas = make_betas(v["num_train_timesteps"], v["beta_start"], v["beta_end"], v["beta_schedule"], tb)
+        if v["rescale_betas_zero_snr"]:
+            betas = rescale_zero_terminal_snr(betas)
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.one = torch.tensor(1.0)
+        # Coefficients are computed in float64 from the float32 alphas_cumprod diffusers uses, then rounded once.
+        self._abar = self.alphas_cumprod.to(torch.float64).numpy()
+        self._noise_tables: dict = {}
+        self.num_inference_steps = None
+        self.custom_timesteps = False
+        self._use_schedule(np.arange(v["num_train_timesteps"] - 1, -1, -1, dtype=np.int64), device=None)
+
+    @property
+    def config(self) -> SchedulerConfig:
+        """The configuration (read-only dict with attribute access); ``type(s).from_config(s.config)`` rebuilds s."""
+        return self._config
+
+    @classmethod
+    def from_config(cls, config=None, **changes):
+        """Build a scheduler from a config dict (or anything with a ``.config``), e.g. a diffusers scheduler's.
+
+        Keys this scheduler does not take (``_class_name``, ``_diffusers_version``, another scheduler's options such
+        as ``skip_prk_steps``) are ignored; the values of the keys it takes are validated. ``changes`` override
+        the config (and must be arguments of the constructor).
+        """
+        if config is None:
+            config = {}
+        if not isinstance(config, Mapping) and hasattr(config, "config"):
+            config = config.config
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config must be a dict (or have a .config dict), got {type(config).__name__}")
+        unknown = sorted(set(changes) - set(cls._fields))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_config got unknown arguments: {', '.join(unknown)}")
+        kwargs = {k: config[k] for k in cls._fields if k in config}
+        kwargs.update(changes)
+        return cls(**kwargs)
+
+    def __len__(self) -> int:
+        return self._config["num_train_timesteps"]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={self._config[k]!r}" for k in self._fields if k != "trained_betas")
+        return f"{type(self).__name__}({fields})"
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        """The model input for `sample` at `timestep`: the sample itself (DDPM/DDIM need no input scaling)."""
+        return sample
+
+    # -- the timestep schedule ----------------------------------------------------------------------------------
+
+    def _spaced_timesteps(self, n: int) -> np.ndarray:
+        cfg, T = self._config, self._config["num_train_timesteps"]
+        spacing = cfg["timestep_spacing"]
+        if spacing == "linspace":
+            return np.linspace(0, T - 1, n).round()[::-1].copy().astype(np.int64)
+        if spacing == "leading":
+            step_ratio = T // n
+            return (np.arange(0, n) * step_ratio).round()[::-1].copy().astype(np.int64) + cfg["steps_offset"]
+        step_ratio = T / n  # trailing
+        return np.round(np.arange(T, 0, -step_ratio)).astype(np.int64) - 1
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      timesteps: Sequence[int] | None = None) -> None:
+        """Choose the inference schedule and build its coefficient table on `device`.
+
+        Args:
+            num_inference_steps: how many steps to sample with (1 .. num_train_timesteps); the timesteps follow
+                config.timestep_spacing ("leading" adds config.steps_offset).
+            device: where self.timesteps and the coefficient table live (default CPU); use the sample's device so
+                step() never copies.
+            timesteps: instead of num_inference_steps, an explicit strictly decreasing list of timesteps in
+                [0, num_train_timesteps).
+
+        Raises:
+            ValueError: both or neither of num_inference_steps and timesteps; more steps than num_train_timesteps;
+                a schedule that leaves [0, num_train_timesteps) (e.g. steps_offset pushing the first step to T).
+        """
+        T = self._config["num_train_timesteps"]
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("set_timesteps takes exactly one of num_inference_steps and timesteps")
+        if timesteps is not None:
+            ts = np.asarray([int(t) for t in timesteps], dtype=np.int64)
+            if ts.size == 0:
+                raise ValueError("timesteps must not be empty")
+            if np.any(np.diff(ts) >= 0):
+                raise ValueError(f"timesteps must be strictly decreasing, got {ts.tolist()}")
+            custom = True
+        else:
+            n = _int("num_inference_steps", num_inference_steps, 1)
+            if n > T:
+                raise ValueError(f"num_inference_steps ({n}) cannot be larger than num_train_timesteps ({T}): the "
+                                 f"model was trained on {T} timesteps only")
+            ts = self._spaced_timesteps(n)
+            if np.any(np.diff(ts) >= 0):  # cannot happen for n <= T, kept as a guard for the lookup below
+                raise ValueError(f"the {self._config['timestep_spacing']} spacing gave repeated timesteps {ts}")
+            custom = False
+        if ts.max() >= T or ts.min() < 0:
+            raise ValueError(f"the schedule {ts.tolist()} leaves [0, num_train_timesteps={T}) (steps_offset="
+                             f"{self._config['steps_offset']}); use fewer steps or a smaller steps_offset")
+        self.custom_timesteps = custom
+        self.num_inference_steps = len(ts)
+        self._use_schedule(ts, device)
+
+    def _use_schedule(self, ts: np.ndarray, device) -> None:
+        T = self._config["num_train_timesteps"]
+        self.timesteps = torch.from_numpy(ts.copy()).to(device)
+        self._schedule = ts.tolist()
+        self._position = {t: i for i, t in enumerate(self._schedule)}
+        prev = np.full(T, -2, dtype=np.int64)  # -2: not on the schedule; -1: the last step (to x_0)
+        prev[ts] = np.append(ts[1:], -1)
+        self._prev = prev
+        self._host_tables: dict = {}  # variant -> float64 (T, 9) numpy table
+        self._device_tables: dict = {}  # (variant, device, dtype) -> tensor
+        self._valid: dict = {}  # device -> bool (T,) tensor: timestep is on the schedule
+        self._aux_tables: dict = {}
+        # Build now what step() reads on this device, so the steps themselves only gather.
+        self._table(self._default_variant(), _device(device), torch.float32)
+        self._valid_mask(_device(device))
+
+    def previous_timestep(self, timestep: int) -> int:
+        """The timestep the schedule visits after `timestep` (-1 after the last one)."""
+        t = self._host_timestep(timestep)
+        return int(self._prev[t])
+
+    def _host_timestep(self, timestep) -> int:
+        if isinstance(timestep, torch.Tensor):
+            timestep = timestep.item()
+        t = int(timestep)
+        T = self._config["num_train_timesteps"]
+        if not 0 <= t < T or self._prev[t] == -2:
+            raise ValueError(f"timestep {t} is not on the schedule in use ({self._describe_schedule()})")
+        return t
+
+    def _describe_schedule(self) -> str:
+        s = self._schedule
+        head = ", ".join(map(str, s[:4])) + (", ..., " + str(s[-1]) if len(s) > 4 else "")
+        how = "set_timesteps" if self.num_inference_steps is not None else "the default full schedule"
+        return f"{len(s)} steps from {how}: [{head}]"
+
+    # -- coefficient tables -------------------------------------------------------------------------------------
+
+    def _default_variant(self):
+        raise NotImplementedError
+
+    def _rows(self, variant, t: np.ndarray, a_t: np.ndarray, a_prev: np.ndarray) -> np.ndarray:
+        """The 9 coefficients (len(t), 9) of schedule timesteps t, from abar_t and abar_prev; per scheduler."""
+        raise NotImplementedError
+
+    def _final_alpha_cumprod(self) -> float:
+        return 1.0
+
+    def _x0_eps_columns(self, a_t: np.ndarray) -> np.ndarray:
+        """Columns 0..3: x0 and epsilon as linear combinations of the sample and the model output."""
+        sa, sb = np.sqrt(a_t), np.sqrt(1.0 - a_t)
+        zero, one = np.zeros_like(a_t), np.ones_like(a_t)
+        pred = self._config["prediction_type"]
+        if pred == "epsilon":  # x0 = (x - sqrt(1-abar) eps) / sqrt(abar)
+            cols = (1.0 / sa, -sb / sa, zero, one)
+        elif pred == "sample":  # eps = (x - sqrt(abar) x0) / sqrt(1-abar), from x0 before clipping (as diffusers)
+            cols = (zero, one, 1.0 / sb, -sa / sb)
+        else:  # v = sqrt(abar) eps - sqrt(1-abar) x0
+            cols = (sa, -sb, sb, sa)
+        return np.stack(cols, axis=1)
+
+    def _host_table(self, variant) -> np.ndarray:
+        table = self._host_tables.get(variant)
+        if table is None:
+            T = self._config["num_train_timesteps"]
+            ts = np.asarray(self._schedule, dtype=np.int64)
+            prev = self._prev[ts]
+            a_t = self._abar[ts]
+            a_prev = np.where(prev >= 0, self._abar[np.maximum(prev, 0)], self._final_alpha_cumprod())
+            table = np.full((T, NUM_COEFS), np.nan, dtype=np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):  # zero terminal SNR: inf, as in diffusers
+                table[ts] = self._rows(variant, ts, a_t, a_prev)
+            self._host_tables[variant] = table
+        return table
+
+    def _table(self, variant, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (variant, device, dtype)
+        table = self._device_tables.get(key)
+        if table is None:
+            table = torch.from_numpy(self._host_table(variant)).to(device=device, dtype=dtype)
+            self._device_tables[key] = table
+        return table
+
+    def coefficient_table(self, device=None, dtype: torch.dtype = torch.float32, **step_options) -> torch.Tensor:
+        """The (num_train_timesteps, 9) table step() passes to gencore.ops.sampler_step for these step options.
+
+        Row t holds the coefficients for timestep t under the current schedule (NaN for timesteps it does not
+        visit); the columns are documented in gencore.ops.sampler_step. step_options are DDIM's eta and
+        use_clipped_model_output (none for DDPM).
+        """
+        return self._table(self._variant(**step_options), _device(device), dtype)
+
+    def _variant(self, **step_options):
+        raise NotImplementedError
+
+    def noise_coefficients(self, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(num_train_timesteps, 2) table [sqrt(alphas_cumprod), sqrt(1 - alphas_cumprod)] on `device`.
+
+        The forward process is x_t = c[t, 0] * x_0 + c[t, 1] * noise; gencore.ops.diffusion_training_inputs takes
+        this table (float32) as its `coefs`.
+        """
+        key = (_device(device), dtype)
+        table = self._noise_tables.get(key)
+        if table is None:
+            host = np.stack([np.sqrt(self._abar), np.sqrt(1.0 - self._abar)], axis=1)
+            table = torch.from_numpy(host).to(device=key[0], dtype=dtype)
+            self._noise_tables[key] = table
+        return table
+
+    def _valid_mask(self, device) -> torch.Tensor:
+        mask = self._valid.get(device)
+        if mask is None:
+            mask = torch.from_numpy(self._prev != -2).to(device)
+            self._valid[device] = mask
+        return mask
+
+    # -- step machinery -----------------------------------------------------------------------------------------
+
+    def _timesteps_tensor(self, timestep, sample: torch.Tensor) -> torch.Tensor:
+        """timestep (int, 0-d or (N,) integer tensor) -> (N,) int64 on sample.device, checked against the schedule.
+
+        Host values (ints, CPU tensors) are checked on the host; CUDA tensors with a device-side assertion, so the
+        step does not synchronise.
+        """
+        n = sample.shape[0]
+        if isinstance(timestep, torch.Tensor):
+            if timestep.dtype.is_floating_point or timestep.dtype.is_complex or timestep.dtype == torch.bool:
+                raise TypeError(f"timestep must be an integer tensor, got dtype {timestep.dtype}")
+            # Under torch.compile the tensor is not readable on the host: every device takes the device-side check.
+            host_check = timestep.device.type == "cpu" and not torch.compiler.is_compiling()
+            if timestep.dim() == 0 or (timestep.dim() == 1 and timestep.numel() == 1):
+                if host_check:  # reading a CPU scalar costs nothing: take the int path
+                    return self._timesteps_tensor(int(timestep.reshape(())), sample)
+                timestep = timestep.reshape(1).expand(n)
+            elif timestep.dim() != 1 or timestep.numel() != n:
+                raise ValueError(f"timestep must be an int, a 0-d tensor or a tensor of shape ({n},) (one per "
+                                 f"sample); got shape {tuple(timestep.shape)}")
+            if host_check:
+                self._check_host_timesteps(timestep)
+                return timestep.to(device=sample.device, dtype=torch.int64, non_blocking=True).contiguous()
+            t = timestep.to(device=sample.device, dtype=torch.int64).contiguous()
+            T = self._config["num_train_timesteps"]
+            inside = (t >= 0) & (t < T)
+            on_schedule = self._valid_mask(t.device)[t.clamp(0, T - 1)] & inside
+            torch._assert_async(on_schedule.all(), "timestep is not on the schedule in use (see set_timesteps)")
+            return t
+        if isinstance(timestep, bool) or not isinstance(timestep, numbers.Integral):
+            raise TypeError(f"timestep must be an int or an integer tensor, got {type(timestep).__name__}")
+        t = self._host_timestep(timestep)
+        return torch.full((n,), t, dtype=torch.int64, device=sample.device)
+
+    def _check_host_timesteps(self, t: torch.Tensor) -> None:
+        T = self._config["num_train_timesteps"]
+        values = t.to(torch.int64)
+        inside = (values >= 0) & (values < T)
+        ok = inside & torch.from_numpy(self._prev != -2)[values.clamp(0, T - 1)]
+        if not bool(ok.all()):
+            bad = int(values[~ok][0])
+            raise ValueError(f"timestep {bad} is not on the schedule in use ({self._describe_schedule()})")
+
+    def _check_inputs(self, model_output, sample, *, learned: bool = False):
+        if not isinstance(sample, torch.Tensor) or not sample.dtype.is_floating_point:
+            raise TypeError(f"sample must be a floating-point tensor, got "
+                            f"{sample.dtype if isinstance(sample, torch.Tensor) else type(sample).__name__}")
+        if sample.dim() < 1 or sample.numel() == 0:
+            raise ValueError(f"sample must be a non-empty (N, ...) tensor, got shape {tuple(sample.shape)}")
+        if not isinstance(model_output, torch.Tensor) or not model_output.dtype.is_floating_point:
+            raise TypeError("model_output must be a floating-point tensor")
+        if model_output.device != sample.device:
+            raise ValueError(f"model_output is on {model_output.device} but sample is on {sample.device}")
+        if model_output.shape != sample.shape and not learned:
+            raise ValueError(f"model_output has shape {tuple(model_output.shape)} but sample has shape "
+                             f"{tuple(sample.shape)}; they must match")
+
+    def _threshold(self, model_output, sample, ts, coefs, uncond, guidance_scale) -> torch.Tensor:
+        """Dynamic thresholding's per-sample level s (Imagen, Saharia et al. 2022): a separate reduction.
+
+        s = clamp(quantile(|x0|, dynamic_thresholding_ratio), 1, sample_max_value) over each sample's elements,
+        where x0 is the unclipped prediction; the fused step then clamps x0 to [-s, s] and divides by s.
+        """
+        cfg = self._config
+        compute = _coef_dtype(sample.dtype)
+        view = (-1,) + (1,) * (sample.dim() - 1)
+        c = coefs[ts].to(compute)
+        m = model_output.to(compute)
+        if uncond is not None:
+            u = uncond.to(compute)
+            m = u + guidance_scale * (m - u)
+        x0 = c[:, X0_FROM_SAMPLE].reshape(view) * sample.to(compute) + c[:, X0_FROM_MODEL].reshape(view) * m
+        s = _per_sample_quantile(x0.abs().reshape(sample.shape[0], -1), cfg["dynamic_thresholding_ratio"])
+        return torch.clamp(s, min=1, max=cfg["sample_max_value"]).to(torch.float32)
+
+    def _fused_step(self, model_output, sample, ts, coefs, *, noise, uncond, guidance_scale, philox_seed,
+                    philox_offset, return_dict):
+        cfg = self._config
+        if uncond is not None:
+            if not isinstance(uncond, torch.Tensor) or uncond.shape != model_output.shape:
+                raise ValueError(f"model_output_uncond must be a tensor shaped like model_output "
+                                 f"{tuple(model_output.shape)}, got "
+                                 f"{tuple(uncond.shape) if isinstance(uncond, torch.Tensor) else type(uncond)}")
+            uncond = uncond.to(sample.dtype)
+        model_output = model_output.to(sample.dtype)
+        threshold = clip_range = None
+        if cfg["thresholding"]:
+            threshold = self._threshold(model_output, sample, ts, coefs, uncond, guidance_scale)
+        elif cfg["clip_sample"]:
+            clip_range = cfg["clip_sample_range"]
+        kwargs = {}
+        if philox_seed is not None:
+            kwargs = dict(philox_seed=philox_seed, philox_offset=philox_offset)
+        prev, x0 = sampler_step(model_output, sample, ts, coefs, model_output_uncond=uncond,
+                                 guidance_scale=float(guidance_scale), clip_range=clip_range, threshold=threshold,
+                                 noise=noise, **kwargs)
+        out = SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return out if return_dict else out.to_tuple()
+
+    def _philox_offset(self, timestep, philox_offset):
+        if philox_offset is not None:
+            return _int("philox_offset", philox_offset, 0)
+        if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
+            raise ValueError("philox_offset (the step counter) must be given when timestep is a per-sample tensor")
+        return self._position[self._host_timestep(timestep)]
+
+    @staticmethod
+    def _check_noise(name, noise, sample):
+        if not isinstance(noise, torch.Tensor) or noise.shape != sample.shape:
+            raise ValueError(f"{name} must be a tensor shaped like sample {tuple(sample.shape)}, got "
+                             f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
+        return noise.to(device=sample.device, dtype=sample.dtype)
+
+    # -- forward process ----------------------------------------------------------------------------------------
+
+    def _gather(self, timesteps, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        T = self._config["num_train_timesteps"]
+        if not isinstance(timesteps, torch.Tensor):
+            if isinstance(timesteps, bool) or not isinstance(timesteps, numbers.Integral):
+                raise TypeError(f"timesteps must be an int or an integer tensor, got {type(timesteps).__name__}")
+            timesteps = torch.tensor([int(timesteps)])
+        if timesteps.dtype.is_floating_point or timesteps.dtype == torch.bool:
+            raise TypeError(f"timesteps must be an integer tensor, got dtype {timesteps.dtype}")
+        if timesteps.device.type == "cpu" and timesteps.numel():
+            lo, hi = int(timesteps.min()), int(timesteps.max())
+            if lo < 0 or hi >= T:
+                raise ValueError(f"timesteps must lie in [0, num_train_timesteps={T}); got values in [{lo}, {hi}]")
+        t = timesteps.to(like.device).reshape(-1)
+        if t.numel() not in (1, like.shape[0]):
+            raise ValueError(f"timesteps must hold 1 or {like.shape[0]} (batch size) values, got {t.numel()}")
+        c = self.noise_coefficients(like.device, like.dtype)[t]
+        view = (-1,) + (1,) * (like.dim() - 1)
+        return c[:, 0].reshape(view), c[:, 1].reshape(view)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """The forward process: x_t = sqrt(abar_t) * x_0 + sqrt(1 - abar_t) * noise.
+
+        Args:
+            original_samples: x_0, (N, ...) floating point.
+            noise: shaped like original_samples.
+            timesteps: int, or an integer tensor with 1 or N values in [0, num_train_timesteps).
+        """
+        if noise.shape != original_samples.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)} but original_samples has shape "
+                             f"{tuple(original_samples.shape)}; they must match")
+        sa, sb = self._gather(timesteps, original_samples)
+        return sa * original_samples + sb * noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """The v-prediction target: v = sqrt(abar_t) * noise - sqrt(1 - abar_t) * sample (sample is x_0)."""
+        if noise.shape != sample.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)} but sample has shape {tuple(sample.shape)}; "
+                             f"they must match")
+        sa, sb = self._gather(timesteps, sample)
+        return sa * noise - sb * sample
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# DDPM
+
+
+class DDPMScheduler(_DiscreteScheduler):
+    """Denoising diffusion probabilistic models (Ho et al. 2020): ancestral sampling from q(x_{t-1} | x_t, x_0).
+
+    Parameters (diffusers' names, order and defaults):
+        num_train_timesteps (int, 1000): T, the number of training timesteps.
+        beta_start (float, 0.0001), beta_end (float, 0.02): range of the "linear", "scaled_linear", "sigmoid" betas.
+        beta_schedule (str, "linear"): "linear", "scaled_linear", "squaredcos_cap_v2" or "sigmoid".
+        trained_betas (sequence of T floats or None): explicit betas, overriding beta_schedule.
+        variance_type (str, "fixed_small"): the noise added at each step: "fixed_small" (posterior variance
+            beta~_t), "fixed_small_log" (the same, through its log), "fixed_large" (beta_t), "fixed_large_log"
+            (beta_t, see the module doc), "learned" (the model's extra C channels are the variance),
+            "learned_range" (they interpolate the log-variance between beta~_t and beta_t: frac = (v + 1) / 2).
+        clip_sample (bool, True): clamp the predicted x_0 to [-clip_sample_range, clip_sample_range].
+        prediction_type (str, "epsilon"): what the model predicts: "epsilon", "sample" (x_0) or "v_prediction".
+        thresholding (bool, False): dynamic thresholding of x_0 (replaces clip_sample when on).
+        dynamic_thresholding_ratio (float, 0.995): the quantile of |x_0| used as the threshold.
+        clip_sample_range (float, 1.0): see clip_sample.
+        sample_max_value (float, 1.0): the largest dynamic threshold.
+        timestep_spacing (str, "leading"): "leading", "linspace" or "trailing" (Lin et al. 2023, table 2).
+        steps_offset (int, 0): added to the "leading" timesteps.
+        rescale_betas_zero_snr (bool, False): rescale betas to zero terminal SNR (use with v_prediction).
+
+    Before set_timesteps the schedule is every training timestep, T-1 .. 0 (as in diffusers, where DDPM may step
+    without set_timesteps).
+    """
+
+    _fields = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "variance_type",
+               "clip_sample", "prediction_type", "thresholding", "dynamic_thresholding_ratio", "clip_sample_range",
+               "sample_max_value", "timestep_spacing", "steps_offset", "rescale_betas_zero_snr")
+
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", trained_betas=None, variance_type: str = "fixed_small",
+                 clip_sample: bool = True, prediction_type: str = "epsilon", thresholding: bool = False,
+                 dynamic_thresholding_ratio: float = 0.995, clip_sample_range: float = 1.0,
+                 sample_max_value: float = 1.0, timestep_spacing: str = "leading", steps_offset: int = 0,
+                 rescale_betas_zero_snr: bool = False):
+        _choice("variance_type", variance_type, VARIANCE_TYPES)
+        self.variance_type = variance_type
+        values = dict(locals())
+        self._setup({k: values[k] for k in self._fields})
+
+    def _default_variant(self):
+        return None
+
+    def _variant(self):
+        return None
+
+    def _posterior(self, a_t, a_prev):
+        """Per-timestep beta_t, alpha_t and the clamped posterior variance beta~_t of the schedule in use."""
+        alpha_t = a_t / a_prev
+        beta_t = 1.0 - alpha_t
+        var = np.maximum((1.0 - a_prev) / (1.0 - a_t) * beta_t, MIN_POSTERIOR_VARIANCE)
+        return alpha_t, beta_t, var
+
+    def _rows(self, variant, t, a_t, a_prev):
+        alpha_t, beta_t, var = self._posterior(a_t, a_prev)
+        vt = self.variance_type
+        if vt in ("fixed_small", "fixed_small_log"):
+            std = np.sqrt(var)
+        elif vt in ("fixed_large", "fixed_large_log"):
+            std = np.sqrt(beta_t)
+        else:  # learned: step() scales the noise per element and passes it with a unit std
+            std = np.ones_like(a_t)
+        zero = np.zeros_like(a_t)
+        x0_eps = self._x0_eps_columns(a_t)
+        x0_eps[:, 2:] = 0.0                                    # epsilon is unused by DDPM
+        return np.concatenate([x0_eps, np.stack([
+            zero,                                              # eps_from_x0
+            np.sqrt(a_prev) * beta_t / (1.0 - a_t),            # prev_from_x0: posterior mean coefficient of x_0
+            np.sqrt(alpha_t) * (1.0 - a_prev) / (1.0 - a_t),   # prev_from_sample: ... and of x_t
+            zero,                                              # prev_from_eps
+            np.where(t > 0, std, 0.0),                         # noise_std: no noise on the step from t = 0
+        ], axis=1)], axis=1)
+
+    def _log_variance_bounds(self, device, dtype) -> torch.Tensor:
+        """(T, 2) [log beta~_t, log beta_t] for "learned_range" (NaN off the schedule)."""
+        key = (device, dtype)
+        table = self._aux_tables.get(key)
+        if table is None:
+            T = self._config["num_train_timesteps"]
+            ts = np.asarray(self._schedule, dtype=np.int64)
+            prev = self._prev[ts]
+            a_t = self._abar[ts]
+            a_prev = np.where(prev >= 0, self._abar[np.maximum(prev, 0)], 1.0)
+            _, beta_t, var = self._posterior(a_t, a_prev)
+            host = np.full((T, 2), np.nan)
+            with np.errstate(divide="ignore"):
+                host[ts] = np.stack([np.log(var), np.log(beta_t)], axis=1)
+            table = torch.from_numpy(host).to(device=device, dtype=dtype)
+            self._aux_tables[key] = table
+        return table
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: torch.Generator | None = None, return_dict: bool = True, *,
+             variance_noise: torch.Tensor | None = None, model_output_uncond: torch.Tensor | None = None,
+             guidance_scale: float = 1.0, philox_seed: int | None = None, philox_offset: int | None = None):
+        """One ancestral step x_t -> x_{t-1}, fused (gencore.ops.sampler_step).
+
+        Args:
+            model_output: (N, C, ...) the model's prediction (config.prediction_type), or (N, 2C, ...) for the
+                "learned"/"learned_range" variance types (the second half is the variance output).
+            timestep: the current timestep: an int, a 0-d tensor, or an int64 tensor of shape (N,) (one per sample).
+                Each must be on the schedule in use; the step goes to that schedule's previous timestep.
+            sample: x_t, (N, C, ...), float16/bfloat16/float32/float64.
+            generator: torch.Generator (or a list, one per sample) for the noise, as diffusers draws it.
+            return_dict: False returns (prev_sample, pred_original_sample).
+            variance_noise: the standard normal noise to use instead of drawing it (shaped like sample).
+            model_output_uncond: classifier-free guidance: the unconditional prediction, shaped like model_output;
+                the step uses uncond + guidance_scale * (model_output - uncond) (learned variance: the variance
+                channels come from model_output).
+            philox_seed, philox_offset: draw the noise inside the kernel from Philox keyed on (seed, sample index,
+                philox_offset, element); philox_offset defaults to the step's position in the schedule (which
+                reads a CUDA timestep back to the host: pass it explicitly in a graph-captured loop).
+
+        Noise is drawn from the generator unless every timestep is known on the host to be 0 (an int, or a CPU
+        tensor); for CUDA timestep tensors it is always drawn, and the table's zero std at t = 0 removes it.
+
+        Returns:
+            SchedulerOutput(prev_sample, pred_original_sample), or the tuple.
+        """
+        vt = self.variance_type
+        learned = vt in LEARNED_VARIANCE_TYPES
+        self._check_inputs(model_output, sample, learned=learned)
+        predicted_variance = None
+        if learned:
+            c = sample.shape[1] if sample.dim() > 1 else None
+            expected = (sample.shape[0], 2 * c) + tuple(sample.shape[2:]) if c is not None else None
+            if expected is None or tuple(model_output.shape) != expected:
+                raise ValueError(f"variance_type={vt!r} needs model_output of shape {expected} (the prediction and "
+                                 f"the variance, 2*C channels); got {tuple(model_output.shape)}")
+            model_output, predicted_variance = torch.split(model_output, c, dim=1)
+            if model_output_uncond is not None:
+                if model_output_uncond.shape != expected:
+                    raise ValueError(f"model_output_uncond must have shape {expected}, got "
+                                     f"{tuple(model_output_uncond.shape)}")
+                model_output_uncond = model_output_uncond[:, :c]
+        ts = self._timesteps_tensor(timestep, sample)
+        coefs = self._table(None, sample.device, _coef_dtype(sample.dtype))
+
+        if variance_noise is not None and generator is not None:
+            raise ValueError("pass either generator or variance_noise, not both")
+        if philox_seed is not None and (variance_noise is not None or generator is not None):
+            raise ValueError("philox_seed draws the noise in the kernel: do not also pass generator/variance_noise")
+        needs_noise = True
+        if isinstance(timestep, numbers.Integral) or (isinstance(timestep, torch.Tensor)
+                                                      and timestep.device.type == "cpu"):
+            needs_noise = bool((torch.as_tensor(timestep) > 0).any())
+        noise, offset = None, None
+        if philox_seed is not None:
+            if learned:
+                raise NotImplementedError("philox_seed with a learned variance: the per-element std needs the noise "
+                                          "outside the kernel; use generator or variance_noise")
+            offset = self._philox_offset(timestep, philox_offset)
+        elif variance_noise is not None:
+            noise = self._check_noise("variance_noise", variance_noise, sample)
+        elif needs_noise:
+            noise = _randn(sample.shape, generator, sample.device, sample.dtype)
+
+        if learned and noise is not None:
+            # The std varies per element: scale the noise here; the table's noise_std column is 1 (0 at t = 0).
+            compute = _coef_dtype(sample.dtype)
+            v = predicted_variance.to(compute)
+            if vt == "learned":
+                std = v.sqrt()
+            else:
+                bounds = self._log_variance_bounds(sample.device, compute)[ts]
+                view = (-1,) + (1,) * (sample.dim() - 1)
+                frac = (v + 1) / 2
+                std = torch.exp(0.5 * (frac * bounds[:, 1].reshape(view) + (1 - frac) * bounds[:, 0].reshape(view)))
+            noise = (std * noise.to(compute)).to(sample.dtype)
+        return self._fused_step(model_output, sample, ts, coefs, noise=noise, uncond=model_output_uncond,
+                                guidance_scale=guidance_scale, philox_seed=philox_seed, philox_offset=offset,
+                                return_dict=return_dict)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# DDIM
+
+
+class DDIMScheduler(_DiscreteScheduler):
+    """Denoising diffusion implicit models (Song et al. 2021): few-step sampling, deterministic at eta = 0.
+
+    Parameters (diffusers' names, order and defaults):
+        num_train_timesteps (int, 1000), beta_start (float, 0.0001), beta_end (float, 0.02),
+        beta_schedule (str, "linear"), trained_betas (None): the noise schedule, as DDPMScheduler's.
+        clip_sample (bool, True), clip_sample_range (float, 1.0): clamp the predicted x_0.
+        set_alpha_to_one (bool, True): the last step goes to alphas_cumprod = 1 (x_0 itself); False uses
+            alphas_cumprod[0].
+        steps_offset (int, 0): added to the "leading" timesteps.
+        prediction_type (str, "epsilon"): "epsilon", "sample" or "v_prediction".
+        thresholding (bool, False), dynamic_thresholding_ratio (float, 0.995), sample_max_value (float, 1.0):
+            dynamic thresholding of x_0.
+        timestep_spacing (str, "leading"): "leading", "linspace" or "trailing".
+        rescale_betas_zero_snr (bool, False): rescale betas to zero terminal SNR.
+
+    step() goes to the previous timestep of the schedule in use, not diffusers' t - T // num_inference_steps (see
+    the module doc: they differ for "linspace" and "trailing" spacing). set_timesteps must come before step().
+    """
+
+    _fields = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "clip_sample",
+               "set_alpha_to_one", "steps_offset", "prediction_type", "thresholding", "dynamic_thresholding_ratio",
+               "clip_sample_range", "sample_max_value", "timestep_spacing", "rescale_betas_zero_snr")
+
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", trained_betas=None, clip_sample: bool = True,
+                 set_alpha_to_one: bool = True, steps_offset: int = 0, prediction_type: str = "epsilon",
+                 thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
+                 clip_sample_range: float = 1.0, sample_max_value: float = 1.0, timestep_spacing: str = "leading",
+                 rescale_betas_zero_snr: bool = False):
+        set_alpha_to_one = _bool("set_alpha_to_one", set_alpha_to_one)
+        values = dict(locals())
+        self._set_alpha_to_one = set_alpha_to_one
+        self._setup({k: values[k] for k in self._fields})
+        self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
+
+    def _final_alpha_cumprod(self) -> float:
+        return 1.0 if self._set_alpha_to_one else float(self._abar[0])
+
+    def _default_variant(self):
+        return (0.0, False)
+
+    def _variant(self, eta: float = 0.0, use_clipped_model_output: bool = False):
+        return (_float("eta", eta, low=0.0), _bool("use_clipped_model_output", use_clipped_model_output))
+
+    def _rows(self, variant, t, a_t, a_prev):
+        eta, use_clipped = variant
+        # sigma_t(eta) = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))   (DDIM eq. 16)
+        std = eta * np.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
+        zero = np.zeros_like(a_t)
+        x0_eps = self._x0_eps_columns(a_t)
+        # Rounding can make 1 - abar_prev - sigma^2 a hair negative at eta = 1; it is 0 in exact arithmetic.
+        direction = np.sqrt(np.maximum(1.0 - a_prev - std**2, 0.0))
+        eps_from_x0 = zero
+        if use_clipped:  # epsilon re-derived from the clipped x_0: eps = (x - sqrt(abar) x0) / sqrt(1 - abar)
+            x0_eps[:, EPS_FROM_SAMPLE] = 1.0 / np.sqrt(1.0 - a_t)
+            x0_eps[:, EPS_FROM_MODEL] = 0.0
+            eps_from_x0 = -np.sqrt(a_t) / np.sqrt(1.0 - a_t)
+        return np.concatenate([x0_eps, np.stack([eps_from_x0, np.sqrt(a_prev), zero, direction, std], axis=1)],
+                              axis=1)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
+             use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
+             variance_noise: torch.Tensor | None = None, return_dict: bool = True, *,
+             model_output_uncond: torch.Tensor | None = None, guidance_scale: float = 1.0,
+             philox_seed: int | None = None, philox_offset: int | None = None):
+        """One DDIM step x_t -> x_{t_prev}, fused (gencore.ops.sampler_step); t_prev is the schedule's previous one.
+
+        Args:
+            model_output: (N, ...) the model's prediction (config.prediction_type), shaped like sample.
+            timestep: the current timestep: an int, a 0-d tensor, or an int64 tensor of shape (N,) (one per sample),
+                each on the schedule set by set_timesteps.
+            sample: x_t, (N, ...), float16/bfloat16/float32/float64.
+            eta: the noise weight, >= 0: 0 is deterministic DDIM, 1 is DDPM-like.
+            use_clipped_model_output: re-derive epsilon from the clipped x_0 (matters only when clipping bites).
+            generator: torch.Generator (or a list, one per sample) for the noise when eta > 0.
+            variance_noise: the standard normal noise to use instead of drawing it (shaped like sample).
+            return_dict: False returns (prev_sample, pred_original_sample).
+            model_output_uncond, guidance_scale: classifier-free guidance, combined inside the step:
+                uncond + guidance_scale * (model_output - uncond).
+            philox_seed, philox_offset: in-kernel Philox noise (see DDPMScheduler.step).
+
+        Raises:
+            RuntimeError: set_timesteps was not called. ValueError: a timestep off the schedule, mismatched shapes,
+                both generator and variance_noise.
+        """
+        if self.num_inference_steps is None:
+            raise RuntimeError("DDIMScheduler.step needs the inference schedule: call "
+                               "set_timesteps(num_inference_steps) first")
+        self._check_inputs(model_output, sample)
+        variant = self._variant(eta, use_clipped_model_output)
+        ts = self._timesteps_tensor(timestep, sample)
+        coefs = self._table(variant, sample.device, _coef_dtype(sample.dtype))
+        noise, offset = None, None
+        if variant[0] > 0:
+            if variance_noise is not None and generator is not None:
+                raise ValueError("pass either generator or variance_noise, not both")
+            if philox_seed is not None:
+                if variance_noise is not None or generator is not None:
+                    raise ValueError("philox_seed draws the noise in the kernel: do not also pass "
+                                     "generator/variance_noise")
+                offset = self._philox_offset(timestep, philox_offset)
+            elif variance_noise is not None:
+                noise = self._check_noise("variance_noise", variance_noise, sample)
+            else:
+                noise = _randn(sample.shape, generator, sample.device, sample.dtype)
+        else:
+            philox_seed = None  # eta = 0: no noise at all
+        return self._fused_step(model_output, sample, ts, coefs, noise=noise, uncond=model_output_uncond,
+                                guidance_scale=guidance_scale, philox_seed=philox_seed, philox_offset=offset,
+                                return_dict=return_dict)
