@@ -104,7 +104,7 @@ def run(args) -> int:
                                             generator=gen, return_intermediates=max(1, s["sample_steps"] // 10))
         t_sample = time.perf_counter() - t0
         results["ddpm_samples"] = shutil.copyfile(trainer.last_grid, os.path.join(out, "ddpm_samples.png"))
-        results["ddpm_progressive"] = save_progressive_strip(list(inter) + [final],
+        results["ddpm_progressive"] = save_progressive_strip(list(inter),
                                                              os.path.join(out, "ddpm_progressive.png"))
 
         # 3. DCGAN at 28x28 (the tutorial's losses), within the time budget.

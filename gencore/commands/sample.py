@@ -80,8 +80,8 @@ def run(args) -> int:
                                             guidance_scale=args.guidance_scale, device=device,
                                             return_intermediates=every)
         strip = os.path.splitext(args.out)[0] + "-progressive.png"
-        save_progressive_strip(list(inter) + [final], strip)
-        print(f"progressive generation strip ({n} samples x {len(inter) + 1} stages): {strip}")
+        save_progressive_strip(list(inter), strip)
+        print(f"progressive generation strip ({n} samples x {len(inter)} stages): {strip}")
         gen.manual_seed(args.seed)
     images = sample_from_checkpoint(args.checkpoint, args.n, batch_size=args.batch_size, device=device,
                                     generator=gen, sampler=args.sampler, steps=args.steps, eta=args.eta,

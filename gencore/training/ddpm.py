@@ -135,16 +135,12 @@ class DDPMTrainer(Trainer):
         cfg: DDPMConfig = self.config
         x0, labels = self.batch(step)
         model = self.models["model"]
-        if self.conditional:
+        if self.conditional:  # classifier-free guidance: some labels become the null class
             drop = torch.rand(labels.shape, device=labels.device) < cfg.cfg_dropout
             labels = torch.where(drop, torch.full_like(labels, self.raw("model").null_class), labels)
-
-            def denoiser(x, t):
-                return model(x, t, labels)
-        else:
-            denoiser = model
         with self.autocast():
-            loss = training_loss(denoiser, x0, self.scheduler, loss_type=cfg.loss_type, snr_gamma=cfg.snr_gamma)
+            loss = training_loss(model, x0, self.scheduler, loss_type=cfg.loss_type, snr_gamma=cfg.snr_gamma,
+                                 class_labels=labels if self.conditional else None)
         self.optimizer_step("model", loss)
         return {"loss": loss.item()}
 
