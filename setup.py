@@ -23,6 +23,7 @@ PACKAGES = [
     "gencore",
     "gencore.kernels",
     "gencore.reference",
+    "gencore.commands",
     "gencore.ops",
     "gencore.nn",
     "gencore.diffusion",
