@@ -1,0 +1,213 @@
+// CUDA binding of gencore::group_norm_silu_fwd / _bwd (schemas in csrc/gencore.cpp).
+//
+// Thin on purpose: check the arguments (naming each one), pick the layout the kernels read in place, allocate the
+// outputs and the workspace with the torch allocator, and call the plain-C++ launchers of group_norm_silu_kernels.cu
+// on the current stream. All the math lives in the .cu file.
+//
+// Only c10/cuda headers are used (c10::cuda::getCurrentCUDAStream is what at::cuda::getCurrentCUDAStream names):
+// ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers that the binding does not need.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "group_norm_silu_kernels.h"
+
+namespace gencore {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+namespace gk = gencore::cuda;
+
+gk::ScalarKind scalar_kind(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return gk::ScalarKind::Float16;
+    case at::kBFloat16: return gk::ScalarKind::BFloat16;
+    case at::kFloat: return gk::ScalarKind::Float32;
+    case at::kDouble: return gk::ScalarKind::Float64;
+    default: break;
+  }
+  TORCH_CHECK(false, "group_norm_silu (cuda): x must be float16, bfloat16, float32 or float64, got ", t);
+}
+
+at::ScalarType stats_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The layout rule shared by every backend (gencore/ops/group_norm_silu.py: is_channels_last / output_like).
+bool is_channels_last(const Tensor& x) {
+  return x.dim() >= 3 && !x.is_contiguous() && x.movedim(1, -1).is_contiguous();
+}
+
+Tensor output_like(const Tensor& x) {
+  if (is_channels_last(x)) return at::empty(x.movedim(1, -1).sizes(), x.options()).movedim(-1, 1);
+  return at::empty(x.sizes(), x.options());
+}
+
+// x as the kernels read it: itself when contiguous or channels-last, else a contiguous copy.
+Tensor in_kernel_layout(const Tensor& x) { return x.is_contiguous() || is_channels_last(x) ? x : x.contiguous(); }
+
+// `t` brought to the layout of `x` (x already in a kernel layout): grad_out may arrive in the other one.
+Tensor like_layout(const Tensor& t, const Tensor& x) {
+  if (is_channels_last(x)) return t.movedim(1, -1).contiguous().movedim(-1, 1);
+  return t.contiguous();
+}
+
+void check_x(const Tensor& x, int64_t num_groups) {
+  TORCH_CHECK(x.is_cuda(), "group_norm_silu (cuda): x must be a CUDA tensor, got one on ", x.device());
+  scalar_kind(x.scalar_type());  // rejects integer and the other floating types
+  TORCH_CHECK(x.dim() >= 2, "group_norm_silu (cuda): x must have shape (N, C, *spatial), got ", x.sizes());
+  TORCH_CHECK(x.numel() > 0, "group_norm_silu (cuda): x must not be empty, got shape ", x.sizes());
+  TORCH_CHECK(num_groups > 0, "group_norm_silu (cuda): num_groups must be positive, got ", num_groups);
+  TORCH_CHECK(x.size(1) % num_groups == 0, "group_norm_silu (cuda): num_groups (", num_groups,
+              ") must divide the number of channels x.shape[1] (", x.size(1), ")");
+}
+
+// An optional tensor argument: exactly `shape`, x's dtype and device. Returns it contiguous (small tensors).
+OptTensor check_optional(const char* name, const OptTensor& t, const Tensor& x, at::IntArrayRef shape) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  TORCH_CHECK(t->sizes() == shape, "group_norm_silu (cuda): ", name, " must have shape ", shape, ", got ", t->sizes());
+  TORCH_CHECK(t->device() == x.device(), "group_norm_silu (cuda): ", name, " is on ", t->device(), " but x is on ",
+              x.device(), "; they must be on the same device");
+  TORCH_CHECK(t->scalar_type() == x.scalar_type(), "group_norm_silu (cuda): ", name, " has dtype ", t->scalar_type(),
+              " but x has dtype ", x.scalar_type(), "; they must match");
+  return t->contiguous();
+}
+
+const void* ptr(const OptTensor& t) { return t.has_value() ? t->data_ptr() : nullptr; }
+
+gk::GroupNormSiluDims dims_of(const Tensor& x, int64_t num_groups) {
+  gk::GroupNormSiluDims d;
+  d.N = x.size(0);
+  d.C = x.size(1);
+  d.S = x.numel() / (d.N * d.C);
+  d.G = num_groups;
+  d.channels_last = is_channels_last(x);
+  return d;
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "group_norm_silu (cuda): ", what, " failed: ", cudaGetErrorString(err));
+}
+
+Tensor workspace(size_t bytes, const Tensor& x) {
+  // at::empty on CUDA returns memory aligned far beyond the 256 bytes the launchers ask for.
+  return at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+}
+
+std::tuple<Tensor, Tensor, Tensor> group_norm_silu_fwd_cuda(const Tensor& x_in, const OptTensor& weight_in,
+                                                            const OptTensor& bias_in, const OptTensor& temb_in,
+                                                            const OptTensor& scale_shift_in, int64_t num_groups,
+                                                            double eps, bool silu) {
+  check_x(x_in, num_groups);
+  TORCH_CHECK(eps >= 0, "group_norm_silu (cuda): eps must be non-negative, got ", eps);
+  const int64_t n = x_in.size(0), c = x_in.size(1);
+  const OptTensor weight = check_optional("weight", weight_in, x_in, {c});
+  const OptTensor bias = check_optional("bias", bias_in, x_in, {c});
+  const OptTensor temb = check_optional("temb", temb_in, x_in, {n, c});
+  const OptTensor scale_shift = check_optional("scale_shift", scale_shift_in, x_in, {n, 2 * c});
+  const c10::cuda::CUDAGuard guard(x_in.device());
+
+  const Tensor x = in_kernel_layout(x_in);
+  Tensor y = output_like(x);
+  const auto stats_options = x.options().dtype(stats_dtype(x.scalar_type()));
+  Tensor mean = at::empty({n, num_groups}, stats_options);
+  Tensor rstd = at::empty({n, num_groups}, stats_options);
+
+  gk::GroupNormSiluFwdArgs args;
+  args.dtype = scalar_kind(x.scalar_type());
+  args.dims = dims_of(x, num_groups);
+  args.x = x.data_ptr();
+  args.weight = ptr(weight);
+  args.bias = ptr(bias);
+  args.temb = ptr(temb);
+  args.scale_shift = ptr(scale_shift);
+  args.y = y.data_ptr();
+  args.mean = mean.data_ptr();
+  args.rstd = rstd.data_ptr();
+  args.eps = eps;
+  args.silu = silu;
+  size_t bytes = 0;
+  check_launch(gk::group_norm_silu_fwd_workspace_bytes(args, &bytes), "sizing the forward workspace");
+  Tensor ws = workspace(bytes, x);
+  check_launch(gk::group_norm_silu_fwd(args, ws.data_ptr(), bytes, c10::cuda::getCurrentCUDAStream().stream()),
+               "the forward launch");
+  return {y, mean, rstd};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_silu_bwd_cuda(
+    const Tensor& grad_out_in, const Tensor& x_in, const OptTensor& weight_in, const OptTensor& bias_in,
+    const OptTensor& temb_in, const OptTensor& scale_shift_in, const Tensor& mean_in, const Tensor& rstd_in,
+    int64_t num_groups, bool silu) {
+  check_x(x_in, num_groups);
+  const int64_t n = x_in.size(0), c = x_in.size(1);
+  TORCH_CHECK(grad_out_in.sizes() == x_in.sizes(), "group_norm_silu (cuda): grad_out must have x's shape ",
+              x_in.sizes(), ", got ", grad_out_in.sizes());
+  TORCH_CHECK(grad_out_in.device() == x_in.device(), "group_norm_silu (cuda): grad_out is on ", grad_out_in.device(),
+              " but x is on ", x_in.device());
+  TORCH_CHECK(grad_out_in.scalar_type() == x_in.scalar_type(), "group_norm_silu (cuda): grad_out has dtype ",
+              grad_out_in.scalar_type(), " but x has dtype ", x_in.scalar_type());
+  const at::ScalarType sdt = stats_dtype(x_in.scalar_type());
+  auto check_stat = [&](const char* name, const Tensor& t) {
+    TORCH_CHECK(t.sizes() == at::IntArrayRef({n, num_groups}), "group_norm_silu (cuda): ", name,
+                " must have shape (N, num_groups) = (", n, ", ", num_groups, "), got ", t.sizes());
+    TORCH_CHECK(t.device() == x_in.device(), "group_norm_silu (cuda): ", name, " is on ", t.device(),
+                " but x is on ", x_in.device());
+    TORCH_CHECK(t.scalar_type() == sdt, "group_norm_silu (cuda): ", name, " must be ", sdt, " for x of dtype ",
+                x_in.scalar_type(), ", got ", t.scalar_type());
+  };
+  check_stat("mean", mean_in);
+  check_stat("rstd", rstd_in);
+  const OptTensor weight = check_optional("weight", weight_in, x_in, {c});
+  const OptTensor bias = check_optional("bias", bias_in, x_in, {c});
+  const OptTensor temb = check_optional("temb", temb_in, x_in, {n, c});
+  const OptTensor scale_shift = check_optional("scale_shift", scale_shift_in, x_in, {n, 2 * c});
+  const c10::cuda::CUDAGuard guard(x_in.device());
+
+  const Tensor x = in_kernel_layout(x_in);
+  const Tensor grad_out = like_layout(grad_out_in, x);
+  const Tensor mean = mean_in.contiguous();
+  const Tensor rstd = rstd_in.contiguous();
+  Tensor grad_x = output_like(x);
+  auto grad_or_empty = [&](const OptTensor& t) { return t.has_value() ? at::empty(t->sizes(), x.options())
+                                                                       : at::empty({0}, x.options()); };
+  Tensor grad_weight = grad_or_empty(weight);
+  Tensor grad_bias = grad_or_empty(bias);
+  Tensor grad_temb = grad_or_empty(temb);
+  Tensor grad_scale_shift = grad_or_empty(scale_shift);
+
+  gk::GroupNormSiluBwdArgs args;
+  args.dtype = scalar_kind(x.scalar_type());
+  args.dims = dims_of(x, num_groups);
+  args.grad_out = grad_out.data_ptr();
+  args.x = x.data_ptr();
+  args.weight = ptr(weight);
+  args.bias = ptr(bias);
+  args.temb = ptr(temb);
+  args.scale_shift = ptr(scale_shift);
+  args.mean = mean.data_ptr();
+  args.rstd = rstd.data_ptr();
+  args.grad_x = grad_x.data_ptr();
+  args.grad_weight = weight.has_value() ? grad_weight.data_ptr() : nullptr;
+  args.grad_bias = bias.has_value() ? grad_bias.data_ptr() : nullptr;
+  args.grad_temb = temb.has_value() ? grad_temb.data_ptr() : nullptr;
+  args.grad_scale_shift = scale_shift.has_value() ? grad_scale_shift.data_ptr() : nullptr;
+  args.silu = silu;
+  size_t bytes = 0;
+  check_launch(gk::group_norm_silu_bwd_workspace_bytes(args, &bytes), "sizing the backward workspace");
+  Tensor ws = workspace(bytes, x);
+  check_launch(gk::group_norm_silu_bwd(args, ws.data_ptr(), bytes, c10::cuda::getCurrentCUDAStream().stream()),
+               "the backward launch");
+  return {grad_x, grad_weight, grad_bias, grad_temb, grad_scale_shift};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gencore, CUDA, m) {
+  m.impl("group_norm_silu_fwd", &group_norm_silu_fwd_cuda);
+  m.impl("group_norm_silu_bwd", &group_norm_silu_bwd_cuda);
+}
+
+}  // namespace gencore
