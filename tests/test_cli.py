@@ -117,7 +117,8 @@ def test_train_image_folder(capsys, tmp_path):
     for cls in ("a", "b"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         for i in range(10):
-            Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+            pixels = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / cls / f"{i}.png")
     code, out, err = run(capsys, "train", "cgan", "--data", str(tmp_path / "imgs"), "--image-size", "32",
                          "--channels", "3", "--batch-size", "8", "--features", "8", "--steps", "1",
                          "--out", str(tmp_path / "o"), "--no-progress")

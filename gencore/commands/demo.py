@@ -125,7 +125,8 @@ def run(args) -> int:
     print("wrote:")
     for k, v in results.items():
         print(f"  {k:<17} {os.path.abspath(v)}")
-    print(f"  checkpoints       {os.path.abspath(ddpm_dir)}, {os.path.abspath(gan_dir)}  (gencore sample --checkpoint DIR)")
+    print(f"  checkpoints       {os.path.abspath(ddpm_dir)}, {os.path.abspath(gan_dir)}")
+    print(f"more samples: gencore sample --checkpoint {ddpm_dir} --out more.png --progressive")
     if speedup is not None:
         print(f"fused backend ({fused}) vs reference on this run: {speedup:.2f}x faster per DDPM training step")
     return 0

@@ -16,8 +16,8 @@ def load_image_folder(path: str, *, image_size: int = 28, channels: int = 1, lim
     image_size x image_size, converted to grayscale (channels=1) or RGB (channels=3), scaled to [-1, 1].
 
     Sub-folders one level down become class labels (sorted folder names -> 0, 1, ...) when every image sits in one;
-    otherwise the dataset is unlabelled. Unreadable files are skipped with their names counted in the error if no
-    image at all could be read.
+    otherwise the dataset is unlabelled. Files Pillow cannot read are skipped; if none can be read, ValueError.
+    limit: read only the first `limit` files (sorted order).
     """
     try:
         from PIL import Image

@@ -8,15 +8,12 @@ generator. So a run resumed from the checkpoint at step k reaches exactly the st
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
-import math
 import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,7 +32,8 @@ class TrainConfig:
         steps: optimizer steps to train in total (a resumed run continues up to this number).
         batch_size: images per step and per process (under DDP the global batch is batch_size * world size).
         lr: learning rate (None: the trainer's default).
-        seed: seeds model initialisation, data order and noise.
+        seed: seeds model initialisation, data order and noise (the trainer re-seeds the global torch, random and
+            numpy RNGs of the process from it: the per-step randomness is drawn from them and checkpointed).
         device: "cpu", "cuda", "cuda:1", ...; under torchrun on GPUs each process uses cuda:LOCAL_RANK.
         amp: run forward passes under bfloat16 autocast (parameters and optimizer stay float32).
         grad_clip: clip each model's gradient norm to this value (None: no clipping).
