@@ -123,3 +123,34 @@ def test_train_image_folder(capsys, tmp_path):
                          "--channels", "3", "--batch-size", "8", "--features", "8", "--steps", "1",
                          "--out", str(tmp_path / "o"), "--no-progress")
     assert code == 0, err
+
+
+def test_sigkill_mid_run_then_resume(capsys, tmp_path):
+    """A real kill (SIGKILL, no clean-up) while checkpoints are written every step leaves a loadable checkpoint
+    that --resume continues from."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    argv = ["train", "gan", "--data", "digits", "--limit", "32", "--batch-size", "16", "--features", "8",
+            "--checkpoint-every", "1", "--sample-every", "0", "--no-progress", "--out", str(run_dir)]
+    proc = subprocess.Popen([sys.executable, "-m", "gencore.cli", *argv, "--steps", "100000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            latest = run_dir / "latest.json"
+            if latest.exists() and json.loads(latest.read_text())["step"] >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    step = json.loads((run_dir / "latest.json").read_text())["step"]
+    code, out, err = run(capsys, *argv, "--steps", str(step + 1), "--resume")
+    assert code == 0, err
+    assert f"resumed gan from step {step}" in out
