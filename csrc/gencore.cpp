@@ -5,6 +5,8 @@
 
 #include <string>
 
+#include "cpu_output_pool.h"
+
 #ifndef GENCORE_CPU_ISA
 #define GENCORE_CPU_ISA "generic"
 #endif
@@ -23,6 +25,8 @@ std::string cpu_isa() { return GENCORE_CPU_ISA; }
 
 TORCH_LIBRARY(gencore, m) {
   m.def("cpu_isa() -> str", &cpu_isa);
+  // Releases the CPU output cache (csrc/cpu_output_pool.h); returns the bytes freed.
+  m.def("cpu_empty_cache() -> int", &cpu_empty_cache);
 
   // y = act(GroupNorm(x + temb) * (1 + scale) + shift); returns (y, mean, rstd), stats of shape (N, G).
   m.def("group_norm_silu_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? temb, Tensor? scale_shift, "

@@ -94,17 +94,31 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+# Filled once, eagerly (see the end of this module): torch.compile traces resolve() -> _can_serve() -> _cpu_error(),
+# and must find a plain cached value there, not a call of torch.ops.gencore.cpu_isa() (a str-returning op breaks a
+# fullgraph compile; Dynamo also ignores functools.lru_cache and would trace into the function).
+_cpu_error_cache: list[str | None] = []
+
+
 def _cpu_error() -> str | None:
+    if not _cpu_error_cache:
+        _cpu_error_cache.append(_find_cpu_error())
+    return _cpu_error_cache[0]
+
+
+def _find_cpu_error() -> str | None:
     err = _extension.error()
     if err:
         return err
     isa = _extension.cpu_isa()
+    # What the hardware supports (cpuinfo), not torch's chosen capability, which ATEN_CPU_CAPABILITY can lower.
+    have_avx512 = torch.cpu._is_avx512_supported()
+    have_avx2 = have_avx512 or torch.cpu._is_avx2_supported()
     have = torch.backends.cpu.get_cpu_capability()
-    if isa == "avx512" and have != "AVX512":
-        return f"the CPU kernels were built for AVX-512 but this CPU reports {have}; rebuild with GENCORE_CPU_ISA=auto"
-    if isa == "avx2" and have not in ("AVX2", "AVX512"):
-        return f"the CPU kernels were built for AVX2 but this CPU reports {have}; rebuild with GENCORE_CPU_ISA=auto"
+    if isa == "avx512" and not have_avx512:
+        return f"the CPU kernels were built for AVX-512 but this CPU lacks it ({have}); rebuild with GENCORE_CPU_ISA=auto"
+    if isa == "avx2" and not have_avx2:
+        return f"the CPU kernels were built for AVX2 but this CPU lacks it ({have}); rebuild with GENCORE_CPU_ISA=auto"
     return None
 
 
@@ -192,3 +206,6 @@ def resolve(requested: str | None, device: torch.device, implemented: tuple[str,
     if err is not None:
         raise RuntimeError(f"backend {name!r} cannot run here: {err}")
     return name
+
+
+_cpu_error()  # see _cpu_error_cache

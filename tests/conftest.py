@@ -25,3 +25,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _find_mnist_dir():
+    """The MNIST test files: $GENCORE_MNIST_DIR, else ../shared/data/mnist from the repository root, looking one
+    level further up too (a git worktree such as /work/wt/<name> sits one level below the main checkout)."""
+    from pathlib import Path
+
+    if os.environ.get("GENCORE_MNIST_DIR"):
+        return Path(os.environ["GENCORE_MNIST_DIR"])
+    root = Path(__file__).resolve().parent.parent
+    for base in (root.parent, root.parent.parent):
+        candidate = base / "shared" / "data" / "mnist"
+        if (candidate / "t10k-images-idx3-ubyte.gz").is_file():
+            return candidate
+    return None
+
+
+MNIST_DIR = _find_mnist_dir()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """Folder with the original MNIST test-set IDX files; the test is skipped (with the reason) where absent."""
+    if MNIST_DIR is None:
+        pytest.skip("MNIST not found: set GENCORE_MNIST_DIR or put the IDX files in ../shared/data/mnist")
+    return MNIST_DIR

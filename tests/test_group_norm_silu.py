@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -29,6 +30,9 @@ SHAPES = {
 LARGE_SHAPES = {
     "64x64-groups32": (1, 64, (64, 64), 32),
     "prime-spatial-37x41": (2, 30, (37, 41), 6),
+    # One channel, 67591 positions: many statistics chunks per channel merged, an odd tail, batch 1 x 1 group
+    # (the cpu backend's split schedule, where one (n, g) slab is spread over all threads).
+    "one-channel-big-S-257x263": (1, 1, (257, 263), 1),
 }
 
 
@@ -159,6 +163,17 @@ def test_layouts(backend, shape):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(2, 12, (6, 5), 4), (2, 40, (3, 7), 5)], ids=["C12", "C40-vector-tail"])
+def test_channels_last_every_dtype(backend, dtype, shape):
+    """The channels-last kernels vectorize over channels: C smaller than, and not a multiple of, the vector width."""
+    args = _make(shape, dtype, device_for(backend))
+    args["x"] = args["x"].contiguous(memory_format=torch.channels_last)
+    y = _check_fwd_bwd(backend, args, dtype)
+    assert is_channels_last(y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_grad_out_layout_differs_from_input(backend):
     """torch.compile may hand the backward a channels_last tangent for a contiguous input (and vice versa)."""
     args = _make((2, 8, (5, 6), 4), torch.float32, device_for(backend))
@@ -210,6 +225,52 @@ def test_triton_split_reductions(backend, layout, monkeypatch):
     assert plan["SPLIT"] > 1 and plan["SPLIT"] * 80 > tk.MERGE_BLOCK and 80 > tk.MERGE_BLOCK_CG
     assert layout == "contiguous" or plan["SPLIT"] > tk.MERGE_BLOCK_SPLIT
     _check_fwd_bwd(backend, args, torch.float32)
+
+
+@pytest.mark.parametrize("backend", backend_params(("cpu",)))
+@pytest.mark.parametrize("shape", [(3, 4, (5, 3), 1), (4, 16, (9, 9), 4), (1, 2, (150, 150), 2), (2, 24, (70, 70), 3)],
+                         ids=["3-slabs", "16-slabs", "big-S-1-sample", "channels-last-many-row-blocks"])
+def test_thread_count_independent(backend, shape):
+    """Bit-identical outputs and gradients with 1 and 2 threads: chunking depends on the shape only, and the cpu
+    backend's two schedules (whole slabs per thread, or chunks spread over threads when there are few slabs)
+    compute the same partials and merge them in the same order."""
+    args = _make(shape, torch.float32, torch.device("cpu"))
+    grad_out = torch.randn(args["x"].shape, generator=torch.Generator().manual_seed(4))
+    before = torch.get_num_threads()
+    try:
+        for x in (args["x"], args["x"].contiguous(memory_format=torch.channels_last)):
+            a = dict(args, x=x)
+            results = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                results.append(_grads(_fused(backend), a, grad_out))
+            (y1, g1), (y2, g2) = results
+            assert torch.equal(y1, y2)
+            for k in g1:
+                assert torch.equal(g1[k], g2[k]), k
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif("cpu" not in gencore.available_backends(), reason="needs the C++ extension")
+def test_cpu_output_cache_reuse_is_safe():
+    """Outputs of 1 MiB and more come from a cache of freed buffers (csrc/cpu_output_pool.h): a live output is never
+    handed out again, a reused buffer is fully overwritten, and the cache can be emptied."""
+    xs = [torch.randn(2, 8, 128, 128, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    truth = [group_norm_silu_ref(x, 4, upcast=True) for x in xs]
+    y0 = group_norm_silu(xs[0], 4, backend="cpu")
+    y1 = group_norm_silu(xs[1], 4, backend="cpu")
+    assert y0.data_ptr() != y1.data_ptr()
+    del y1  # its buffer goes back to the cache ...
+    y2 = group_norm_silu(xs[2], 4, backend="cpu")  # ... and is likely reused here: must hold xs[2]'s result
+    assert_close(y0, truth[0], torch.float32)
+    assert_close(y2, truth[2], torch.float32)
+    del y2
+    cache_on = os.environ.get("GENCORE_CPU_CACHE_MB", "") != "0"
+    assert torch.ops.gencore.cpu_empty_cache() >= (xs[0].numel() * 4 if cache_on else 0)
+    assert torch.ops.gencore.cpu_empty_cache() == 0
+    y3 = group_norm_silu(xs[1], 4, backend="cpu")
+    assert_close(y3, truth[1], torch.float32)
 
 
 GRADCHECK_BACKENDS = [pytest.param("reference", id="reference")] + backend_params(("cpu", "triton"))

@@ -210,7 +210,12 @@ def group_norm_silu(
         centred two-pass variance, so large offsets (x = 1000 + noise) keep their precision.
 
     Differentiable with respect to x, weight, bias, temb and scale_shift, to any order (double backward recomputes
-    through the reference). Deterministic: no floating-point atomics on any backend.
+    through the reference). Deterministic: no floating-point atomics on any backend; the cpu backend's results
+    are also the same for any thread count.
+
+    The cpu backend takes outputs of 1 MiB or more from a bounded cache of freed output buffers (a fresh 40 MB
+    allocation costs more in page faults than the whole op): at most GENCORE_CPU_CACHE_MB megabytes (default 1024,
+    0 disables it) stay cached; ``torch.ops.gencore.cpu_empty_cache()`` releases them.
     """
     check_args(x, num_groups, weight, bias, eps, temb, scale_shift, activation)
     name = backends.resolve(backend, x.device, IMPLEMENTED)

@@ -1,0 +1,105 @@
+// See cpu_output_pool.h.
+#include "cpu_output_pool.h"
+
+#include <ATen/EmptyTensor.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace gencore {
+namespace {
+
+constexpr size_t kMinPooledBytes = size_t(1) << 20;  // below this, malloc reuses its own free lists anyway
+constexpr size_t kHeader = 64;                       // keeps the 64-byte alignment of c10::alloc_cpu
+
+size_t limit_from_env() {
+  const char* env = std::getenv("GENCORE_CPU_CACHE_MB");
+  if (env == nullptr || *env == '\0') return size_t(1024) << 20;
+  char* end = nullptr;
+  const long long mb = std::strtoll(env, &end, 10);
+  return (end == env || mb <= 0) ? 0 : static_cast<size_t>(mb) << 20;
+}
+
+// Each block is [header: its byte size][data]; the DataPtr context is the block, the data is block + kHeader.
+class OutputPool final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t nbytes) override {
+    if (nbytes < kMinPooledBytes || limit_ == 0) return c10::GetDefaultCPUAllocator()->allocate(nbytes);
+    void* block = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_.find(nbytes);
+      if (it != free_.end() && !it->second.empty()) {
+        block = it->second.back();
+        it->second.pop_back();
+        cached_ -= nbytes;
+      }
+    }
+    if (block == nullptr) {
+      block = c10::alloc_cpu(nbytes + kHeader);
+      std::memcpy(block, &nbytes, sizeof(nbytes));
+    }
+    return {static_cast<char*>(block) + kHeader, block, &OutputPool::release, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  int64_t empty_cache() {
+    std::unordered_map<size_t, std::vector<void*>> drop;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      drop.swap(free_);
+      cached_ = 0;
+    }
+    int64_t released = 0;
+    for (auto& [bytes, blocks] : drop) {
+      for (void* b : blocks) c10::free_cpu(b);
+      released += static_cast<int64_t>(bytes * blocks.size());
+    }
+    return released;
+  }
+
+  static OutputPool& get() {
+    static OutputPool* pool = new OutputPool();  // never destroyed: tensors may outlive static destructors
+    return *pool;
+  }
+
+ private:
+  static void release(void* block) {
+    size_t nbytes;
+    std::memcpy(&nbytes, block, sizeof(nbytes));
+    OutputPool& pool = get();
+    {
+      std::lock_guard<std::mutex> lock(pool.mutex_);
+      if (pool.cached_ + nbytes <= pool.limit_) {
+        pool.free_[nbytes].push_back(block);
+        pool.cached_ += nbytes;
+        return;
+      }
+    }
+    c10::free_cpu(block);
+  }
+
+  std::mutex mutex_;
+  std::unordered_map<size_t, std::vector<void*>> free_;
+  size_t cached_ = 0;
+  const size_t limit_ = limit_from_env();
+};
+
+}  // namespace
+
+at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return at::detail::empty_generic(sizes, &OutputPool::get(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   c10::typeMetaToScalarType(options.dtype()), std::nullopt);
+}
+
+int64_t cpu_empty_cache() { return OutputPool::get().empty_cache(); }
+
+}  // namespace gencore

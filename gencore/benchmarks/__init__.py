@@ -1,0 +1,167 @@
+"""The benchmark harness shared by every gencore op: cases, timing, and the markdown ratio table.
+
+Each op has a module gencore/benchmarks/<op>.py with ``cases(device="cpu", quick=False) -> list[Case]``. A case
+names its op, provider (``reference`` = eager PyTorch, ``torch_compile`` = the reference under torch.compile,
+``cpu`` / ``cuda`` / ``triton`` = gencore's backends, ``memcpy`` = a copy of the same bytes as the roofline, or
+another named baseline such as ``diffusers``), shape label, dtype, mode and the bytes the op moves; its ``setup()``
+builds every input *outside* the timed region and returns the closure to time.
+
+Three front ends use the same cases:
+    run(cases) + table(results)      `gencore bench`: one run, the ratios of that run.
+    bench_case(benchmark, case)      bench/test_bench_<op>.py under pytest-benchmark (`pytest bench --benchmark-only`
+                                     compares providers per group; `--benchmark-disable` runs each case once).
+
+Timing: torch.utils.benchmark.Timer.blocked_autorange with the process's thread count (Timer defaults to one
+thread), after warm-up calls (torch.compile compiles there); the median over blocks is reported. CUDA work is
+synchronized by the Timer.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+# Providers whose speed the table reports as ratios against the baselines, in this order.
+FUSED = ("cpu", "cuda", "triton")
+BASELINES = ("reference", "torch_compile")
+
+
+@dataclass
+class Case:
+    """One benchmark: an op on one provider, shape, dtype and mode.
+
+    bytes: bytes the op must move at least (inputs read + outputs written), for GB/s; 0 if not meaningful.
+    setup: builds the inputs (outside the timed region) and returns the zero-argument closure that is timed.
+    """
+
+    op: str
+    provider: str
+    shape: str
+    dtype: str
+    mode: str
+    bytes: int
+    setup: Callable[[], Callable[[], object]]
+
+    @property
+    def name(self) -> str:
+        return f"{self.op}[{self.mode}|{self.shape}|{self.dtype}|{self.provider}]"
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        """The comparison group: every provider of one (op, shape, dtype, mode)."""
+        return (self.op, self.shape, self.dtype, self.mode)
+
+
+@dataclass
+class Result:
+    case: Case
+    seconds: float  # median time per call
+    times: list[float] = field(default_factory=list)  # per-call time of each block
+
+    @property
+    def gbps(self) -> float:
+        return self.case.bytes / self.seconds / 1e9 if self.case.bytes and self.seconds > 0 else 0.0
+
+
+def memcpy_case(op: str, shape: str, dtype: str, mode: str, nbytes: int, device: str | torch.device) -> Case:
+    """The roofline row: a copy that reads nbytes/2 and writes nbytes/2, i.e. moves the same bytes as the op."""
+
+    def setup():
+        n = max(1, nbytes // 2)
+        src = torch.empty(n, dtype=torch.uint8, device=device).fill_(1)
+        dst = torch.empty_like(src)
+        return lambda: dst.copy_(src)
+
+    return Case(op, "memcpy", shape, dtype, mode, nbytes, setup)
+
+
+def _sync(device_used: bool) -> None:
+    if device_used and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def time_closure(fn: Callable[[], object], min_time: float = 0.5, warmup: int = 2) -> tuple[float, list[float]]:
+    """Median seconds per call of fn over blocks of calls lasting about min_time in total, after warm-up calls."""
+    from torch.utils.benchmark import Timer
+
+    for _ in range(warmup):
+        fn()
+    _sync(True)
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_time)
+    return m.median, list(m.times)
+
+
+def run(cases: Iterable[Case], min_time: float = 0.5, warmup: int = 2, progress: bool = True) -> list[Result]:
+    """Time every case; inputs are built by case.setup() before timing, and dropped right after."""
+    results = []
+    for case in cases:
+        if progress:
+            print(f"  {case.name} ...", end="", file=sys.stderr, flush=True)
+        fn = case.setup()
+        seconds, times = time_closure(fn, min_time=min_time, warmup=warmup)
+        del fn
+        results.append(Result(case, seconds, times))
+        if progress:
+            print(f" {seconds * 1e3:.3f} ms", file=sys.stderr, flush=True)
+    return results
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1e3:.3f}" if seconds < 1 else f"{seconds * 1e3:.0f}"
+
+
+def table(results: list[Result]) -> str:
+    """Markdown: one row per (op, shape, dtype, mode): ms per provider, then for each fused provider its speed-up
+    over eager (reference time / fused time), over torch.compile, and its achieved GB/s as a fraction of memcpy's."""
+    groups: dict[tuple, dict[str, Result]] = {}
+    for r in results:
+        groups.setdefault(r.case.key, {})[r.case.provider] = r
+    providers = []
+    for g in groups.values():
+        for p in g:
+            if p not in providers:
+                providers.append(p)
+    order = list(BASELINES) + list(FUSED)
+    providers.sort(key=lambda p: (order.index(p) if p in order else len(order) if p != "memcpy" else len(order) + 1))
+    fused = [p for p in providers if p in FUSED]
+    head = ["op", "shape", "dtype", "mode"] + [f"{p} ms" for p in providers]
+    for p in fused:
+        head += [f"{p} vs eager", f"{p} vs compile", f"{p} GB/s / memcpy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (op, shape, dtype, mode), g in groups.items():
+        row = [op, shape, dtype, mode] + [_ms(g[p].seconds) if p in g else "-" for p in providers]
+        for p in fused:
+            f = g.get(p)
+            for base in BASELINES:
+                b = g.get(base)
+                row.append(f"{b.seconds / f.seconds:.2f}x" if f and b else "-")
+            mem = g.get("memcpy")
+            if f and mem and f.gbps and mem.gbps:
+                row.append(f"{f.gbps:.1f} / {mem.gbps:.1f} = {f.gbps / mem.gbps:.0%}")
+            else:
+                row.append("-")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def bench_case(benchmark, case: Case) -> None:
+    """Run one case under pytest-benchmark, grouped so that `--benchmark-only` compares its providers."""
+    benchmark.group = f"{case.op} {case.mode} {case.shape} {case.dtype}"
+    benchmark.extra_info.update(op=case.op, provider=case.provider, shape=case.shape, dtype=case.dtype,
+                                mode=case.mode, bytes=case.bytes)
+    fn = case.setup()
+    if not getattr(benchmark, "disabled", False):
+        fn()  # warm-up outside the measurement (torch.compile compiles here)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        def timed():  # CUDA work is asynchronous: time it to completion
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+        benchmark(timed)
+    else:
+        benchmark(fn)

@@ -1,0 +1,44 @@
+"""gencore.benchmarks: the ratio table, the memcpy roofline case, timing, and the group_norm_silu case list."""
+from __future__ import annotations
+
+import gencore
+from gencore.benchmarks import Case, Result, memcpy_case, run, table
+
+
+def _result(provider, seconds, nbytes=8_000_000, mode="forward"):
+    return Result(Case("op", provider, "(2,3)", "float32", mode, nbytes, lambda: (lambda: None)), seconds)
+
+
+def test_table_reports_ratios_against_eager_compile_and_memcpy():
+    md = table([_result("reference", 3.0), _result("torch_compile", 1.5), _result("cpu", 1.0),
+                _result("memcpy", 0.5), _result("cpu", 2.0, mode="backward")])
+    lines = md.splitlines()
+    assert lines[0].split(" | ")[4:8] == ["reference ms", "torch_compile ms", "cpu ms", "memcpy ms"]
+    forward, backward = lines[2], lines[3]
+    assert "| 3.00x | 1.50x |" in forward  # reference / cpu, torch_compile / cpu
+    assert "0.0 / 0.0 = 50%" in forward  # cpu moves the bytes in twice memcpy's time
+    assert backward.count("| -") >= 3  # no baseline measured for this mode: no ratio invented
+
+
+def test_memcpy_case_moves_the_given_bytes_and_run_times_it():
+    case = memcpy_case("op", "s", "float32", "forward", 2 << 20, "cpu")
+    (result,) = run([case], min_time=0.01, progress=False)
+    assert result.seconds > 0 and result.gbps > 0
+    assert case.bytes == 2 << 20
+
+
+def test_group_norm_silu_cases_cover_providers_and_modes():
+    from gencore.benchmarks.group_norm_silu import cases
+
+    cs = cases("cpu", quick=True)
+    providers = {c.provider for c in cs}
+    assert {"reference", "torch_compile", "memcpy"} <= providers
+    assert ("cpu" in providers) == ("cpu" in gencore.available_backends())
+    assert {c.mode for c in cs} == {"forward", "backward", "forward+backward"}
+    full = cases("cpu")
+    assert {c.shape for c in full} == {"(64,64,28,28) G=8", "(64,128,14,14) G=8", "(8,320,64,64) G=32",
+                                       "(1,512,64,64) G=32"}
+    # The closures run (each once) and return what they computed.
+    ref = next(c for c in cs if c.provider == "reference" and c.mode == "forward+backward")
+    grads = ref.setup()()
+    assert len(grads) == 4
