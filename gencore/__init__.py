@@ -7,7 +7,9 @@
 """
 from . import backends, ops
 from .backends import available_backends, get_backend, set_backend, use_backend
+from .optimize import optimize
 
 __version__ = "0.1.0"
 
-__all__ = ["available_backends", "backends", "get_backend", "ops", "set_backend", "use_backend", "__version__"]
+__all__ = ["available_backends", "backends", "get_backend", "ops", "optimize", "set_backend", "use_backend",
+           "__version__"]

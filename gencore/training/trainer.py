@@ -1,0 +1,422 @@
+"""The training loop shared by every trainer: data order, RNG, EMA, mixed precision, gradient clipping, DDP, logging,
+pictures and checkpoints. Subclasses (DDPMTrainer, GANTrainer, WGANGPTrainer) define the models and `train_step`.
+
+Determinism and resume: the batches of step k are a pure function of (seed, k) (a DistributedSampler reshuffled per
+epoch with set_epoch), the per-step randomness (noise, timesteps, latents, dropout) comes from the global torch RNG
+whose state is saved in every checkpoint (one per process under DDP), and sample grids use their own fixed
+generator. So a run resumed from the checkpoint at step k reaches exactly the state of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import checkpoint as ckpt
+from .images import plot_losses, save_grid
+
+
+@dataclass
+class TrainConfig:
+    """Options every trainer shares.
+
+    Parameters:
+        steps: optimizer steps to train in total (a resumed run continues up to this number).
+        batch_size: images per step and per process (under DDP the global batch is batch_size * world size).
+        lr: learning rate (None: the trainer's default).
+        seed: seeds model initialisation, data order and noise (the trainer re-seeds the global torch, random and
+            numpy RNGs of the process from it: the per-step randomness is drawn from them and checkpointed).
+        device: "cpu", "cuda", "cuda:1", ...; under torchrun on GPUs each process uses cuda:LOCAL_RANK.
+        amp: run forward passes under bfloat16 autocast (parameters and optimizer stay float32).
+        grad_clip: clip each model's gradient norm to this value (None: no clipping).
+        ema_decay: keep an exponential moving average of the (generator) weights with this decay (None: no EMA).
+        log_every: record losses in the history every this many steps.
+        sample_every: write a sample grid every this many steps (0: only at the end).
+        checkpoint_every: write a checkpoint every this many steps (0: only at the end).
+        n_samples: images in each sample grid.
+        out_dir: where grids, loss curves and checkpoints go (None: nowhere).
+        progress: show a tqdm progress bar (rank 0 only).
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = False
+    grad_clip: float | None = None
+    ema_decay: float | None = None
+    log_every: int = 10
+    sample_every: int = 0
+    checkpoint_every: int = 0
+    n_samples: int = 64
+    out_dir: str | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "n_samples"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("sample_every", "checkpoint_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive, got {self.grad_clip!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Distributed helpers
+
+
+def init_distributed(device: str) -> tuple[int, int, str]:
+    """(rank, world_size, device). Under torchrun (WORLD_SIZE > 1) initialise the process group once: NCCL for
+    CUDA, gloo on CPU; each GPU process takes cuda:LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 and not dist.is_initialized():
+        return 0, 1, device
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def all_reduce_gradients(modules: list[nn.Module], world: int) -> None:
+    """Average parameter gradients over processes: what DDP does, for the GAN trainers, whose steps run several
+    forwards per backward and a double backward (gradient penalty), which DDP's reducer does not support."""
+    if world <= 1:
+        return
+    for m in modules:
+        for p in m.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(world)
+
+
+def broadcast_state(modules: list[nn.Module]) -> None:
+    """Make every process hold rank 0's parameters and buffers (start of training; buffers such as BatchNorm's
+    running statistics after each step)."""
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# EMA
+
+
+def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of model's parameters and buffers (torch's AveragedModel)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.requires_grad_(False)
+    return ema
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Trainer
+
+
+class Trainer:
+    """Base class. Subclasses set `kind`, build `self.models` ({role: module}), `self.optimizers`, `self.ema`
+    ({role: AveragedModel}) in `build()`, and implement `train_step(step) -> {loss name: float}` and
+    `sample_images(n, generator) -> (n, C, H, W)`.
+    """
+
+    kind = "base"
+    batches_per_step = 1  # real batches consumed per optimizer step (WGAN-GP: n_critic)
+
+    def __init__(self, dataset, config: TrainConfig):
+        config.validate()
+        self.config = config
+        self.dataset = dataset
+        self.rank, self.world, self.device = init_distributed(config.device)
+        self.device = torch.device(self.device)
+        self.step = 0
+        self.history: dict[str, list[float]] = {"step": []}
+        self.models: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.ema: dict[str, nn.Module] = {}
+        self.images_seen = 0
+
+        from torch.utils.data import DistributedSampler
+
+        self.sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                          seed=config.seed, drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch of {config.batch_size} "
+                             f"per process ({self.world} process(es)); lower --batch-size")
+        self._epoch_indices: tuple[int, list[int]] | None = None
+
+        torch.manual_seed(config.seed)  # identical model initialisation on every process
+        self.build()
+        if self.world > 1:
+            broadcast_state(list(self.models.values()))
+        # Per-process randomness from here on (noise, latents, dropout differ between processes).
+        torch.manual_seed(config.seed + 1000003 * (self.rank + 1))
+        random.seed(config.seed + self.rank)
+        np.random.seed((config.seed + self.rank) % 2**32)
+
+    # -- to implement -------------------------------------------------------------------------------------------------
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def train_step(self, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def sample_images(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def checkpoint_config(self) -> dict:
+        """Extra entries of config.json (e.g. the scheduler config)."""
+        return {}
+
+    # -- helpers for subclasses ---------------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp)
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The index-th batch of the run (index = step * batches_per_step + i) for this process: (images, labels)."""
+        bs = self.config.batch_size
+        epoch, within = divmod(index, self.steps_per_epoch)
+        if self._epoch_indices is None or self._epoch_indices[0] != epoch:
+            self.sampler.set_epoch(epoch)
+            self._epoch_indices = (epoch, list(iter(self.sampler)))
+        idx = torch.tensor(self._epoch_indices[1][within * bs:(within + 1) * bs])
+        images = self.dataset.images[idx].to(self.device, non_blocking=True)
+        labels = None if self.dataset.labels is None else self.dataset.labels[idx].to(self.device)
+        self.images_seen += images.shape[0] * self.world
+        return images, labels
+
+    def optimizer_step(self, role: str, loss: torch.Tensor, *, retain_graph: bool = False) -> None:
+        """Backward, (gradient averaging across processes), clipping, and the optimizer step of one model."""
+        opt = self.optimizers[role]
+        opt.zero_grad(set_to_none=True)
+        loss.backward(retain_graph=retain_graph)
+        model = self.models[role]
+        if not isinstance(model, nn.parallel.DistributedDataParallel):
+            all_reduce_gradients([model], self.world)
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
+        opt.step()
+
+    def update_ema(self) -> None:
+        for role, ema in self.ema.items():
+            ema.update_parameters(self.raw(role))
+
+    def raw(self, role: str) -> nn.Module:
+        from ..models import unwrap
+
+        return unwrap(self.models[role])
+
+    # -- the loop -----------------------------------------------------------------------------------------------------
+    def train(self, steps: int | None = None, *, time_budget: float | None = None) -> dict[str, list[float]]:
+        """Train up to `steps` total steps (default config.steps), or until `time_budget` seconds have passed
+        (then `self.stopped_early` is True). Writes the final checkpoint, grid and loss curve when config.out_dir
+        is set. Returns the loss history."""
+        cfg = self.config
+        total = cfg.steps if steps is None else steps
+        bar = None
+        if cfg.progress and self.is_main and self.step < total:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=self.step, desc=self.kind, unit="step", dynamic_ncols=True,
+                       file=sys.stderr)
+        for m in self.models.values():
+            m.train()
+        t0, seen0 = time.perf_counter(), self.images_seen
+        self.stopped_early = False
+        try:
+            while self.step < total:
+                losses = self.train_step(self.step)
+                self.update_ema()
+                self.step += 1
+                last = self.step == total or (time_budget is not None and time.perf_counter() - t0 > time_budget)
+                if self.step % cfg.log_every == 0 or last:
+                    self.history["step"].append(self.step)
+                    for k, v in losses.items():
+                        self.history.setdefault(k, []).append(float(v))
+                if bar is not None:
+                    dt = time.perf_counter() - t0
+                    rate = (self.images_seen - seen0) / dt if dt > 0 else 0.0
+                    bar.set_postfix({**{k: f"{v:.4f}" for k, v in losses.items()}, "img/s": f"{rate:.0f}"},
+                                    refresh=False)
+                    bar.update(1)
+                if cfg.out_dir and cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < total:
+                    self.write_samples()
+                if cfg.out_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if time_budget is not None and time.perf_counter() - t0 > time_budget and self.step < total:
+                    self.stopped_early = True
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        self.elapsed = time.perf_counter() - t0
+        if cfg.out_dir:
+            if not cfg.checkpoint_every or self.step % cfg.checkpoint_every:
+                self.save_checkpoint()
+            self.last_grid = self.write_samples()
+            if self.is_main:
+                plot_losses(self.history, os.path.join(cfg.out_dir, "losses.png"), title=self.kind)
+        return self.history
+
+    # -- outputs ------------------------------------------------------------------------------------------------------
+    def samples_generator(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.config.seed + 12345)
+
+    @torch.no_grad()
+    def write_samples(self, path: str | None = None) -> str | None:
+        """A grid of n_samples images from the (EMA) model with fixed noise, so grids over a run are comparable."""
+        if not self.is_main or not (path or self.config.out_dir):
+            return None
+        path = path or os.path.join(self.config.out_dir, "samples", f"step-{self.step:08d}.png")
+        # Sampling must not touch the training RNG (resume equality): it draws from its own generator only.
+        images = self.sample_images(self.config.n_samples, self.samples_generator())
+        return save_grid(images, path)
+
+    def state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
+        out = {role: self.raw(role).state_dict() for role in self.models}
+        for role, ema in self.ema.items():
+            out[f"{role}_ema"] = ema.module.state_dict()
+        return out
+
+    def save_checkpoint(self) -> str | None:
+        """Write a checkpoint of the current step to config.out_dir (rank 0 writes; every process takes part in
+        gathering the RNG states)."""
+        cfg = self.config
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        py_rng = {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())}
+        if self.world > 1:
+            gathered = [None] * self.world
+            dist.all_gather_object(gathered, ({k: v.cpu() for k, v in rng.items()}, py_rng))
+        else:
+            gathered = [(rng, py_rng)]
+        path = None
+        if self.is_main:
+            tensors, opt_json = {}, {}
+            for role, opt in self.optimizers.items():
+                t, j = _flatten_optimizer(opt.state_dict())
+                tensors.update({f"optimizer.{role}.{k}": v for k, v in t.items()})
+                opt_json[role] = j
+            for r, (rt, _) in enumerate(gathered):
+                tensors.update({f"rng.{r}.{k}": v for k, v in rt.items()})
+            state_json = {"step": self.step, "history": self.history, "optimizers": opt_json,
+                          "rng": [p for _, p in gathered], "world_size": self.world, "images_seen": self.images_seen}
+            from ..models import describe
+
+            config = {"kind": self.kind, "conditional": bool(getattr(self, "conditional", False)),
+                      "models": {role: describe(m) for role, m in self.models.items()},
+                      "trainer": dataclasses.asdict(cfg),
+                      "data": {"name": getattr(self.dataset, "name", "images"),
+                               "image_shape": list(self.dataset.images.shape[1:]),
+                               "num_classes": getattr(self.dataset, "num_classes", None)},
+                      **self.checkpoint_config()}
+            path = ckpt.write_checkpoint(cfg.out_dir, self.step, config, self.state_dicts(), tensors, state_json)
+        if self.world > 1:
+            dist.barrier()
+        return path
+
+    def resume(self, path: str | None = None) -> int:
+        """Restore models, EMA, optimizers, step, history and RNG from a checkpoint (default: config.out_dir's
+        latest). Returns the restored step."""
+        path = ckpt.resolve_checkpoint(path or self.config.out_dir)
+        config = ckpt.read_config(path)
+        if config.get("kind") != self.kind:
+            raise ckpt.CheckpointError(f"{path} is a {config.get('kind')!r} checkpoint, not {self.kind!r}")
+        for stem in self.state_dicts():
+            state = ckpt.load_tensors(os.path.join(path, f"{stem}.safetensors"), self.device)
+            target = self.ema[stem[:-4]].module if stem.endswith("_ema") else self.raw(stem)
+            try:
+                target.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ckpt.CheckpointError(f"{path}/{stem}.safetensors does not fit this model (were the model "
+                                           f"options changed?): {str(exc).splitlines()[0]}") from None
+        for ema in self.ema.values():  # AveragedModel counts updates; a restored EMA has been updated
+            ema.n_averaged.fill_(max(1, int(config.get("step", 1))))
+        tensors = ckpt.load_tensors(os.path.join(path, "trainer_state.safetensors"))
+        state = ckpt._read_json(os.path.join(path, "trainer_state.json"))
+        for role, opt in self.optimizers.items():
+            prefix = f"optimizer.{role}."
+            flat = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                opt.load_state_dict(_unflatten_optimizer(flat, state["optimizers"][role]))
+            except (KeyError, ValueError) as exc:
+                raise ckpt.CheckpointError(f"{path}: optimizer state of {role!r} does not fit ({exc})") from None
+        self.step = int(state["step"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.images_seen = int(state.get("images_seen", 0))
+        r = self.rank
+        if f"rng.{r}.torch" in tensors and r < len(state["rng"]):
+            torch.set_rng_state(tensors[f"rng.{r}.torch"])
+            if self.device.type == "cuda" and f"rng.{r}.cuda" in tensors:
+                torch.cuda.set_rng_state(tensors[f"rng.{r}.cuda"], self.device)
+            random.setstate(_python_state(state["rng"][r]["python"]))
+            np.random.set_state(_numpy_state(state["rng"][r]["numpy"]))
+        else:  # resumed with more processes than saved: fresh, but still deterministic, streams
+            torch.manual_seed(self.config.seed + 1000003 * (r + 1) + self.step)
+        return self.step
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (tuple, list)):
+        return [_jsonable(o) for o in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _python_state(s):
+    return (s[0], tuple(s[1]), s[2])
+
+
+def _numpy_state(s):
+    return (s[0], np.array(s[1], dtype=np.uint32), int(s[2]), int(s[3]), float(s[4]))
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state_dict into tensors (for safetensors) and the JSON rest."""
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    for idx, st in rest.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(st)
+    return {"state": state, "param_groups": rest["param_groups"]}

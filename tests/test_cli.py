@@ -1,0 +1,156 @@
+"""The `gencore` command: demo --quick, train / resume / sample end to end, --help, and clear errors for bad flags,
+missing files and corrupt checkpoints."""
+import os
+
+import pytest
+
+from gencore.cli import main
+
+TINY = ["--base-channels", "8", "--channel-mult", "1,2", "--num-res-blocks", "1", "--attention-levels", "",
+        "--norm-groups", "4", "--n-samples", "4", "--sample-steps", "2"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "sample"])
+def test_help(capsys, command):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: gencore " + command in capsys.readouterr().out
+
+
+def test_demo_quick(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "--quick", "--out", str(tmp_path), "--no-progress")
+    assert code == 0, err
+    for name in ("ddpm_samples.png", "ddpm_progressive.png", "gan_samples.png", "ddpm/losses.png",
+                 "gan/losses.png"):
+        assert os.path.getsize(tmp_path / name) > 100, name
+        assert os.path.abspath(tmp_path / name) in out
+    assert "fused backend" in out or "reference backend" in out
+
+
+def test_train_resume_sample(capsys, tmp_path):
+    run_dir = str(tmp_path / "run")
+    base = ["train", "ddpm", "--data", "digits", "--limit", "64", "--batch-size", "16", "--out", run_dir,
+            "--checkpoint-every", "2", "--sample-every", "0", "--backend", "reference", "--no-progress", *TINY]
+    code, out, err = run(capsys, *base, "--steps", "2")
+    assert code == 0, err
+    assert "trained ddpm" in out
+    code, _, err = run(capsys, *base, "--steps", "3")
+    assert code == 2 and "--resume" in err  # refuses to overwrite a run
+    code, out, err = run(capsys, *base, "--steps", "3", "--resume")
+    assert code == 0 and "resumed ddpm from step 2" in out, err
+    png = str(tmp_path / "s.png")
+    code, out, err = run(capsys, "sample", "--checkpoint", run_dir, "--n", "4", "--steps", "2", "--out", png,
+                         "--progressive", "--backend", "reference")
+    assert code == 0, err
+    assert os.path.getsize(png) > 100 and os.path.getsize(str(tmp_path / "s-progressive.png")) > 100
+
+
+@pytest.mark.parametrize("kind", ["gan", "wgan-gp", "cgan"])
+def test_train_gans_and_sample(capsys, tmp_path, kind):
+    code, _, err = run(capsys, "train", kind, "--data", "digits", "--limit", "64", "--batch-size", "16",
+                       "--features", "8", "--steps", "1", "--n-critic", "1", "--out", str(tmp_path),
+                       "--no-progress")
+    assert code == 0, err
+    extra = ["--class", "3"] if kind == "cgan" else []
+    code, out, err = run(capsys, "sample", "--checkpoint", str(tmp_path), "--n", "3",
+                         "--out", str(tmp_path / "g.png"), *extra)
+    assert code == 0, err
+
+
+def test_sample_errors(capsys, tmp_path):
+    code, _, err = run(capsys, "sample", "--checkpoint", str(tmp_path / "missing"))
+    assert code == 2 and "checkpoint not found" in err
+    code, _, err = run(capsys, "sample", "--checkpoint", str(tmp_path))
+    assert code == 2 and "holds no checkpoint" in err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("[1, 2")
+    code, _, err = run(capsys, "sample", "--checkpoint", str(bad))
+    assert code == 2 and "corrupt" in err
+    code, _, err = run(capsys, "train", "gan", "--data", "digits", "--limit", "32", "--batch-size", "16",
+                       "--features", "8", "--steps", "1", "--out", str(tmp_path / "g"), "--no-progress")
+    assert code == 0, err
+    code, _, err = run(capsys, "sample", "--checkpoint", str(tmp_path / "g"), "--class", "1")
+    assert code == 2 and "class-conditional" in err
+    code, _, err = run(capsys, "sample", "--checkpoint", str(tmp_path / "g"), "--progressive")
+    assert code == 2 and "diffusion" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "ddpm", "--out", "x", "--steps", "0"], "positive integer"),
+    (["train", "ddpm", "--out", "x", "--channel-mult", "1,a"], "comma-separated"),
+    (["train", "vae", "--out", "x"], "invalid choice"),
+    (["train", "ddpm"], "--out"),
+    (["sample", "--checkpoint", "x", "--sampler", "euler"], "invalid choice"),
+    (["sample", "--checkpoint", "x", "--eta", "-1"], "non-negative"),
+])
+def test_bad_flags(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_train_missing_data_and_resume(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "ddpm", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert code == 2 and "no such folder" in err
+    code, _, err = run(capsys, "train", "ddpm", "--data", "digits", "--out", str(tmp_path / "o"), "--resume")
+    assert code == 2 and "no checkpoint" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, "train", "gan", "--data", str(empty), "--out", str(tmp_path / "o2"))
+    assert code == 2 and "no images" in err
+
+
+def test_train_image_folder(capsys, tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(10):
+            pixels = rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / cls / f"{i}.png")
+    code, out, err = run(capsys, "train", "cgan", "--data", str(tmp_path / "imgs"), "--image-size", "32",
+                         "--channels", "3", "--batch-size", "8", "--features", "8", "--steps", "1",
+                         "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 0, err
+
+
+def test_sigkill_mid_run_then_resume(capsys, tmp_path):
+    """A real kill (SIGKILL, no clean-up) while checkpoints are written every step leaves a loadable checkpoint
+    that --resume continues from."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    argv = ["train", "gan", "--data", "digits", "--limit", "32", "--batch-size", "16", "--features", "8",
+            "--checkpoint-every", "1", "--sample-every", "0", "--no-progress", "--out", str(run_dir)]
+    proc = subprocess.Popen([sys.executable, "-m", "gencore.cli", *argv, "--steps", "100000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            latest = run_dir / "latest.json"
+            if latest.exists() and json.loads(latest.read_text())["step"] >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    step = json.loads((run_dir / "latest.json").read_text())["step"]
+    code, out, err = run(capsys, *argv, "--steps", str(step + 1), "--resume")
+    assert code == 0, err
+    assert f"resumed gan from step {step}" in out

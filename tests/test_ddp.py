@@ -1,0 +1,61 @@
+"""DDP: the trainers under torchrun with 2 CPU processes (gloo) keep the replicas equal, see different data, and
+only rank 0 writes checkpoints."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+SCRIPT = textwrap.dedent("""
+    import os, sys
+    import torch
+    import torch.distributed as dist
+    import gencore
+    from gencore.data import load_digits
+    from gencore.training import DDPMConfig, DDPMTrainer, GANConfig, WGANGPConfig, GANTrainer, WGANGPTrainer
+    from gencore.training.checkpoint import save_tensors
+
+    out = sys.argv[1]
+    gencore.set_backend("reference")
+    data = load_digits().subset(64)
+    common = dict(steps=3, batch_size=8, progress=False, log_every=1)
+    trainers = {
+        "ddpm": DDPMTrainer(data, DDPMConfig(unet=dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                                                       attention_levels=(), norm_groups=4), **common,
+                                             out_dir=os.path.join(out, "ddpm"), sample_steps=2, n_samples=2)),
+        "gan": GANTrainer(data, GANConfig(features=8, ema_decay=0.9, **common)),
+        "wgan": WGANGPTrainer(data, WGANGPConfig(features=8, n_critic=2, **common)),
+    }
+    rank = dist.get_rank()
+    for name, t in trainers.items():
+        first, _ = t.batch(0)
+        t.train()
+        tensors = {f"{role}.{k}": v for role, sd in t.state_dicts().items() for k, v in sd.items()
+                   if v.is_floating_point()}
+        tensors["first_batch"] = first
+        save_tensors(os.path.join(out, f"{name}-rank{rank}.safetensors"), tensors)
+    dist.destroy_process_group()
+""")
+
+
+def test_ddp_two_cpu_processes_keep_replicas_equal(tmp_path):
+    from safetensors.torch import load_file
+
+    script = tmp_path / "ddp_script.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENCORE_BACKEND": "reference"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("ddpm", "gan", "wgan"):
+        r0 = load_file(str(tmp_path / f"{name}-rank0.safetensors"))
+        r1 = load_file(str(tmp_path / f"{name}-rank1.safetensors"))
+        # The distributed sampler gives each process its own part of the data.
+        assert not torch.equal(r0.pop("first_batch"), r1.pop("first_batch")), name
+        assert r0.keys() == r1.keys()
+        for k in r0:
+            torch.testing.assert_close(r1[k], r0[k], atol=0, rtol=0, msg=f"{name}: {k} differs between replicas")
+    # rank 0 alone wrote the checkpoint (and the same checkpoint resumes in a single process)
+    assert (tmp_path / "ddpm" / "latest.json").is_file()
