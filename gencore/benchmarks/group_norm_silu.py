@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from . import Case, memcpy_case
 
@@ -37,7 +38,7 @@ def _providers(device: str) -> list[str]:
     from .. import backends
 
     available = backends.available_backends()
-    providers = ["reference", "torch_compile"]
+    providers = ["reference", "torch", "torch_compile"]
     if device == "cpu" and "cpu" in available:
         providers.append("cpu")
     if device == "cuda":
@@ -67,6 +68,8 @@ def _op_for(provider: str):
 
     if provider == "reference":
         return lambda x, g, w, b, t: group_norm_silu_ref(x, g, w, b, temb=t)
+    if provider == "torch":
+        return lambda x, g, w, b, t: F.silu(F.group_norm(x + t.reshape(t.shape + (1,) * (x.dim() - 2)), g, w, b))
     if provider == "torch_compile":
         compiled = _compiled_reference()
         return lambda x, g, w, b, t: compiled(x, g, w, b, temb=t)
