@@ -466,6 +466,9 @@ def test_eval_command(mnist_dir, tmp_path, monkeypatch, capsys):
     # precision 0, recall 0, IS 1)
     assert results["fid"] < 2 and results["precision"] > 0.6 and results["recall"] > 0.6
     assert results["inception_score"] > 6
+    # real digits: the classifier is confident and every digit appears
+    assert results["confidence"] > 0.95 and min(results["class_counts"]) > 0 and sum(results["class_counts"]) == 500
+    assert "confidence" in printed and "classes" in printed
 
     # a folder of PNGs and an .npz give the same numbers as the tensor file
     from PIL import Image

@@ -130,6 +130,8 @@ def sample_checkpoint(checkpoint: str, n: int, *, batch_size: int, device, seed:
 
 def evaluate(real, fake, *, device="cpu", batch_size: int = 500, splits: int = 10, k: int = 3) -> dict:
     """All metrics of `fake` against `real` (both float (N, 1, 28, 28) in [-1, 1]) with the shipped classifier."""
+    import torch
+
     from gencore.metrics import FID, diversity_score, inception_score, load_mnist_classifier, precision_recall
     from gencore.metrics.classifier import classifier_info, classify_in_batches
 
@@ -142,7 +144,14 @@ def evaluate(real, fake, *, device="cpu", batch_size: int = 500, splits: int = 1
     is_mean, is_std = inception_score(fake_logits, splits=min(splits, fake.shape[0]))
     real_is_mean, real_is_std = inception_score(real_logits, splits=min(splits, real.shape[0]))
     pr = precision_recall(real_features, fake_features, k=k)
+    # The quality bar of the project: how sure the classifier is of each generated digit (mean max-softmax), and
+    # which digits come out (a confident but collapsed model draws one class only).
+    fake_probs = fake_logits.double().softmax(dim=1)
+    real_probs = real_logits.double().softmax(dim=1)
     return {
+        "confidence": fake_probs.max(dim=1).values.mean().item(),
+        "real_confidence": real_probs.max(dim=1).values.mean().item(),
+        "class_counts": torch.bincount(fake_probs.argmax(dim=1), minlength=fake_probs.shape[1]).tolist(),
         "fid": fid.compute(),
         "inception_score": is_mean, "inception_score_std": is_std,
         "diversity": diversity_score(fake),
@@ -188,6 +197,9 @@ def run(args) -> int:
     print(f"diversity  {results['diversity']:.4f}   (real: {results['real_diversity']:.4f})")
     print(f"precision  {results['precision']:.4f}   (k={args.k})")
     print(f"recall     {results['recall']:.4f}")
+    print(f"confidence {results['confidence']:.4f}   (real: {results['real_confidence']:.4f}; mean max-softmax of the "
+          f"MNIST classifier)")
+    print(f"classes    {' '.join(str(c) for c in results['class_counts'])}   (generated images per digit 0-9)")
     if args.json:
         results.update(real=real_desc, generated=fake_desc)
         tmp = f"{args.json}.tmp{os.getpid()}"
