@@ -13,10 +13,6 @@ The ctypes wrappers below mirror csrc/cuda/group_norm_silu.cpp (layout choice, o
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,6 +22,8 @@ from gencore.ops.group_norm_silu import is_channels_last, output_like, stats_dty
 from gencore.reference.group_norm_silu import group_norm_silu_ref, group_norm_silu_stats_ref
 from gencore.testing import assert_close
 
+from _emulation import build_emulation
+
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "cuda_emulation" / "group_norm_silu_emulation.cpp"
 SOURCES = [DRIVER, ROOT / "csrc/cuda/group_norm_silu_kernels.cu", ROOT / "csrc/cuda/group_norm_silu_kernels.h",
@@ -34,34 +32,10 @@ KIND = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
-def _cuda_include() -> Path | None:
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    for home in (os.environ.get("CUDA_HOME"), CUDA_HOME, "/usr/local/cuda"):
-        if home and (Path(home) / "include" / "cuda_fp16.h").exists():
-            return Path(home) / "include"
-    return None
-
-
 @pytest.fixture(scope="module")
 def emu():
     """The emulation library, built once per source version (cached under build/cuda_emulation/)."""
-    include = _cuda_include()
-    cxx = shutil.which(os.environ.get("CXX", "g++"))
-    if include is None or cxx is None:
-        pytest.skip(f"needs the CUDA headers (found: {include}) and a C++20 compiler (found: {cxx})")
-    flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter",
-             "-Wno-unknown-pragmas", "-Werror", f"-I{include}"]
-    digest = hashlib.sha256(" ".join(flags).encode() + b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:16]
-    lib = ROOT / "build" / "cuda_emulation" / f"group_norm_silu_{digest}.so"
-    if not lib.exists():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        proc = subprocess.run([cxx, *flags, str(DRIVER), "-o", str(tmp)], capture_output=True, text=True,
-                              timeout=900)
-        assert proc.returncode == 0, f"building the emulation failed:\n{proc.stderr[-6000:]}"
-        os.replace(tmp, lib)
-    so = ctypes.CDLL(str(lib))
+    so = build_emulation("group_norm_silu", DRIVER, SOURCES)
     i64, vp = ctypes.c_int64, ctypes.c_void_p
     so.gencore_emulation_gns_splits.restype = i64
     so.gencore_emulation_gns_splits.argtypes = [i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]

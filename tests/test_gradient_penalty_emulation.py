@@ -12,10 +12,6 @@ The ctypes wrappers mirror csrc/cuda/gradient_penalty.cpp for contiguous inputs.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +19,8 @@ import torch
 
 from gencore.reference.gradient_penalty import gradient_norm_penalty_ref, interpolate_ref
 from gencore.testing import assert_close
+
+from _emulation import build_emulation
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "cuda_emulation" / "gradient_penalty_emulation.cpp"
@@ -33,36 +31,10 @@ KIND = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
-def _cuda_include() -> Path | None:
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    for home in (os.environ.get("CUDA_HOME"), CUDA_HOME, "/usr/local/cuda"):
-        if home and (Path(home) / "include" / "cuda_fp16.h").exists():
-            return Path(home) / "include"
-    return None
-
-
 @pytest.fixture(scope="module")
 def emu():
     """The emulation library, built once per source version (cached under build/cuda_emulation/)."""
-    if not EMULATION.exists():
-        pytest.skip("csrc/cuda/host_emulation.h (the CUDA host emulation) is not in this tree")
-    include = _cuda_include()
-    cxx = shutil.which(os.environ.get("CXX", "g++"))
-    if include is None or cxx is None:
-        pytest.skip(f"needs the CUDA headers (found: {include}) and a C++20 compiler (found: {cxx})")
-    flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter",
-             "-Wno-unknown-pragmas", "-Werror", f"-I{include}", f"-I{ROOT / 'csrc' / 'cuda'}"]
-    digest = hashlib.sha256(" ".join(flags).encode() + b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:16]
-    lib = ROOT / "build" / "cuda_emulation" / f"gradient_penalty_{digest}.so"
-    if not lib.exists():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        proc = subprocess.run([cxx, *flags, str(DRIVER), "-o", str(tmp)], capture_output=True, text=True,
-                              timeout=900)
-        assert proc.returncode == 0, f"building the emulation failed:\n{proc.stderr[-6000:]}"
-        os.replace(tmp, lib)
-    so = ctypes.CDLL(str(lib))
+    so = build_emulation("gradient_penalty", DRIVER, SOURCES)
     i64, vp, dbl, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
     so.gencore_emulation_gp_chunks.restype = i64
     so.gencore_emulation_gp_chunks.argtypes = [i64]

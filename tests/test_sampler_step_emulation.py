@@ -12,11 +12,7 @@ The ctypes wrappers below mirror csrc/cuda/sampler_step.cpp (layout choice, outp
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,6 +21,8 @@ import torch
 from gencore.reference.philox import philox_uint32 as philox_uint32_ref
 from gencore.reference.sampler_step import NUM_COEFS, diffusion_training_inputs_ref, sampler_step_ref
 from gencore.testing import assert_close
+
+from _emulation import build_emulation
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "cuda_emulation" / "sampler_step_emulation.cpp"
@@ -35,36 +33,10 @@ KIND = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
-def _cuda_include() -> Path | None:
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    for home in (os.environ.get("CUDA_HOME"), CUDA_HOME, "/usr/local/cuda"):
-        if home and (Path(home) / "include" / "cuda_fp16.h").exists():
-            return Path(home) / "include"
-    return None
-
-
 @pytest.fixture(scope="module")
 def emu():
     """The emulation library, built once per source version (cached under build/cuda_emulation/)."""
-    include = _cuda_include()
-    cxx = shutil.which(os.environ.get("CXX", "g++"))
-    if not EMULATION_HEADER.exists():
-        pytest.skip("needs csrc/cuda/host_emulation.h (the CUDA host emulation)")
-    if include is None or cxx is None:
-        pytest.skip(f"needs the CUDA headers (found: {include}) and a C++20 compiler (found: {cxx})")
-    flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter",
-             "-Wno-unknown-pragmas", "-Werror", f"-I{include}"]
-    digest = hashlib.sha256(" ".join(flags).encode() + b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:16]
-    lib = ROOT / "build" / "cuda_emulation" / f"sampler_step_{digest}.so"
-    if not lib.exists():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        proc = subprocess.run([cxx, *flags, str(DRIVER), "-o", str(tmp)], capture_output=True, text=True,
-                              timeout=900)
-        assert proc.returncode == 0, f"building the emulation failed:\n{proc.stderr[-6000:]}"
-        os.replace(tmp, lib)
-    so = ctypes.CDLL(str(lib))
+    so = build_emulation("sampler_step", DRIVER, SOURCES)
     i64, u64, vp, ci, cd = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     so.gencore_emulation_sampler_step.argtypes = ([ci, i64, i64, i64, i64, ci] + [vp] * 6 + [i64, vp, cd, ci, cd, ci,
                                                                                           u64, u64, vp, vp])
