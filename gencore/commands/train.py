@@ -50,9 +50,9 @@ def add_parser(sub, name):
                        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("kind", choices=KINDS, help="what to train")
     p.add_argument("--data", default="digits",
-                   help="'mnist' (first 8,000 images of the MNIST test file, see --mnist-root), 'digits' "
+                   help="'mnist' (first 8,000 images of the MNIST test file, see --mnist-dir), 'digits' "
                         "(scikit-learn's digits, offline) or a folder of images")
-    p.add_argument("--mnist-root", default=None,
+    p.add_argument("--mnist-dir", "--mnist-root", dest="mnist_root", metavar="DIR", default=None,
                    help="folder with the MNIST IDX files (default: $GENCORE_MNIST_DIR, else the download cache)")
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="resize a folder's images to this side (default 28; DCGAN models need 28, 32 or 64)")
