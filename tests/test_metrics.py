@@ -516,8 +516,10 @@ def test_eval_checkpoint_uses_sampler(tmp_path, monkeypatch, capsys):
 
     calls = {}
 
-    def sample_from_checkpoint(checkpoint_dir, n, *, batch_size, device, generator):
-        calls.update(checkpoint_dir=checkpoint_dir, n=n, batch_size=batch_size, device=device)
+    def sample_from_checkpoint(checkpoint_dir, n, *, batch_size, device, generator, sampler, steps, eta,
+                               guidance_scale):
+        calls.update(checkpoint_dir=checkpoint_dir, n=n, batch_size=batch_size, device=device, sampler=sampler,
+                     steps=steps, eta=eta, guidance_scale=guidance_scale)
         return torch.rand(n, 1, 28, 28, generator=generator) * 2 - 1
 
     module = types.ModuleType("gencore.training.checkpoint")
@@ -525,6 +527,8 @@ def test_eval_checkpoint_uses_sampler(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gencore.training.checkpoint", module)
     np.save(tmp_path / "real.npy", (np.random.default_rng(0).random((40, 28, 28)) * 255).astype(np.uint8))
     assert main(["eval", "--real", str(tmp_path / "real.npy"), "--checkpoint", "runs/x", "--n", "30",
-                 "--batch-size", "16", "--device", "cpu"]) == 0
-    assert calls == {"checkpoint_dir": "runs/x", "n": 30, "batch_size": 16, "device": "cpu"}
+                 "--batch-size", "16", "--device", "cpu", "--sampler", "ddpm", "--steps", "100",
+                 "--guidance-scale", "2.5"]) == 0
+    assert calls == {"checkpoint_dir": "runs/x", "n": 30, "batch_size": 16, "device": "cpu", "sampler": "ddpm",
+                     "steps": 100, "eta": 0.0, "guidance_scale": 2.5}
     assert "30 samples of runs/x" in capsys.readouterr().out

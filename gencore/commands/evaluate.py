@@ -34,6 +34,12 @@ def add_parser(sub, name):
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0, help="sampling seed for --checkpoint")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim",
+                   help="diffusion sampler for --checkpoint (default ddim)")
+    p.add_argument("--steps", type=int, default=50, help="diffusion sampling steps for --checkpoint (default 50)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta for --checkpoint (default 0)")
+    p.add_argument("--guidance-scale", type=float, default=1.0,
+                   help="classifier-free guidance scale for a class-conditional DDPM checkpoint (default 1)")
     p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default 10)")
     p.add_argument("-k", "--k", type=int, default=3, help="neighbours for precision/recall (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers to this JSON file")
@@ -114,7 +120,7 @@ def load_images(spec: str, *, mnist_dir=None, download: bool = False):
     return images, f"{spec} ({images.shape[0]} images)"
 
 
-def sample_checkpoint(checkpoint: str, n: int, *, batch_size: int, device, seed: int):
+def sample_checkpoint(checkpoint: str, n: int, *, batch_size: int, device, seed: int, **sampling):
     """Images (n, 1, 28, 28) in [-1, 1] sampled from a trained model through gencore.training.checkpoint."""
     import torch
 
@@ -124,7 +130,8 @@ def sample_checkpoint(checkpoint: str, n: int, *, batch_size: int, device, seed:
         raise RuntimeError(f"--checkpoint needs gencore.training.checkpoint.sample_from_checkpoint, which this "
                            f"gencore does not provide ({exc}); sample the images yourself and pass --fake") from exc
     generator = torch.Generator(device=device).manual_seed(seed)
-    images = sample_from_checkpoint(checkpoint, n, batch_size=batch_size, device=device, generator=generator)
+    images = sample_from_checkpoint(checkpoint, n, batch_size=batch_size, device=device, generator=generator,
+                                    **sampling)
     return _to_float_images(images.detach().float().cpu(), f"samples of {checkpoint}")
 
 
@@ -168,9 +175,11 @@ def run(args) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    for name in ("n", "batch_size", "splits", "k"):
+    for name in ("n", "batch_size", "splits", "k", "steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.eta < 0 or args.guidance_scale < 0:
+        raise ValueError(f"--eta and --guidance-scale must be >= 0, got {args.eta} and {args.guidance_scale}")
     for spec in (args.real, args.fake):  # fail on a mistyped path before loading or sampling anything
         if spec is not None and spec != "mnist" and not Path(spec).exists():
             raise FileNotFoundError(f"no such file or folder: {spec}")
@@ -178,11 +187,13 @@ def run(args) -> int:
     if args.checkpoint:
         try:
             fake = sample_checkpoint(args.checkpoint, args.n, batch_size=args.batch_size, device=device,
-                                     seed=args.seed)
+                                     seed=args.seed, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                                     guidance_scale=args.guidance_scale)
         except RuntimeError as exc:
             print(f"gencore eval: error: {exc}", file=sys.stderr)
             return 2
-        fake_desc = f"{fake.shape[0]} samples of {args.checkpoint} (seed {args.seed})"
+        fake_desc = (f"{fake.shape[0]} samples of {args.checkpoint} (seed {args.seed}; diffusion: {args.sampler} "
+                     f"{args.steps} steps, eta {args.eta}, guidance {args.guidance_scale})")
     else:
         fake, fake_desc = load_images(args.fake, mnist_dir=args.mnist_dir, download=args.download)
     if min(real.shape[0], fake.shape[0]) <= args.k:
