@@ -135,6 +135,20 @@ def sample_checkpoint(checkpoint: str, n: int, *, batch_size: int, device, seed:
     return _to_float_images(images.detach().float().cpu(), f"samples of {checkpoint}")
 
 
+def _checkpoint_summary(args) -> str:
+    """What was sampled: the model kind and step, the seed, and for diffusion models the sampler settings."""
+    try:
+        from gencore.training.checkpoint import read_config
+        config = read_config(args.checkpoint)
+    except (ImportError, OSError, ValueError):  # the sampler already read it; this is only a description
+        config = {}
+    parts = [f"{config['kind']} at step {config.get('step')}"] if "kind" in config else []
+    parts.append(f"seed {args.seed}")
+    if config.get("kind", "ddpm") == "ddpm":
+        parts.append(f"{args.sampler} {args.steps} steps, eta {args.eta:g}, guidance {args.guidance_scale:g}")
+    return "; ".join(parts)
+
+
 def evaluate(real, fake, *, device="cpu", batch_size: int = 500, splits: int = 10, k: int = 3) -> dict:
     """All metrics of `fake` against `real` (both float (N, 1, 28, 28) in [-1, 1]) with the shipped classifier."""
     import torch
@@ -192,8 +206,7 @@ def run(args) -> int:
         except RuntimeError as exc:
             print(f"gencore eval: error: {exc}", file=sys.stderr)
             return 2
-        fake_desc = (f"{fake.shape[0]} samples of {args.checkpoint} (seed {args.seed}; diffusion: {args.sampler} "
-                     f"{args.steps} steps, eta {args.eta}, guidance {args.guidance_scale})")
+        fake_desc = f"{fake.shape[0]} samples of {args.checkpoint} ({_checkpoint_summary(args)})"
     else:
         fake, fake_desc = load_images(args.fake, mnist_dir=args.mnist_dir, download=args.download)
     if min(real.shape[0], fake.shape[0]) <= args.k:
