@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from ._args import non_negative_float, positive_int
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
@@ -36,9 +38,9 @@ def add_parser(sub, name):
     p.add_argument("--seed", type=int, default=0, help="sampling seed for --checkpoint")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim",
                    help="diffusion sampler for --checkpoint (default ddim)")
-    p.add_argument("--steps", type=int, default=50, help="diffusion sampling steps for --checkpoint (default 50)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta for --checkpoint (default 0)")
-    p.add_argument("--guidance-scale", type=float, default=1.0,
+    p.add_argument("--steps", type=positive_int, default=50, help="diffusion sampling steps for --checkpoint (default 50)")
+    p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM eta for --checkpoint (default 0)")
+    p.add_argument("--guidance-scale", type=non_negative_float, default=1.0,
                    help="classifier-free guidance scale for a class-conditional DDPM checkpoint (default 1)")
     p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default 10)")
     p.add_argument("-k", "--k", type=int, default=3, help="neighbours for precision/recall (default 3)")
@@ -189,11 +191,9 @@ def run(args) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    for name in ("n", "batch_size", "splits", "k", "steps"):
+    for name in ("n", "batch_size", "splits", "k"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.eta < 0 or args.guidance_scale < 0:
-        raise ValueError(f"--eta and --guidance-scale must be >= 0, got {args.eta} and {args.guidance_scale}")
     for spec in (args.real, args.fake):  # fail on a mistyped path before loading or sampling anything
         if spec is not None and spec != "mnist" and not Path(spec).exists():
             raise FileNotFoundError(f"no such file or folder: {spec}")

@@ -5,17 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .train import _non_negative_int, _positive_int
-
-
-def _non_negative_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {s!r}")
-    return v
+from ._args import non_negative_float, non_negative_int, positive_int
 
 
 def add_parser(sub, name):
@@ -23,16 +13,16 @@ def add_parser(sub, name):
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a run's --out folder or one of its checkpoint-* folders")
     p.add_argument("--out", default="samples.png", help="PNG file for the grid")
-    p.add_argument("--n", type=_positive_int, default=64, help="number of images")
+    p.add_argument("--n", type=positive_int, default=64, help="number of images")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim", help="diffusion sampler")
-    p.add_argument("--steps", type=_positive_int, default=50, help="diffusion sampling steps")
-    p.add_argument("--eta", type=_non_negative_float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
-    p.add_argument("--guidance-scale", type=_non_negative_float, default=1.0,
+    p.add_argument("--steps", type=positive_int, default=50, help="diffusion sampling steps")
+    p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM eta (0 deterministic, 1 DDPM-like)")
+    p.add_argument("--guidance-scale", type=non_negative_float, default=1.0,
                    help="classifier-free guidance scale (class-conditional DDPM)")
-    p.add_argument("--class", dest="class_label", type=_non_negative_int, default=None,
+    p.add_argument("--class", dest="class_label", type=non_negative_int, default=None,
                    help="sample only this class (conditional models); default: all classes in turn")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.add_argument("--backend", default=None, help="gencore backend for the fused ops")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights even where an EMA was kept")

@@ -5,44 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from ._args import int_list, non_negative_int, positive_float, positive_int
+
 KINDS = ("ddpm", "gan", "wgan-gp", "cgan")
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
-def _non_negative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-    return v
-
-
-def _int_list(s: str) -> list[int]:
-    try:
-        return [int(v) for v in s.split(",") if v.strip() != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,2, got {s!r}") from None
 
 
 def add_parser(sub, name):
@@ -54,53 +19,53 @@ def add_parser(sub, name):
                         "(scikit-learn's digits, offline) or a folder of images")
     p.add_argument("--mnist-dir", "--mnist-root", dest="mnist_root", metavar="DIR", default=None,
                    help="folder with the MNIST IDX files (default: $GENCORE_MNIST_DIR, else the download cache)")
-    p.add_argument("--image-size", type=_positive_int, default=None,
+    p.add_argument("--image-size", type=positive_int, default=None,
                    help="resize a folder's images to this side (default 28; DCGAN models need 28, 32 or 64)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="channels of a folder's images")
-    p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N images")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
     p.add_argument("--out", required=True, help="run folder: checkpoints, samples/, losses.png")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    p.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps in total")
-    p.add_argument("--epochs", type=_positive_int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps in total")
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help="alternative to --steps: passes over the data (converted to steps)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per step and process")
-    p.add_argument("--lr", type=_positive_float, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per step and process")
+    p.add_argument("--lr", type=positive_float, default=None,
                    help="learning rate (default: 2e-4 for ddpm/gan/cgan, 1e-4 for wgan-gp)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--backend", default=None, help="gencore backend for the fused ops (default: auto)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward passes")
-    p.add_argument("--grad-clip", type=_positive_float, default=None, help="clip gradient norms to this value")
+    p.add_argument("--grad-clip", type=positive_float, default=None, help="clip gradient norms to this value")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="EMA decay of the (generator) weights (default: 0.999 for ddpm, none for GANs; 0 disables)")
-    p.add_argument("--sample-every", type=_non_negative_int, default=500, help="steps between sample grids")
-    p.add_argument("--checkpoint-every", type=_non_negative_int, default=500, help="steps between checkpoints")
-    p.add_argument("--n-samples", type=_positive_int, default=64, help="images in each sample grid")
-    p.add_argument("--log-every", type=_positive_int, default=10, help="steps between loss-history entries")
+    p.add_argument("--sample-every", type=non_negative_int, default=500, help="steps between sample grids")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=500, help="steps between checkpoints")
+    p.add_argument("--n-samples", type=positive_int, default=64, help="images in each sample grid")
+    p.add_argument("--log-every", type=positive_int, default=10, help="steps between loss-history entries")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("ddpm")
-    g.add_argument("--base-channels", type=_positive_int, default=64)
-    g.add_argument("--channel-mult", type=_int_list, default=[1, 2, 2])
-    g.add_argument("--num-res-blocks", type=_positive_int, default=2)
-    g.add_argument("--attention-levels", type=_int_list, default=[1])
-    g.add_argument("--norm-groups", type=_positive_int, default=32)
+    g.add_argument("--base-channels", type=positive_int, default=64)
+    g.add_argument("--channel-mult", type=int_list, default=[1, 2, 2])
+    g.add_argument("--num-res-blocks", type=positive_int, default=2)
+    g.add_argument("--attention-levels", type=int_list, default=[1])
+    g.add_argument("--norm-groups", type=positive_int, default=32)
     g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--time-embedding-norm", choices=("default", "scale_shift"), default="default")
-    g.add_argument("--timesteps", type=_positive_int, default=1000, help="num_train_timesteps")
+    g.add_argument("--timesteps", type=positive_int, default=1000, help="num_train_timesteps")
     g.add_argument("--beta-schedule", default="linear", help="linear, scaled_linear, squaredcos_cap_v2, sigmoid")
     g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon")
     g.add_argument("--loss-type", choices=("l2", "l1", "huber"), default="l2")
-    g.add_argument("--snr-gamma", type=_positive_float, default=None, help="min-SNR-gamma weighting (e.g. 5)")
+    g.add_argument("--snr-gamma", type=positive_float, default=None, help="min-SNR-gamma weighting (e.g. 5)")
     g.add_argument("--class-conditional", action="store_true", help="condition on labels (classifier-free guidance)")
     g.add_argument("--cfg-dropout", type=float, default=0.1, help="label dropout probability for guidance")
-    g.add_argument("--sample-steps", type=_positive_int, default=50, help="DDIM steps for the sample grids")
+    g.add_argument("--sample-steps", type=positive_int, default=50, help="DDIM steps for the sample grids")
     g = p.add_argument_group("gan, wgan-gp, cgan")
     g.add_argument("--loss", choices=("bce", "non_saturating", "hinge"), default="bce", help="gan/cgan loss")
-    g.add_argument("--latent-dim", type=_positive_int, default=100)
-    g.add_argument("--features", type=_positive_int, default=64)
-    g.add_argument("--n-critic", type=_positive_int, default=None, help="critic steps per generator step "
+    g.add_argument("--latent-dim", type=positive_int, default=100)
+    g.add_argument("--features", type=positive_int, default=64)
+    g.add_argument("--n-critic", type=positive_int, default=None, help="critic steps per generator step "
                    "(default 5 for wgan-gp, 1 otherwise)")
-    g.add_argument("--gp-lambda", type=_positive_float, default=10.0)
+    g.add_argument("--gp-lambda", type=positive_float, default=10.0)
     g.add_argument("--spectral-norm", action="store_true", help="spectral norm in the discriminator")
     g.add_argument("--discriminator", choices=("dcgan", "projection"), default="dcgan",
                    help="cgan discriminator: label channel (the tutorial's) or projection")

@@ -1,0 +1,33 @@
+"""argparse value types shared by the subcommands: each rejects a bad value with a message saying what was expected
+(argparse then names the flag)."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+
+def _number(convert: Callable[[str], float], accept: Callable[[float], bool], expected: str):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):  # NaN fails every comparison, so it is rejected too
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    parse.__name__ = expected.replace(" ", "_")  # argparse's "invalid <name> value" fallback
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+positive_float = _number(float, lambda v: v > 0, "a positive number")
+non_negative_float = _number(float, lambda v: v >= 0, "a non-negative number")
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,2, got {text!r}") from None
