@@ -107,6 +107,26 @@ def _group_stat(ptr, n, c, cmask, G, CPG):
 
 
 @triton.jit
+def _tile_range(NCB, C, S, CHUNK_S, BLOCK_C: tl.constexpr):
+    """The tile range of a (channel block, spatial chunk) program: its sample n, its spatial chunk, its channels c
+    with their mask, and its positions [s_begin, s_end)."""
+    pid = tl.program_id(0)
+    chunk = tl.program_id(1)
+    n = pid // NCB
+    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
+    s_begin = chunk * CHUNK_S
+    return n, chunk, c, c < C, s_begin, tl.minimum(s_begin + CHUNK_S, S)
+
+
+@triton.jit
+def _load_xhat(x_ptr, offs, mask, mean, rstd, t):
+    """xhat = (x + t - mean) * rstd of one tile, in the statistics' dtype. (x - mean) first: exact for x near the
+    mean, so offset data keeps its digits. Masked lanes are zeroed so that they cannot overflow in exp."""
+    xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(mean.dtype)
+    return tl.where(mask, ((xv - mean[None, :]) + t[None, :]) * rstd[None, :], 0.0)
+
+
+@triton.jit
 def _activation(z, silu):
     if silu != 0:
         z = z / (1.0 + tl.exp(-z))
@@ -137,15 +157,9 @@ _SCALARS = ["has_w", "has_b", "has_t", "has_ss", "silu", "N", "C", "S", "G", "CP
 def _fwd_stats_kernel(x_ptr, t_ptr, pmean_ptr, pm2_ptr, has_t, C, S, NCB, CHUNK_S, SPLIT,
                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """Per-channel (mean of h, M2) over one spatial chunk -> slot (n, chunk, c) of the partials."""
-    pid = tl.program_id(0)
-    chunk = tl.program_id(1)
-    n = pid // NCB
-    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
+    n, chunk, c, cmask, s_begin, s_end = _tile_range(NCB, C, S, CHUNK_S, BLOCK_C)
     acc_ty = pmean_ptr.dtype.element_ty
     x_base = x_ptr + n.to(tl.int64) * C * S
-    s_begin = chunk * CHUNK_S
-    s_end = tl.minimum(s_begin + CHUNK_S, S)
     mean = tl.zeros([BLOCK_C], dtype=acc_ty)
     m2 = tl.zeros([BLOCK_C], dtype=acc_ty)
     for s0 in range(s_begin, s_end, BLOCK_S):
@@ -212,27 +226,18 @@ def _fwd_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rstd_
                       silu, C, S, G, CPG, NCB, CHUNK_S,
                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """y = act(xhat * wk + bk) over one (channel block, spatial chunk) tile range."""
-    pid = tl.program_id(0)
-    chunk = tl.program_id(1)
-    n = pid // NCB
-    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
+    n, chunk, c, cmask, s_begin, s_end = _tile_range(NCB, C, S, CHUNK_S, BLOCK_C)
     mean = _group_stat(mean_ptr, n, c, cmask, G, CPG)
     rstd = _group_stat(rstd_ptr, n, c, cmask, G, CPG)
     acc_ty = mean_ptr.dtype.element_ty
     t, w, b, k, wk, bk = _channel_coefficients(n, c, C, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t, has_ss,
                                                acc_ty)
     sample = n.to(tl.int64) * C * S
-    s_begin = chunk * CHUNK_S
-    s_end = tl.minimum(s_begin + CHUNK_S, S)
     for s0 in range(s_begin, s_end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         mask = (s < s_end)[:, None] & cmask[None, :]
         offs = sample + _tile_offsets(s, c, C, S, CHANNELS_LAST)
-        xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        # (x - mean) first: exact for x near the mean, so offset data keeps its digits. Masked lanes are zeroed so
-        # that they cannot overflow in exp.
-        xhat = tl.where(mask, ((xv - mean[None, :]) + t[None, :]) * rstd[None, :], 0.0)
+        xhat = _load_xhat(x_ptr, offs, mask, mean, rstd, t)
         y = _activation(xhat * wk[None, :] + bk[None, :], silu)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -246,19 +251,13 @@ def _bwd_reduce_kernel(gy_ptr, x_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rst
                        has_w, has_b, has_t, has_ss, silu, C, S, G, CPG, NCB, CHUNK_S, SPLIT,
                        BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """Per-channel S1 = sum gz, S2 = sum gz * xhat, S3 = sum xhat over one spatial chunk -> slot (n, chunk, c)."""
-    pid = tl.program_id(0)
-    chunk = tl.program_id(1)
-    n = pid // NCB
-    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
+    n, chunk, c, cmask, s_begin, s_end = _tile_range(NCB, C, S, CHUNK_S, BLOCK_C)
     mean = _group_stat(mean_ptr, n, c, cmask, G, CPG)
     rstd = _group_stat(rstd_ptr, n, c, cmask, G, CPG)
     acc_ty = mean_ptr.dtype.element_ty
     t, w, b, k, wk, bk = _channel_coefficients(n, c, C, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t, has_ss,
                                                acc_ty)
     sample = n.to(tl.int64) * C * S
-    s_begin = chunk * CHUNK_S
-    s_end = tl.minimum(s_begin + CHUNK_S, S)
     # Element-wise accumulators, reduced once at the end: fewer reductions, and pairwise-like error growth.
     s1 = tl.zeros([BLOCK_S, BLOCK_C], dtype=acc_ty)
     s2 = tl.zeros([BLOCK_S, BLOCK_C], dtype=acc_ty)
@@ -267,9 +266,8 @@ def _bwd_reduce_kernel(gy_ptr, x_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rst
         s = s0 + tl.arange(0, BLOCK_S)
         mask = (s < s_end)[:, None] & cmask[None, :]
         offs = sample + _tile_offsets(s, c, C, S, CHANNELS_LAST)
-        xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+        xhat = _load_xhat(x_ptr, offs, mask, mean, rstd, t)
         gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        xhat = tl.where(mask, ((xv - mean[None, :]) + t[None, :]) * rstd[None, :], 0.0)
         gz = _grad_z(gy, xhat * wk[None, :] + bk[None, :], silu)
         s1 += gz
         s2 += gz * xhat
@@ -341,11 +339,7 @@ def _bwd_apply_kernel(gy_ptr, x_ptr, gx_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_p
                       has_w, has_b, has_t, has_ss, silu, C, S, G, CPG, NCB, CHUNK_S,
                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """gx = rstd * (wk * gz - m1 - xhat * m2) over one (channel block, spatial chunk) tile range."""
-    pid = tl.program_id(0)
-    chunk = tl.program_id(1)
-    n = pid // NCB
-    c = (pid % NCB) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = c < C
+    n, chunk, c, cmask, s_begin, s_end = _tile_range(NCB, C, S, CHUNK_S, BLOCK_C)
     mean = _group_stat(mean_ptr, n, c, cmask, G, CPG)
     rstd = _group_stat(rstd_ptr, n, c, cmask, G, CPG)
     m1 = _group_stat(m1_ptr, n, c, cmask, G, CPG)
@@ -354,15 +348,12 @@ def _bwd_apply_kernel(gy_ptr, x_ptr, gx_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_p
     t, w, b, k, wk, bk = _channel_coefficients(n, c, C, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t, has_ss,
                                                acc_ty)
     sample = n.to(tl.int64) * C * S
-    s_begin = chunk * CHUNK_S
-    s_end = tl.minimum(s_begin + CHUNK_S, S)
     for s0 in range(s_begin, s_end, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         mask = (s < s_end)[:, None] & cmask[None, :]
         offs = sample + _tile_offsets(s, c, C, S, CHANNELS_LAST)
-        xv = tl.load(x_ptr + offs, mask=mask, other=0.0).to(acc_ty)
+        xhat = _load_xhat(x_ptr, offs, mask, mean, rstd, t)
         gy = tl.load(gy_ptr + offs, mask=mask, other=0.0).to(acc_ty)
-        xhat = tl.where(mask, ((xv - mean[None, :]) + t[None, :]) * rstd[None, :], 0.0)
         gz = _grad_z(gy, xhat * wk[None, :] + bk[None, :], silu)
         gx = rstd[None, :] * (wk[None, :] * gz - m1[None, :] - xhat * m2[None, :])
         tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
