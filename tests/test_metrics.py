@@ -517,9 +517,9 @@ def test_eval_checkpoint_uses_sampler(tmp_path, monkeypatch, capsys):
     calls = {}
 
     def sample_from_checkpoint(checkpoint_dir, n, *, batch_size, device, generator, sampler, steps, eta,
-                               guidance_scale):
+                               guidance_scale, ema):
         calls.update(checkpoint_dir=checkpoint_dir, n=n, batch_size=batch_size, device=device, sampler=sampler,
-                     steps=steps, eta=eta, guidance_scale=guidance_scale)
+                     steps=steps, eta=eta, guidance_scale=guidance_scale, ema=ema)
         return torch.rand(n, 1, 28, 28, generator=generator) * 2 - 1
 
     module = types.ModuleType("gencore.training.checkpoint")
@@ -528,7 +528,7 @@ def test_eval_checkpoint_uses_sampler(tmp_path, monkeypatch, capsys):
     np.save(tmp_path / "real.npy", (np.random.default_rng(0).random((40, 28, 28)) * 255).astype(np.uint8))
     assert main(["eval", "--real", str(tmp_path / "real.npy"), "--checkpoint", "runs/x", "--n", "30",
                  "--batch-size", "16", "--device", "cpu", "--sampler", "ddpm", "--steps", "100",
-                 "--guidance-scale", "2.5"]) == 0
+                 "--guidance-scale", "2.5", "--no-ema"]) == 0
     assert calls == {"checkpoint_dir": "runs/x", "n": 30, "batch_size": 16, "device": "cpu", "sampler": "ddpm",
-                     "steps": 100, "eta": 0.0, "guidance_scale": 2.5}
+                     "steps": 100, "eta": 0.0, "guidance_scale": 2.5, "ema": False}
     assert "30 samples of runs/x" in capsys.readouterr().out

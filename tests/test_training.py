@@ -195,3 +195,25 @@ def test_trainer_config_errors(digits_tiny):
         cgan(ImageDataset(digits_tiny.images))
     with pytest.raises(ValueError, match="projection"):
         gan(digits_tiny, discriminator="projection")
+
+
+def test_ema_warms_up_like_diffusers():
+    """The EMA forgets its first weights quickly: decay min(0.999, (1 + n) / (10 + n)) at update n, so after a few
+    hundred steps it tracks the trained weights instead of keeping 0.999**steps of the random initialisation."""
+    from gencore.training.trainer import ema_decay_at, make_ema
+
+    model = torch.nn.Linear(3, 2)
+    ema = make_ema(model, 0.999)
+    expected = None
+    for step in range(300):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float(step))
+        ema.update_parameters(model)
+        if expected is None:
+            expected = 0.0  # the first update copies
+        else:
+            expected += (1 - ema_decay_at(0.999, step)) * (step - expected)
+    assert ema_decay_at(0.999, 1) == pytest.approx(2 / 11) and ema_decay_at(0.999, 10**6) == 0.999
+    torch.testing.assert_close(ema.module.weight, torch.full((2, 3), expected), rtol=1e-5, atol=1e-4)
+    assert expected > 299 - 35  # lags the weights by about 1 / (1 - decay) ~ 30 steps, not by the whole run

@@ -42,6 +42,8 @@ def add_parser(sub, name):
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM eta for --checkpoint (default 0)")
     p.add_argument("--guidance-scale", type=non_negative_float, default=1.0,
                    help="classifier-free guidance scale for a class-conditional DDPM checkpoint (default 1)")
+    p.add_argument("--no-ema", action="store_true",
+                   help="sample --checkpoint's raw weights even where an EMA of them was kept")
     p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default 10)")
     p.add_argument("-k", "--k", type=int, default=3, help="neighbours for precision/recall (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers to this JSON file")
@@ -145,7 +147,7 @@ def _checkpoint_summary(args) -> str:
     except (ImportError, OSError, ValueError):  # the sampler already read it; this is only a description
         config = {}
     parts = [f"{config['kind']} at step {config.get('step')}"] if "kind" in config else []
-    parts.append(f"seed {args.seed}")
+    parts.append(f"seed {args.seed}" + ("; raw weights, not the EMA" if args.no_ema else ""))
     if config.get("kind", "ddpm") == "ddpm":
         parts.append(f"{args.sampler} {args.steps} steps, eta {args.eta:g}, guidance {args.guidance_scale:g}")
     return "; ".join(parts)
@@ -202,7 +204,7 @@ def run(args) -> int:
         try:
             fake = sample_checkpoint(args.checkpoint, args.n, batch_size=args.batch_size, device=device,
                                      seed=args.seed, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                                     guidance_scale=args.guidance_scale)
+                                     guidance_scale=args.guidance_scale, ema=not args.no_ema)
         except RuntimeError as exc:
             print(f"gencore eval: error: {exc}", file=sys.stderr)
             return 2
