@@ -115,12 +115,7 @@ def r1_penalty(critic, real: torch.Tensor, critic_kwargs: dict | None = None, *,
     The zero-centred norm penalty at the data (no interpolation). StyleGAN weights it by gamma / 2.
     Args and return as in gradient_penalty (real: (N, *) of any rank >= 1, detached).
     """
-    check_batch("real", real)
-    name = backends.resolve(backend, real.device, IMPLEMENTED)
-    with torch.enable_grad():
-        x = real.detach().requires_grad_(True)
-        grad, grad_scale = _critic_gradient(critic, x, critic_kwargs, scaler)
-        return gradient_norm_penalty(grad, 0.0, False, grad_scale=grad_scale, backend=name)
+    return _zero_centred_penalty(critic, "real", real, critic_kwargs, scaler, backend)
 
 
 def r2_penalty(critic, fake: torch.Tensor, critic_kwargs: dict | None = None, *, scaler=None,
@@ -129,9 +124,14 @@ def r2_penalty(critic, fake: torch.Tensor, critic_kwargs: dict | None = None, *,
 
     Args and return as in r1_penalty, with fake (N, *) in place of real (detached: it regularises the critic).
     """
-    check_batch("fake", fake)
-    name = backends.resolve(backend, fake.device, IMPLEMENTED)
+    return _zero_centred_penalty(critic, "fake", fake, critic_kwargs, scaler, backend)
+
+
+def _zero_centred_penalty(critic, name: str, samples: torch.Tensor, critic_kwargs, scaler, backend) -> torch.Tensor:
+    """mean_n ||grad_x critic(samples)[n]||^2 at the samples themselves (R1 at real data, R2 at fakes)."""
+    check_batch(name, samples)
+    backend_name = backends.resolve(backend, samples.device, IMPLEMENTED)
     with torch.enable_grad():
-        x = fake.detach().requires_grad_(True)
+        x = samples.detach().requires_grad_(True)
         grad, grad_scale = _critic_gradient(critic, x, critic_kwargs, scaler)
-        return gradient_norm_penalty(grad, 0.0, False, grad_scale=grad_scale, backend=name)
+        return gradient_norm_penalty(grad, 0.0, False, grad_scale=grad_scale, backend=backend_name)

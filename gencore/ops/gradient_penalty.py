@@ -122,23 +122,25 @@ def _penalty_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(norms)
 
 
-def _make_penalty_backward(bwd_op):
-    def backward(ctx, grad_penalty, _grad_norms):
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None
-        grad, norms = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # A graph of the backward was asked for (create_graph=True, gradgradcheck): recompute through the
-            # reference, which differentiates to any order. The WGAN-GP step itself never takes this path: its
-            # penalty.backward() runs the fused kernel below, whose output then flows through the critic's graph.
-            with torch.enable_grad():
-                penalty, _ = gradient_norm_penalty_ref(grad, ctx.center, ctx.one_sided, ctx.grad_scale)
-                (grad_grad,) = torch.autograd.grad(penalty, grad, grad_penalty, create_graph=True)
-        else:
-            grad_grad = bwd_op(grad_penalty, grad, norms, ctx.center, ctx.one_sided, ctx.grad_scale)
-        return grad_grad, None, None, None
+def _penalty_backward(ctx, grad_penalty, bwd_op):
+    """d penalty / d grad (None for center, one_sided, grad_scale), for the registered ops and _NormPenaltyFunction."""
+    if not ctx.needs_input_grad[0]:
+        return None, None, None, None
+    grad, norms = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # A graph of the backward was asked for (create_graph=True, gradgradcheck): recompute through the
+        # reference, which differentiates to any order. The WGAN-GP step itself never takes this path: its
+        # penalty.backward() runs the fused kernel below, whose output then flows through the critic's graph.
+        with torch.enable_grad():
+            penalty, _ = gradient_norm_penalty_ref(grad, ctx.center, ctx.one_sided, ctx.grad_scale)
+            (grad_grad,) = torch.autograd.grad(penalty, grad, grad_penalty, create_graph=True)
+    else:
+        grad_grad = bwd_op(grad_penalty, grad, norms, ctx.center, ctx.one_sided, ctx.grad_scale)
+    return grad_grad, None, None, None
 
-    return backward
+
+def _make_penalty_backward(bwd_op):
+    return lambda ctx, grad_penalty, _grad_norms: _penalty_backward(ctx, grad_penalty, bwd_op)
 
 
 class _NormPenaltyFunction(torch.autograd.Function):
@@ -158,7 +160,7 @@ class _NormPenaltyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_penalty, grad_norms):
-        return _make_penalty_backward(ctx.bwd_op)(ctx, grad_penalty, grad_norms) + (None, None)
+        return _penalty_backward(ctx, grad_penalty, ctx.bwd_op) + (None, None)
 
 
 def _call_below_autograd(op, *args):
