@@ -205,55 +205,105 @@ void philox_normals_channels_last(acc_t* z, uint64_t seed, uint64_t offset, int6
 
 // ---------------------------------------------------------------------------------------------------------------
 // sampler_step
+//
+// The per-element loop is instantiated once per mode (guidance or not, clip / threshold / neither, noise tensor /
+// Philox / none), so each instantiation is a straight run of loads, fused multiply-adds and stores with no tests
+// inside. Its pointers arrive by value in a plain struct: read through the lambda's captured references instead,
+// the compiler has to reload every pointer after each store (a partial vector store goes through memcpy, which may
+// alias anything), and that reloading, not memory, was what bound the loop (perf, (16, 4, 64, 64)).
+
+enum class Clip { kNone, kRange, kThreshold };
+enum class Noise { kNone, kTensor, kPhilox };
 
 template <typename scalar_t>
-void sampler_step_kernel(const at::Tensor& model_output, const at::Tensor& sample, const at::Tensor& timesteps,
-                         const at::Tensor& coefs, const c10::optional<at::Tensor>& uncond, double guidance_scale,
-                         c10::optional<double> clip_range, const c10::optional<at::Tensor>& threshold,
-                         const c10::optional<at::Tensor>& noise, c10::optional<int64_t> philox_seed,
-                         int64_t philox_offset, bool channels_last, at::Tensor& prev, at::Tensor& x0_out) {
-  using acc_t = acc_type<scalar_t>;
+struct StepSpan {
+  const scalar_t* sample;
+  const scalar_t* model_output;
+  const scalar_t* uncond;  // classifier-free guidance only
+  const scalar_t* noise;   // Noise::kTensor only
+  scalar_t* prev;
+  scalar_t* x0;
+};
+
+// Per-sample constants of the step, broadcast once per chunk. eps = c2 x + c3 m + c4 x0 is only ever used as
+// c7 eps, so prev = c5 x0 + c6 x + c7 eps folds to prev = fold_x0 x0 + fold_x x + fold_m m (coefficients combined
+// in double): 7 vector operations per vector instead of 10.
+template <typename acc_t>
+struct StepCoefs {
   using Vec = Vectorized<acc_t>;
+  Vec x0_from_sample, x0_from_model, noise_std, fold_x0, fold_x, fold_m, guidance, lo, hi;
+
+  StepCoefs(const acc_t* c, acc_t guidance_scale, acc_t bound)
+      : x0_from_sample(c[0]),
+        x0_from_model(c[1]),
+        noise_std(c[8]),
+        fold_x0(static_cast<acc_t>(double(c[5]) + double(c[7]) * double(c[4]))),
+        fold_x(static_cast<acc_t>(double(c[6]) + double(c[7]) * double(c[2]))),
+        fold_m(static_cast<acc_t>(double(c[7]) * double(c[3]))),
+        guidance(guidance_scale),
+        lo(-bound),
+        hi(bound) {}
+};
+
+// Elements [0, len) of one chunk; z holds the chunk's Philox normals (Noise::kPhilox).
+template <typename scalar_t, bool kGuided, Clip kClip, Noise kNoise, typename acc_t = acc_type<scalar_t>>
+void sampler_step_span(const StepSpan<scalar_t> p, const StepCoefs<acc_t>& c, const acc_t* z, int64_t len) {
+  using Vec = Vectorized<acc_t>;
+  const auto step = [&](int64_t i, int64_t count) {
+    const Vec x = load<acc_t>(p.sample + i, count);
+    Vec m = load<acc_t>(p.model_output + i, count);
+    if constexpr (kGuided) {
+      const Vec u = load<acc_t>(p.uncond + i, count);
+      m = u + c.guidance * (m - u);
+    }
+    Vec x0 = at::vec::fmadd(c.x0_from_sample, x, c.x0_from_model * m);
+    if constexpr (kClip == Clip::kThreshold) {
+      x0 = at::vec::clamp(x0, c.lo, c.hi) / c.hi;
+    } else if constexpr (kClip == Clip::kRange) {
+      x0 = at::vec::clamp(x0, c.lo, c.hi);
+    }
+    Vec out = at::vec::fmadd(c.fold_x0, x0, at::vec::fmadd(c.fold_x, x, c.fold_m * m));
+    if constexpr (kNoise == Noise::kTensor) {
+      out = at::vec::fmadd(c.noise_std, load<acc_t>(p.noise + i, count), out);
+    } else if constexpr (kNoise == Noise::kPhilox) {
+      out = at::vec::fmadd(c.noise_std, Vec::loadu(z + i, count), out);
+    }
+    store(out, p.prev + i, count);
+    store(x0, p.x0 + i, count);
+  };
+  int64_t i = 0;
+  for (; i + Vec::size() <= len; i += Vec::size()) step(i, Vec::size());
+  if (i < len) step(i, len - i);
+}
+
+template <typename scalar_t, bool kGuided, Clip kClip, Noise kNoise>
+void sampler_step_loop(const at::Tensor& model_output, const at::Tensor& sample, const at::Tensor& timesteps,
+                       const at::Tensor& coefs, const c10::optional<at::Tensor>& uncond, double guidance_scale,
+                       c10::optional<double> clip_range, const c10::optional<at::Tensor>& threshold,
+                       const c10::optional<at::Tensor>& noise, c10::optional<int64_t> philox_seed,
+                       int64_t philox_offset, bool channels_last, at::Tensor& prev, at::Tensor& x0_out) {
+  using acc_t = acc_type<scalar_t>;
   const int64_t num_samples = sample.size(0);
   const int64_t numel = sample.numel() / num_samples;
   const int64_t channels = sample.dim() >= 2 ? sample.size(1) : 1;
   const int64_t spatial = channels > 0 ? numel / channels : 0;
-  const scalar_t* x_ptr = sample.const_data_ptr<scalar_t>();
-  const scalar_t* m_ptr = model_output.const_data_ptr<scalar_t>();
-  const scalar_t* u_ptr = uncond.has_value() ? uncond->const_data_ptr<scalar_t>() : nullptr;
-  const scalar_t* z_ptr = noise.has_value() ? noise->const_data_ptr<scalar_t>() : nullptr;
-  const acc_t* th_ptr = threshold.has_value() ? threshold->const_data_ptr<acc_t>() : nullptr;
+  const StepSpan<scalar_t> whole{sample.const_data_ptr<scalar_t>(), model_output.const_data_ptr<scalar_t>(),
+                                 kGuided ? uncond->const_data_ptr<scalar_t>() : nullptr,
+                                 kNoise == Noise::kTensor ? noise->const_data_ptr<scalar_t>() : nullptr,
+                                 prev.mutable_data_ptr<scalar_t>(), x0_out.mutable_data_ptr<scalar_t>()};
+  const acc_t* th_ptr = kClip == Clip::kThreshold ? threshold->const_data_ptr<acc_t>() : nullptr;
   const int64_t* t_ptr = timesteps.const_data_ptr<int64_t>();
   const acc_t* coef_ptr = coefs.const_data_ptr<acc_t>();
-  scalar_t* prev_ptr = prev.mutable_data_ptr<scalar_t>();
-  scalar_t* x0_ptr = x0_out.mutable_data_ptr<scalar_t>();
-  const bool philox = philox_seed.has_value();
-  const uint64_t seed = philox ? static_cast<uint64_t>(*philox_seed) : 0;
+  const uint64_t seed = kNoise == Noise::kPhilox ? static_cast<uint64_t>(*philox_seed) : 0;
   const uint64_t offset = static_cast<uint64_t>(philox_offset);
-  const bool clip = clip_range.has_value() && th_ptr == nullptr;
-  const acc_t clip_value = clip ? static_cast<acc_t>(*clip_range) : acc_t(0);
+  const acc_t clip_value = kClip == Clip::kRange ? static_cast<acc_t>(*clip_range) : acc_t(0);
   const acc_t g_scale = static_cast<acc_t>(guidance_scale);
 
   for_each_chunk(num_samples, numel, [&](int64_t n, int64_t start, int64_t len) {
-    const acc_t* c = coef_ptr + t_ptr[n] * kNumCoefs;
-    // eps = c2 x + c3 m + c4 x0 is only ever used as c7 eps, so prev = c5 x0 + c6 x + c7 eps folds to three terms
-    // (coefficients combined in double): 7 vector ops per vector instead of 10, which is what this loop is bound by
-    // while its operands sit in the last-level cache.
-    const Vec c0(c[0]), c1(c[1]), c8(c[8]);
-    const Vec fold_x0(static_cast<acc_t>(double(c[5]) + double(c[7]) * double(c[4])));
-    const Vec fold_x(static_cast<acc_t>(double(c[6]) + double(c[7]) * double(c[2])));
-    const Vec fold_m(static_cast<acc_t>(double(c[7]) * double(c[3])));
-    const Vec g(g_scale);
-    Vec lo, hi;
-    if (th_ptr) {
-      lo = Vec(-th_ptr[n]);
-      hi = Vec(th_ptr[n]);
-    } else if (clip) {
-      lo = Vec(-clip_value);
-      hi = Vec(clip_value);
-    }
-    alignas(64) acc_t z_buf[kChunk];  // Philox normals of this chunk (unused otherwise)
-    if (philox) {
+    const StepCoefs<acc_t> c(coef_ptr + t_ptr[n] * kNumCoefs, g_scale,
+                             kClip == Clip::kThreshold ? th_ptr[n] : clip_value);
+    alignas(64) acc_t z_buf[kNoise == Noise::kPhilox ? kChunk : 1];
+    if constexpr (kNoise == Noise::kPhilox) {
       if (channels_last) {
         philox_normals_channels_last(z_buf, seed, offset, n, start, len, channels, spatial);
       } else {
@@ -261,30 +311,38 @@ void sampler_step_kernel(const at::Tensor& model_output, const at::Tensor& sampl
       }
     }
     const int64_t base = n * numel + start;
-    for (int64_t i = 0; i < len; i += Vec::size()) {
-      const int64_t count = std::min<int64_t>(Vec::size(), len - i);
-      const Vec x = load<acc_t>(x_ptr + base + i, count);
-      Vec m = load<acc_t>(m_ptr + base + i, count);
-      if (u_ptr) {
-        const Vec u = load<acc_t>(u_ptr + base + i, count);
-        m = u + g * (m - u);
-      }
-      Vec x0 = at::vec::fmadd(c0, x, c1 * m);
-      if (th_ptr) {
-        x0 = at::vec::clamp(x0, lo, hi) / hi;
-      } else if (clip) {
-        x0 = at::vec::clamp(x0, lo, hi);
-      }
-      Vec out = at::vec::fmadd(fold_x0, x0, at::vec::fmadd(fold_x, x, fold_m * m));
-      if (z_ptr) {
-        out = at::vec::fmadd(c8, load<acc_t>(z_ptr + base + i, count), out);
-      } else if (philox) {
-        out = at::vec::fmadd(c8, Vec::loadu(z_buf + i, count), out);
-      }
-      store(out, prev_ptr + base + i, count);
-      store(x0, x0_ptr + base + i, count);
-    }
+    const StepSpan<scalar_t> span{whole.sample + base, whole.model_output + base,
+                                  kGuided ? whole.uncond + base : nullptr,
+                                  kNoise == Noise::kTensor ? whole.noise + base : nullptr, whole.prev + base,
+                                  whole.x0 + base};
+    sampler_step_span<scalar_t, kGuided, kClip, kNoise>(span, c, z_buf, len);
   });
+}
+
+// Picks the loop instantiation of this call's mode.
+template <typename scalar_t, typename... Args>
+void sampler_step_kernel(bool guided, Clip clip, Noise noise, Args&&... args) {
+  const auto with_noise = [&](auto guided_c, auto clip_c) {
+    constexpr bool g = decltype(guided_c)::value;
+    constexpr Clip c = decltype(clip_c)::value;
+    switch (noise) {
+      case Noise::kNone: return sampler_step_loop<scalar_t, g, c, Noise::kNone>(args...);
+      case Noise::kTensor: return sampler_step_loop<scalar_t, g, c, Noise::kTensor>(args...);
+      case Noise::kPhilox: return sampler_step_loop<scalar_t, g, c, Noise::kPhilox>(args...);
+    }
+  };
+  const auto with_clip = [&](auto guided_c) {
+    switch (clip) {
+      case Clip::kNone: return with_noise(guided_c, std::integral_constant<Clip, Clip::kNone>{});
+      case Clip::kRange: return with_noise(guided_c, std::integral_constant<Clip, Clip::kRange>{});
+      case Clip::kThreshold: return with_noise(guided_c, std::integral_constant<Clip, Clip::kThreshold>{});
+    }
+  };
+  if (guided) {
+    with_clip(std::true_type{});
+  } else {
+    with_clip(std::false_type{});
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
@@ -320,9 +378,12 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
   }
   auto prev = output_like(sample, channels_last);
   auto x0 = output_like(sample, channels_last);
+  const Clip clip = threshold.has_value() ? Clip::kThreshold : clip_range.has_value() ? Clip::kRange : Clip::kNone;
+  const Noise noise_kind = noise.has_value() ? Noise::kTensor : philox_seed.has_value() ? Noise::kPhilox : Noise::kNone;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sample.scalar_type(), "sampler_step_cpu", [&] {
-    sampler_step_kernel<scalar_t>(model_output, sample, ts, coefs, uncond, guidance_scale, clip_range, threshold,
-                                  noise, philox_seed, philox_offset, channels_last, prev, x0);
+    sampler_step_kernel<scalar_t>(uncond.has_value(), clip, noise_kind, model_output, sample, ts, coefs, uncond,
+                                  guidance_scale, clip_range, threshold, noise, philox_seed, philox_offset,
+                                  channels_last, prev, x0);
   });
   return {prev, x0};
 }
