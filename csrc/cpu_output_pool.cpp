@@ -100,6 +100,11 @@ at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
                                    c10::typeMetaToScalarType(options.dtype()), std::nullopt);
 }
 
+at::Tensor pooled_empty_like(const at::Tensor& t) {
+  return at::detail::empty_strided_generic(t.sizes(), t.strides(), &OutputPool::get(),
+                                           c10::DispatchKeySet(c10::DispatchKey::CPU), t.scalar_type());
+}
+
 int64_t cpu_empty_cache() { return OutputPool::get().empty_cache(); }
 
 }  // namespace gencore

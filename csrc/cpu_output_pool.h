@@ -16,6 +16,10 @@ namespace gencore {
 // An uninitialised CPU tensor of `sizes` and `options`' dtype, contiguous, whose storage comes from the pool.
 at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
 
+// The same with t's sizes, strides and options (t must be non-overlapping and dense, so its strides span exactly
+// t.numel() elements).
+at::Tensor pooled_empty_like(const at::Tensor& t);
+
 // Frees every cached buffer; returns the number of bytes released.
 int64_t cpu_empty_cache();
 

@@ -112,6 +112,16 @@ inline void axpby(acc_t<scalar_t> a, const scalar_t* p, acc_t<scalar_t> b, const
   }
 }
 
+// The value of a one-element CPU tensor, read in place (item() would dispatch, and .to(kDouble) allocate, on every
+// backward).
+double scalar_value(const at::Tensor& t) {
+  double value = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "scalar_value", [&] {
+    value = static_cast<double>(*t.const_data_ptr<scalar_t>());
+  });
+  return value;
+}
+
 // Runs body(n, begin, end) over every [begin, end) piece of the (N, D) index space, in parallel, pieces never
 // crossing a sample boundary.
 template <typename F>
@@ -168,7 +178,10 @@ std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_cpu(const at::Tensor& gra
     using acc = acc_t<scalar_t>;
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     std::vector<acc> partial(n * chunks);
-    at::parallel_for(0, n * chunks, 1, [&](int64_t begin, int64_t end) {
+    // Tasks of at least ~kGrain elements: MNIST-sized samples (784 elements) one per task would cost more in
+    // thread hand-offs than in arithmetic.
+    const int64_t grain = std::max<int64_t>(1, kGrain / std::min(kChunk, d));
+    at::parallel_for(0, n * chunks, grain, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const int64_t s = b / chunks, c = b % chunks;
         const int64_t start = c * kChunk;
@@ -197,7 +210,7 @@ at::Tensor gp_norm_penalty_bwd_cpu(const at::Tensor& grad_penalty, const at::Ten
   const int64_t n = grad.size(0);
   const int64_t d = grad.numel() / n;
   const at::Tensor norms = norms_in.contiguous();
-  const double gout = grad_penalty.to(at::kDouble).item<double>();
+  const double gout = scalar_value(grad_penalty);
   at::Tensor out = gp::output_like(grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gp_norm_penalty_bwd_cpu", [&] {
     using acc = acc_t<scalar_t>;

@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include "cpu_output_pool.h"
+
 #include <algorithm>
 #include <utility>
 #include <vector>
@@ -15,7 +17,7 @@ namespace gp {
 // Such tensors are read in place as (N, D) and outputs get the same strides (output_like); others are
 // copied to contiguous first. The Python twin is gencore.reference.gradient_penalty.per_sample_dense.
 inline bool per_sample_dense(const at::Tensor& t) {
-  if (t.numel() == 0) return true;
+  if (t.numel() == 0 || t.is_contiguous()) return true;
   const int64_t n = t.size(0);
   if (n > 1 && t.stride(0) != t.numel() / n) return false;
   std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of the non-batch dims longer than 1
@@ -34,8 +36,11 @@ inline bool per_sample_dense(const at::Tensor& t) {
 inline at::Tensor as_flat(const at::Tensor& t) { return per_sample_dense(t) ? t : t.contiguous(); }
 
 // An uninitialised tensor with t's sizes and strides (t is per_sample_dense, so empty_like keeps them exactly).
-// The one place the outputs are allocated: where a CPU output cache is adopted, it goes here.
-inline at::Tensor output_like(const at::Tensor& t) { return at::empty_like(t); }
+// On the CPU from the output pool (cpu_output_pool.h): a fresh multi-MB buffer per call costs page faults that
+// took longer than the penalty's kernels at (64, 3, 64, 64); CUDA has its caching allocator.
+inline at::Tensor output_like(const at::Tensor& t) {
+  return t.is_cpu() && t.is_non_overlapping_and_dense() ? pooled_empty_like(t) : at::empty_like(t);
+}
 
 inline at::ScalarType stats_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
@@ -67,9 +72,10 @@ inline void check_backward(const at::Tensor& grad_penalty, const at::Tensor& gra
                            c10::DeviceType device) {
   check_batch(grad, "grad", device);
   const auto stats = stats_type(grad.scalar_type());
-  TORCH_CHECK(grad_penalty.numel() == 1 && grad_penalty.device() == grad.device(),
-              "grad_penalty must hold one value on grad's device, got shape ", grad_penalty.sizes(), " on ",
-              grad_penalty.device());
+  TORCH_CHECK(grad_penalty.numel() == 1 && grad_penalty.device() == grad.device() &&
+                  at::isFloatingType(grad_penalty.scalar_type()),
+              "grad_penalty must hold one floating-point value on grad's device, got shape ", grad_penalty.sizes(),
+              " ", grad_penalty.scalar_type(), " on ", grad_penalty.device());
   TORCH_CHECK(norms.dim() == 1 && norms.size(0) == grad.size(0) && norms.scalar_type() == stats &&
                   norms.device() == grad.device(),
               "norms must be the (", grad.size(0), ",) ", stats, " tensor the forward returned, got ", norms.sizes(),

@@ -25,7 +25,7 @@ def check_like(name: str, t, ref: torch.Tensor, ref_name: str, shape: tuple[int,
     """`t` is a tensor of exactly `shape`, with `ref`'s dtype and device."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
+    if t.shape != shape:  # torch.Size is a tuple: compared as is, no conversion on the hot path
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
     if t.device != ref.device:
         raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; they must be on the same device")

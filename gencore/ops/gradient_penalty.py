@@ -46,16 +46,16 @@ def check_batch(name: str, x) -> None:
 def check_interpolate_args(real, fake, alpha) -> torch.Tensor:
     """Checks real/fake/alpha and returns alpha as (N,). alpha may be (N,) or the textbook (N, 1, ..., 1)."""
     check_batch("real", real)
-    check_like("fake", fake, real, "real", tuple(real.shape))
+    check_like("fake", fake, real, "real", real.shape)
     n = real.shape[0]
     if not isinstance(alpha, torch.Tensor):
         raise TypeError(f"alpha must be a torch.Tensor or None, got {type(alpha).__name__}")
     allowed = ((n,), (n,) + (1,) * (real.dim() - 1))
-    if tuple(alpha.shape) not in allowed:
+    if alpha.shape not in allowed:
         raise ValueError(f"alpha must hold one value per sample, shape {allowed[0]} or {allowed[1]}, "
                          f"got {tuple(alpha.shape)}")
-    check_like("alpha", alpha, real, "real", tuple(alpha.shape))
-    return alpha.reshape(n)
+    check_like("alpha", alpha, real, "real", alpha.shape)
+    return alpha if alpha.dim() == 1 else alpha.reshape(n)
 
 
 def check_penalty_args(grad, center, one_sided, grad_scale) -> None:
@@ -95,7 +95,7 @@ def _penalty_bwd_fake(grad_penalty, grad, norms, center, one_sided, grad_scale):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Autograd, shared by the C++ and the Triton ops.
+# Autograd of the Triton ops (the C++ ops have theirs in C++: csrc/gradient_penalty_autograd.cpp, the same math).
 
 
 def _interpolate_setup_context(ctx, inputs, output):
@@ -122,8 +122,8 @@ def _penalty_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(norms)
 
 
-def _penalty_backward(ctx, grad_penalty, bwd_op):
-    """d penalty / d grad (None for center, one_sided, grad_scale), for the registered ops and _NormPenaltyFunction."""
+def _penalty_backward(ctx, grad_penalty, _grad_norms):
+    """d penalty / d grad (None for center, one_sided, grad_scale)."""
     if not ctx.needs_input_grad[0]:
         return None, None, None, None
     grad, norms = ctx.saved_tensors
@@ -135,38 +135,9 @@ def _penalty_backward(ctx, grad_penalty, bwd_op):
             penalty, _ = gradient_norm_penalty_ref(grad, ctx.center, ctx.one_sided, ctx.grad_scale)
             (grad_grad,) = torch.autograd.grad(penalty, grad, grad_penalty, create_graph=True)
     else:
-        grad_grad = bwd_op(grad_penalty, grad, norms, ctx.center, ctx.one_sided, ctx.grad_scale)
+        grad_grad = torch.ops.gencore.gp_norm_penalty_bwd_triton(grad_penalty, grad, norms, ctx.center, ctx.one_sided,
+                                                                 ctx.grad_scale)
     return grad_grad, None, None, None
-
-
-def _make_penalty_backward(bwd_op):
-    return lambda ctx, grad_penalty, _grad_norms: _penalty_backward(ctx, grad_penalty, bwd_op)
-
-
-class _NormPenaltyFunction(torch.autograd.Function):
-    """The eager path of gradient_norm_penalty on the C++ and Triton backends: the same forward op and backward as the
-    op's registered autograd, without the Python layers of torch.library.register_autograd (argument flattening and
-    a second dispatch), which cost more than the kernels themselves at MNIST size (measured on the 2-core CI machine,
-    (64, 1, 28, 28): forward+backward of the norm penalty 103 -> 74 us). torch.compile and torch.export keep calling
-    the registered op, whose autograd is the same backward."""
-
-    @staticmethod
-    def forward(ctx, grad, center, one_sided, grad_scale, fwd_op, bwd_op):
-        with torch._C._AutoDispatchBelowAutograd():
-            penalty, norms = fwd_op(grad, center, one_sided, grad_scale)
-        _penalty_setup_context(ctx, (grad, center, one_sided, grad_scale), (penalty, norms))
-        ctx.bwd_op = bwd_op
-        return penalty, norms
-
-    @staticmethod
-    def backward(ctx, grad_penalty, grad_norms):
-        return _penalty_backward(ctx, grad_penalty, ctx.bwd_op) + (None, None)
-
-
-def _call_below_autograd(op, *args):
-    """op(*args) past its registered (Python) autograd kernel: for calls that record no graph."""
-    with torch._C._AutoDispatchBelowAutograd():
-        return op(*args)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -174,17 +145,13 @@ def _call_below_autograd(op, *args):
 
 
 def _register_cpp_ops() -> None:
-    """Fake implementations and autograd for the schemas that csrc/gencore.cpp declared (needs the extension)."""
+    """Fake implementations for the schemas that csrc/gencore.cpp declared (needs the extension). Their autograd is
+    C++ (csrc/gradient_penalty_autograd.cpp): at MNIST size a Python autograd layer cost more than the kernels."""
     if not _extension.loaded():
         return
     torch.library.register_fake("gencore::gp_interpolate")(_interpolate_fake)
     torch.library.register_fake("gencore::gp_norm_penalty_fwd")(_penalty_fwd_fake)
     torch.library.register_fake("gencore::gp_norm_penalty_bwd")(_penalty_bwd_fake)
-    torch.library.register_autograd("gencore::gp_interpolate", _interpolate_backward,
-                                    setup_context=_interpolate_setup_context)
-    torch.library.register_autograd("gencore::gp_norm_penalty_fwd",
-                                    _make_penalty_backward(torch.ops.gencore.gp_norm_penalty_bwd),
-                                    setup_context=_penalty_setup_context)
 
 
 def _register_triton_ops() -> None:
@@ -209,8 +176,7 @@ def _register_triton_ops() -> None:
         return tk.gp_norm_penalty_bwd(grad_penalty, grad, norms, center, one_sided, grad_scale)
 
     gp_interpolate_triton.register_autograd(_interpolate_backward, setup_context=_interpolate_setup_context)
-    gp_norm_penalty_fwd_triton.register_autograd(
-        _make_penalty_backward(torch.ops.gencore.gp_norm_penalty_bwd_triton), setup_context=_penalty_setup_context)
+    gp_norm_penalty_fwd_triton.register_autograd(_penalty_backward, setup_context=_penalty_setup_context)
 
 
 _register_cpp_ops()
@@ -240,10 +206,7 @@ def gradient_penalty_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: 
     if name == "reference":
         return interpolate_ref(real, fake, alpha)
     op = torch.ops.gencore.gp_interpolate_triton if name == "triton" else torch.ops.gencore.gp_interpolate
-    records_graph = torch.is_grad_enabled() and (real.requires_grad or fake.requires_grad or alpha.requires_grad)
-    if records_graph or torch.compiler.is_compiling():
-        return op(real, fake, alpha)
-    return _call_below_autograd(op.default, real, fake, alpha)  # WGAN-GP's case: real and fake are detached
+    return op.default(real, fake, alpha)
 
 
 def gradient_norm_penalty(grad: torch.Tensor, center: float = 1.0, one_sided: bool = False, *,
@@ -272,15 +235,7 @@ def gradient_norm_penalty(grad: torch.Tensor, center: float = 1.0, one_sided: bo
         penalty, norms = gradient_norm_penalty_ref(grad, float(center), one_sided, float(grad_scale))
         norms = norms.detach()
     else:
-        triton = name == "triton"
-        fwd_op = torch.ops.gencore.gp_norm_penalty_fwd_triton if triton else torch.ops.gencore.gp_norm_penalty_fwd
-        args = (grad, float(center), one_sided, float(grad_scale))
-        if torch.compiler.is_compiling():
-            penalty, norms = fwd_op(*args)
-        elif torch.is_grad_enabled() and grad.requires_grad:
-            bwd_op = (torch.ops.gencore.gp_norm_penalty_bwd_triton if triton
-                      else torch.ops.gencore.gp_norm_penalty_bwd)
-            penalty, norms = _NormPenaltyFunction.apply(*args, fwd_op.default, bwd_op.default)
-        else:
-            penalty, norms = _call_below_autograd(fwd_op.default, *args)
+        op = (torch.ops.gencore.gp_norm_penalty_fwd_triton if name == "triton"
+              else torch.ops.gencore.gp_norm_penalty_fwd)
+        penalty, norms = op.default(grad, float(center), one_sided, float(grad_scale))
     return (penalty, norms) if return_norms else penalty
