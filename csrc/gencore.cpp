@@ -1,5 +1,6 @@
 // Every gencore operator schema, in one place. Kernels register per device in <op>.cpp (CPU) and
-// cuda/<op>.cpp (CUDA); Python adds fake implementations and autograd (gencore/ops/<op>.py).
+// cuda/<op>.cpp (CUDA); Python adds fake implementations and autograd (gencore/ops/<op>.py), except the
+// gradient-penalty ops, whose autograd is C++ (gradient_penalty_autograd.cpp).
 #include <Python.h>
 #include <torch/library.h>
 

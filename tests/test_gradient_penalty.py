@@ -429,8 +429,9 @@ def test_opcheck_cpp_ops():
 
 
 def test_compiled_matches_eager_cpp_path():
-    """Eager calls take a lean autograd.Function around the ops; torch.compile takes the ops' registered autograd.
-    Both must give the same penalty and gradient (fullgraph: the compiled function must not fall back to eager)."""
+    """The C++ ops' autograd is C++ (csrc/gradient_penalty_autograd.cpp): eager calls run it directly, torch.compile
+    traces through it into the fake kernels. Both must give the same penalty and gradient (fullgraph: the compiled
+    function must not fall back to eager)."""
     if not _extension.has_kernel("gp_norm_penalty_fwd", "CPU"):
         pytest.skip("no gencore._C CPU kernels in this build")
     real, fake, alpha = _inputs((4, 3, 5, 6), torch.float32, "cpu")

@@ -5,7 +5,8 @@
                                                        mean_n (||grad[n]|| - center)^2, one pass; backward one pass
 
 Layers:
-    gencore::gp_interpolate, gp_norm_penalty_fwd / _bwd        C++ schemas (csrc/gencore.cpp); CPU and CUDA kernels.
+    gencore::gp_interpolate, gp_norm_penalty_fwd / _bwd        C++ schemas (csrc/gencore.cpp); CPU and CUDA kernels;
+                                                                autograd in C++ (csrc/gradient_penalty_autograd.cpp).
     gencore::gp_interpolate_triton, gp_norm_penalty_*_triton   triton_op wrappers of gencore.kernels.gradient_penalty.
     gradient_penalty_interpolate(...), gradient_norm_penalty(...)   the public functions: checks, backend, dispatch.
 
