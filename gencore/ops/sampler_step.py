@@ -51,7 +51,7 @@ def _check_timesteps(timesteps, n: int, sample: torch.Tensor) -> None:
         raise TypeError(f"timesteps must be a torch.Tensor of shape ({n},), got {type(timesteps).__name__}")
     if timesteps.dtype != torch.int64:
         raise TypeError(f"timesteps must be an int64 tensor (one training timestep per sample), got {timesteps.dtype}")
-    if tuple(timesteps.shape) != (n,):
+    if timesteps.shape != (n,):
         raise ValueError(f"timesteps must have shape ({n},) (one per sample), got {tuple(timesteps.shape)}")
     if timesteps.device != sample.device:
         raise ValueError(f"timesteps is on {timesteps.device} but sample is on {sample.device}; "
@@ -122,7 +122,9 @@ def check_sampler_step_args(model_output, sample, timesteps, coefs, model_output
         check_philox_args(philox_seed, philox_offset, n, sample[0].numel())
     elif isinstance(philox_offset, bool) or not isinstance(philox_offset, int):
         raise TypeError(f"philox_offset must be an int, got {type(philox_offset).__name__}")
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() and (model_output.requires_grad or sample.requires_grad or (
+            model_output_uncond is not None and model_output_uncond.requires_grad) or (
+            noise is not None and noise.requires_grad)):
         for name, t in (("model_output", model_output), ("sample", sample), ("model_output_uncond",
                         model_output_uncond), ("noise", noise)):
             if t is not None and t.requires_grad:
@@ -323,8 +325,8 @@ def sampler_step(
     if name != "cpu":  # the CPU kernel checks the range itself, naming the offending sample
         _assert_timesteps_in_range(timesteps, coefs.shape[0])
     op = torch.ops.gencore.sampler_step_triton if name == "triton" else torch.ops.gencore.sampler_step
-    return op(model_output, sample, timesteps, coefs.contiguous(), model_output_uncond, float(guidance_scale),
-              None if clip_range is None else float(clip_range), threshold, noise, philox_seed, philox_offset)
+    return op.default(model_output, sample, timesteps, coefs.contiguous(), model_output_uncond, float(guidance_scale),
+                      None if clip_range is None else float(clip_range), threshold, noise, philox_seed, philox_offset)
 
 
 def diffusion_training_inputs(
