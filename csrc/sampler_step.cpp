@@ -20,6 +20,7 @@
 
 #include "cpu_output_pool.h"
 #include "philox.h"
+#include "sampler_step.h"
 
 namespace gencore {
 namespace {
@@ -58,24 +59,6 @@ inline void store(const Vectorized<acc_t>& v, scalar_t* p, int64_t count) {
   }
 }
 
-bool is_channels_last(const at::Tensor& t) {
-  return t.dim() >= 3 && !t.is_contiguous() && t.movedim(1, -1).is_contiguous();
-}
-
-// The layout the kernels read: channels innermost (the sample's channels-last layout) or contiguous.
-at::Tensor in_layout(const at::Tensor& t, bool channels_last) {
-  if (channels_last) return is_channels_last(t) ? t : t.movedim(1, -1).contiguous().movedim(-1, 1);
-  return t.contiguous();
-}
-
-void check_like(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
-  TORCH_CHECK(t.sizes() == ref.sizes(), name, " must have the shape of ", ref_name, " ", ref.sizes(), ", got ",
-              t.sizes());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), " but ", ref_name,
-              " has dtype ", ref.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ", ref.device());
-}
-
 // An output in t's layout (contiguous or channels-last), from the output pool: fresh multi-MB allocations cost page
 // faults comparable to the whole step (cpu_output_pool.h), and a sampling loop repeats its shapes.
 at::Tensor output_like(const at::Tensor& t, bool channels_last) {
@@ -83,42 +66,17 @@ at::Tensor output_like(const at::Tensor& t, bool channels_last) {
   return pooled_empty(t.sizes(), t.options());
 }
 
-// Checks timesteps and coefs against the samples; returns the timesteps as a contiguous int64 tensor.
-at::Tensor check_table(const at::Tensor& sample, const at::Tensor& timesteps, const at::Tensor& coefs,
-                       int64_t columns, const char* sample_name) {
-  TORCH_CHECK(sample.dim() >= 1 && sample.numel() > 0, sample_name, " must be a non-empty (N, *) tensor");
-  TORCH_CHECK(sample.device().is_cpu(), "the CPU kernel got ", sample_name, " on ", sample.device());
-  TORCH_CHECK(at::isFloatingType(sample.scalar_type()), sample_name, " must be a floating-point tensor, got ",
-              sample.scalar_type());
-  TORCH_CHECK(timesteps.scalar_type() == at::kLong, "timesteps must be an int64 tensor, got ",
-              timesteps.scalar_type());
-  TORCH_CHECK(timesteps.dim() == 1 && timesteps.size(0) == sample.size(0), "timesteps must have shape (",
-              sample.size(0), ",), got ", timesteps.sizes());
-  TORCH_CHECK(timesteps.device() == sample.device(), "timesteps is on ", timesteps.device(), " but ", sample_name,
-              " is on ", sample.device());
-  TORCH_CHECK(coefs.dim() == 2 && coefs.size(1) == columns && coefs.size(0) >= 1, "coefs must have shape (T, ",
-              columns, ") with T >= 1, got ", coefs.sizes());
-  const auto want = sample.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(coefs.scalar_type() == want, "coefs must be ", want, " for ", sample.scalar_type(), " ", sample_name,
-              ", got ", coefs.scalar_type());
-  TORCH_CHECK(coefs.device() == sample.device(), "coefs is on ", coefs.device(), " but ", sample_name, " is on ",
-              sample.device());
+// timesteps (checked by ss::check_table) as a contiguous tensor, each value a row of coefs: on the CPU the range is
+// checked here, naming the offending sample.
+at::Tensor checked_timesteps(const at::Tensor& timesteps, const at::Tensor& coefs) {
   auto ts = timesteps.contiguous();
-  const int64_t* t = ts.data_ptr<int64_t>();
+  const int64_t* t = ts.const_data_ptr<int64_t>();
   const int64_t rows = coefs.size(0);
   for (int64_t n = 0; n < ts.numel(); ++n) {
     TORCH_CHECK_INDEX(t[n] >= 0 && t[n] < rows, "timesteps[", n, "] = ", t[n], " is outside [0, ", rows,
                       ") (the rows of coefs)");
   }
   return ts;
-}
-
-void check_philox(int64_t seed, int64_t offset, int64_t num_samples, int64_t numel_per_sample) {
-  TORCH_CHECK(seed >= 0, "philox_seed must be in [0, 2^63 - 1], got ", seed);
-  TORCH_CHECK(offset >= 0, "philox_offset must be in [0, 2^63 - 1], got ", offset);
-  TORCH_CHECK(num_samples <= (int64_t(1) << 32), "Philox noise supports at most 2^32 samples, got ", num_samples);
-  TORCH_CHECK(numel_per_sample <= (int64_t(1) << 34), "Philox noise supports at most 2^34 elements per sample, got ",
-              numel_per_sample);
 }
 
 // Runs body(n, start, len) over chunks of kChunk elements of each sample, in parallel.
@@ -350,32 +308,17 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
     const at::Tensor& coefs_in, const c10::optional<at::Tensor>& uncond_in, double guidance_scale,
     c10::optional<double> clip_range, const c10::optional<at::Tensor>& threshold_in,
     const c10::optional<at::Tensor>& noise_in, c10::optional<int64_t> philox_seed, int64_t philox_offset) {
-  const auto ts = check_table(sample_in, timesteps, coefs_in, kNumCoefs, "sample");
-  check_like(model_output_in, sample_in, "model_output", "sample");
-  if (uncond_in.has_value()) check_like(*uncond_in, sample_in, "model_output_uncond", "sample");
-  if (noise_in.has_value()) {
-    check_like(*noise_in, sample_in, "noise", "sample");
-    TORCH_CHECK(!philox_seed.has_value(), "give either noise or philox_seed, not both");
-  }
-  const int64_t num_samples = sample_in.size(0);
-  if (philox_seed.has_value()) check_philox(*philox_seed, philox_offset, num_samples, sample_in.numel() / num_samples);
-  if (clip_range.has_value()) TORCH_CHECK(*clip_range > 0, "clip_range must be positive, got ", *clip_range);
-
-  const bool channels_last = is_channels_last(sample_in);
-  const auto sample = in_layout(sample_in, channels_last);
-  const auto model_output = in_layout(model_output_in, channels_last);
+  ss::check_step(model_output_in, sample_in, timesteps, coefs_in, kNumCoefs, uncond_in, clip_range, threshold_in,
+                 noise_in, philox_seed, philox_offset, c10::DeviceType::CPU);
+  const auto ts = checked_timesteps(timesteps, coefs_in);
+  const bool channels_last = ss::is_channels_last(sample_in);
+  const auto sample = ss::in_layout(sample_in, channels_last);
+  const auto model_output = ss::in_layout(model_output_in, channels_last);
   const auto coefs = coefs_in.contiguous();
   c10::optional<at::Tensor> uncond, noise, threshold;
-  if (uncond_in.has_value()) uncond = in_layout(*uncond_in, channels_last);
-  if (noise_in.has_value()) noise = in_layout(*noise_in, channels_last);
-  if (threshold_in.has_value()) {
-    TORCH_CHECK(threshold_in->dim() == 1 && threshold_in->size(0) == num_samples, "threshold must have shape (",
-                num_samples, ",), got ", threshold_in->sizes());
-    TORCH_CHECK(threshold_in->device() == sample.device(), "threshold is on ", threshold_in->device(),
-                " but sample is on ", sample.device());
-    TORCH_CHECK(at::isFloatingType(threshold_in->scalar_type()), "threshold must be a floating-point tensor");
-    threshold = threshold_in->to(coefs.scalar_type()).contiguous();
-  }
+  if (uncond_in.has_value()) uncond = ss::in_layout(*uncond_in, channels_last);
+  if (noise_in.has_value()) noise = ss::in_layout(*noise_in, channels_last);
+  if (threshold_in.has_value()) threshold = threshold_in->to(coefs.scalar_type()).contiguous();
   auto prev = output_like(sample, channels_last);
   auto x0 = output_like(sample, channels_last);
   const Clip clip = threshold.has_value() ? Clip::kThreshold : clip_range.has_value() ? Clip::kRange : Clip::kNone;
@@ -421,11 +364,12 @@ void training_inputs_kernel(const at::Tensor& x0, const at::Tensor& noise, const
 std::tuple<at::Tensor, at::Tensor> training_inputs_cpu(const at::Tensor& x0_in, const at::Tensor& noise_in,
                                                        const at::Tensor& timesteps, const at::Tensor& coefs_in,
                                                        bool velocity) {
-  const auto ts = check_table(x0_in, timesteps, coefs_in, 2, "x0");
-  check_like(noise_in, x0_in, "noise", "x0");
-  const bool channels_last = is_channels_last(x0_in);
-  const auto x0 = in_layout(x0_in, channels_last);
-  const auto noise = in_layout(noise_in, channels_last);
+  ss::check_table(x0_in, timesteps, coefs_in, 2, "x0", c10::DeviceType::CPU);
+  ss::check_like(noise_in, x0_in, "noise", "x0");
+  const auto ts = checked_timesteps(timesteps, coefs_in);
+  const bool channels_last = ss::is_channels_last(x0_in);
+  const auto x0 = ss::in_layout(x0_in, channels_last);
+  const auto noise = ss::in_layout(noise_in, channels_last);
   const auto coefs = coefs_in.contiguous();
   auto noisy = output_like(x0, channels_last);
   auto v = velocity ? output_like(x0, channels_last) : at::empty({0}, x0.options());
@@ -442,7 +386,7 @@ at::Tensor philox_uint32_cpu(const at::Tensor& sample, int64_t seed, int64_t off
   TORCH_CHECK(sample.dim() >= 1, "sample must have a batch dimension (N, *)");
   const int64_t num_samples = sample.size(0);
   const int64_t numel = num_samples ? sample.numel() / num_samples : 0;
-  check_philox(seed, offset, num_samples, numel);
+  ss::check_philox(seed, offset, num_samples, numel);
   auto out = at::empty({num_samples, numel}, sample.options().dtype(at::kLong));
   int64_t* o = out.mutable_data_ptr<int64_t>();
   const int64_t groups = (numel + 3) / 4;

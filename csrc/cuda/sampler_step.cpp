@@ -12,6 +12,7 @@
 #include <optional>
 #include <tuple>
 
+#include "../sampler_step.h"
 #include "sampler_step_kernels.h"
 
 namespace gencore {
@@ -34,43 +35,6 @@ sk::SamplerDtype sampler_dtype(at::ScalarType t, const char* name) {
   TORCH_CHECK(false, name, " must be float16, bfloat16, float32 or float64, got ", t);
 }
 
-bool is_channels_last(const Tensor& t) { return t.dim() >= 3 && !t.is_contiguous() && t.movedim(1, -1).is_contiguous(); }
-
-Tensor in_layout(const Tensor& t, bool channels_last) {
-  if (channels_last) return is_channels_last(t) ? t : t.movedim(1, -1).contiguous().movedim(-1, 1);
-  return t.contiguous();
-}
-
-void check_like(const Tensor& t, const Tensor& ref, const char* name, const char* ref_name) {
-  TORCH_CHECK(t.sizes() == ref.sizes(), name, " must have the shape of ", ref_name, " ", ref.sizes(), ", got ",
-              t.sizes());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " has dtype ", t.scalar_type(), " but ", ref_name,
-              " has dtype ", ref.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), name, " is on ", t.device(), " but ", ref_name, " is on ", ref.device());
-}
-
-// Shapes, dtypes and devices of the table arguments (never their values: that would synchronise).
-void check_table(const Tensor& sample, const Tensor& timesteps, const Tensor& coefs, int64_t columns,
-                 const char* sample_name) {
-  TORCH_CHECK(sample.is_cuda(), "the CUDA kernel got ", sample_name, " on ", sample.device());
-  TORCH_CHECK(sample.dim() >= 1 && sample.numel() > 0, sample_name, " must be a non-empty (N, *) tensor, got ",
-              sample.sizes());
-  sampler_dtype(sample.scalar_type(), sample_name);
-  TORCH_CHECK(timesteps.scalar_type() == at::kLong, "timesteps must be an int64 tensor, got ",
-              timesteps.scalar_type());
-  TORCH_CHECK(timesteps.dim() == 1 && timesteps.size(0) == sample.size(0), "timesteps must have shape (",
-              sample.size(0), ",), got ", timesteps.sizes());
-  TORCH_CHECK(timesteps.device() == sample.device(), "timesteps is on ", timesteps.device(), " but ", sample_name,
-              " is on ", sample.device());
-  TORCH_CHECK(coefs.dim() == 2 && coefs.size(1) == columns && coefs.size(0) >= 1, "coefs must have shape (T, ",
-              columns, ") with T >= 1, got ", coefs.sizes());
-  const auto want = sample.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(coefs.scalar_type() == want, "coefs must be ", want, " for ", sample.scalar_type(), " ", sample_name,
-              ", got ", coefs.scalar_type());
-  TORCH_CHECK(coefs.device() == sample.device(), "coefs is on ", coefs.device(), " but ", sample_name, " is on ",
-              sample.device());
-}
-
 sk::SamplerDims dims_of(const Tensor& sample, bool channels_last) {
   sk::SamplerDims d;
   d.N = sample.size(0);
@@ -91,39 +55,19 @@ std::tuple<Tensor, Tensor> sampler_step_cuda(const Tensor& model_output_in, cons
                                              std::optional<double> clip_range, const OptTensor& threshold_in,
                                              const OptTensor& noise_in, std::optional<int64_t> philox_seed,
                                              int64_t philox_offset) {
-  check_table(sample_in, timesteps_in, coefs_in, kNumCoefs, "sample");
-  check_like(model_output_in, sample_in, "model_output", "sample");
-  if (uncond_in.has_value()) check_like(*uncond_in, sample_in, "model_output_uncond", "sample");
-  if (noise_in.has_value()) {
-    check_like(*noise_in, sample_in, "noise", "sample");
-    TORCH_CHECK(!philox_seed.has_value(), "give either noise or philox_seed, not both");
-  }
-  const int64_t num_samples = sample_in.size(0);
-  if (philox_seed.has_value()) {
-    TORCH_CHECK(*philox_seed >= 0, "philox_seed must be in [0, 2^63 - 1], got ", *philox_seed);
-    TORCH_CHECK(philox_offset >= 0, "philox_offset must be in [0, 2^63 - 1], got ", philox_offset);
-    TORCH_CHECK(num_samples <= (int64_t(1) << 32), "Philox noise supports at most 2^32 samples, got ", num_samples);
-    TORCH_CHECK(sample_in.numel() / num_samples <= (int64_t(1) << 34),
-                "Philox noise supports at most 2^34 elements per sample");
-  }
-  if (clip_range.has_value()) TORCH_CHECK(*clip_range > 0, "clip_range must be positive, got ", *clip_range);
-  if (threshold_in.has_value()) {
-    TORCH_CHECK(threshold_in->dim() == 1 && threshold_in->size(0) == num_samples, "threshold must have shape (",
-                num_samples, ",), got ", threshold_in->sizes());
-    TORCH_CHECK(threshold_in->device() == sample_in.device(), "threshold is on ", threshold_in->device(),
-                " but sample is on ", sample_in.device());
-    TORCH_CHECK(at::isFloatingType(threshold_in->scalar_type()), "threshold must be a floating-point tensor");
-  }
+  ss::check_step(model_output_in, sample_in, timesteps_in, coefs_in, kNumCoefs, uncond_in, clip_range, threshold_in,
+                 noise_in, philox_seed, philox_offset, c10::DeviceType::CUDA);
+  sampler_dtype(sample_in.scalar_type(), "sample");
 
   c10::cuda::CUDAGuard guard(sample_in.device());
-  const bool channels_last = is_channels_last(sample_in);
-  const Tensor sample = in_layout(sample_in, channels_last);
-  const Tensor model_output = in_layout(model_output_in, channels_last);
+  const bool channels_last = ss::is_channels_last(sample_in);
+  const Tensor sample = ss::in_layout(sample_in, channels_last);
+  const Tensor model_output = ss::in_layout(model_output_in, channels_last);
   const Tensor timesteps = timesteps_in.contiguous();
   const Tensor coefs = coefs_in.contiguous();
   OptTensor uncond, noise, threshold;
-  if (uncond_in.has_value()) uncond = in_layout(*uncond_in, channels_last);
-  if (noise_in.has_value()) noise = in_layout(*noise_in, channels_last);
+  if (uncond_in.has_value()) uncond = ss::in_layout(*uncond_in, channels_last);
+  if (noise_in.has_value()) noise = ss::in_layout(*noise_in, channels_last);
   if (threshold_in.has_value()) threshold = threshold_in->to(coefs.scalar_type()).contiguous();
   // empty_like keeps a dense sample's strides: contiguous stays contiguous, channels-last stays channels-last.
   Tensor prev = at::empty_like(sample);
@@ -154,12 +98,13 @@ std::tuple<Tensor, Tensor> sampler_step_cuda(const Tensor& model_output_in, cons
 
 std::tuple<Tensor, Tensor> training_inputs_cuda(const Tensor& x0_in, const Tensor& noise_in,
                                                 const Tensor& timesteps_in, const Tensor& coefs_in, bool velocity) {
-  check_table(x0_in, timesteps_in, coefs_in, 2, "x0");
-  check_like(noise_in, x0_in, "noise", "x0");
+  ss::check_table(x0_in, timesteps_in, coefs_in, 2, "x0", c10::DeviceType::CUDA);
+  ss::check_like(noise_in, x0_in, "noise", "x0");
+  sampler_dtype(x0_in.scalar_type(), "x0");
   c10::cuda::CUDAGuard guard(x0_in.device());
-  const bool channels_last = is_channels_last(x0_in);
-  const Tensor x0 = in_layout(x0_in, channels_last);
-  const Tensor noise = in_layout(noise_in, channels_last);
+  const bool channels_last = ss::is_channels_last(x0_in);
+  const Tensor x0 = ss::in_layout(x0_in, channels_last);
+  const Tensor noise = ss::in_layout(noise_in, channels_last);
   const Tensor timesteps = timesteps_in.contiguous();
   const Tensor coefs = coefs_in.contiguous();
   Tensor noisy = at::empty_like(x0);
@@ -183,12 +128,9 @@ std::tuple<Tensor, Tensor> training_inputs_cuda(const Tensor& x0_in, const Tenso
 Tensor philox_uint32_cuda(const Tensor& sample, int64_t seed, int64_t offset) {
   TORCH_CHECK(sample.is_cuda(), "the CUDA kernel got sample on ", sample.device());
   TORCH_CHECK(sample.dim() >= 1, "sample must have a batch dimension (N, *)");
-  TORCH_CHECK(seed >= 0, "philox_seed must be in [0, 2^63 - 1], got ", seed);
-  TORCH_CHECK(offset >= 0, "philox_offset must be in [0, 2^63 - 1], got ", offset);
   const int64_t n = sample.size(0);
   const int64_t numel = n ? sample.numel() / n : 0;
-  TORCH_CHECK(n <= (int64_t(1) << 32) && numel <= (int64_t(1) << 34), "Philox noise supports at most 2^32 samples "
-              "of 2^34 elements");
+  ss::check_philox(seed, offset, n, numel);
   c10::cuda::CUDAGuard guard(sample.device());
   Tensor out = at::empty({n, numel}, sample.options().dtype(at::kLong));
   check_launch(sk::launch_philox_uint32(out.mutable_data_ptr<int64_t>(), n, numel, static_cast<uint64_t>(seed),
