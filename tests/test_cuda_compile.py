@@ -28,6 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 KERNELS = sorted(CUDA_DIR.glob("*_kernels.cu"))
+KERNEL_HEADERS = sorted(CUDA_DIR.glob("*.cuh")) + sorted(CUDA_DIR.glob("*_kernels.h"))
 BINDINGS = sorted(CUDA_DIR.glob("*.cpp"))
 ARCHS = ("80", "90")
 TIMEOUT_S = 1200  # nvcc for two architectures on a busy 2-core CI machine
@@ -119,9 +120,10 @@ def test_kernels_compile_with_nvcc(compile_results, source):
         sys.stderr.write(proc.stderr)
 
 
-@pytest.mark.parametrize("source", KERNELS, ids=[p.name for p in KERNELS])
+@pytest.mark.parametrize("source", KERNELS + KERNEL_HEADERS, ids=[p.name for p in KERNELS + KERNEL_HEADERS])
 def test_kernels_include_no_torch_header(source):
-    """The .cu files compile with any nvcc because they include no PyTorch header (the binding does the torch side)."""
+    """The .cu files and the headers they share compile with any nvcc because they include no PyTorch header (the
+    binding does the torch side)."""
     text = source.read_text()
     for banned in ("<torch/", "<ATen/", "<c10/", '"torch/', '"ATen/', '"c10/'):
         assert banned not in text, f"{source.name} includes a PyTorch header ({banned}...)"

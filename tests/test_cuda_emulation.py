@@ -27,7 +27,7 @@ from _emulation import build_emulation
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "cuda_emulation" / "group_norm_silu_emulation.cpp"
 SOURCES = [DRIVER, ROOT / "csrc/cuda/group_norm_silu_kernels.cu", ROOT / "csrc/cuda/group_norm_silu_kernels.h",
-           ROOT / "csrc/cuda/host_emulation.h"]
+           ROOT / "csrc/cuda/common.cuh", ROOT / "csrc/cuda/host_emulation.h"]
 KIND = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

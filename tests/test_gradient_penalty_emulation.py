@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "cuda_emulation" / "gradient_penalty_emulation.cpp"
 EMULATION = ROOT / "csrc" / "cuda" / "host_emulation.h"
 SOURCES = [DRIVER, ROOT / "csrc/cuda/gradient_penalty_kernels.cu", ROOT / "csrc/cuda/gradient_penalty_kernels.h",
-           EMULATION]
+           ROOT / "csrc/cuda/common.cuh", EMULATION]
 KIND = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}  # GpDtype
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

@@ -7,50 +7,17 @@
 // --use_fast_math, so the square root and the divisions use the correctly rounded intrinsics explicitly.
 #include "gradient_penalty_kernels.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#ifdef GENCORE_CUDA_HOST_EMULATION
-#include "host_emulation.h"  // tests only: runs these kernels on CPU threads (tests/test_gradient_penalty_emulation.py)
-#endif
-
 #include <algorithm>
 #include <cmath>
+
+#include "common.cuh"
 
 namespace gencore {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kMaxGridY = 65535;
 constexpr int64_t kElemsPerBlock = 4096;  // elementwise passes: 16 elements per thread
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T> __device__ __forceinline__ T from_acc(typename Acc<T>::type x);
-template <> __device__ __forceinline__ float from_acc<float>(float x) { return x; }
-template <> __device__ __forceinline__ double from_acc<double>(double x) { return x; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-#ifdef GENCORE_CUDA_HOST_EMULATION
-inline float exact_sqrt(float x) { return std::sqrt(x); }
-inline double exact_sqrt(double x) { return std::sqrt(x); }
-inline float exact_div(float a, float b) { return a / b; }
-inline double exact_div(double a, double b) { return a / b; }
-#else
-__device__ __forceinline__ float exact_sqrt(float x) { return __fsqrt_rn(x); }
-__device__ __forceinline__ double exact_sqrt(double x) { return sqrt(x); }
-__device__ __forceinline__ float exact_div(float a, float b) { return __fdiv_rn(a, b); }
-__device__ __forceinline__ double exact_div(double a, double b) { return a / b; }
-#endif
 
 // Sum over the block in a fixed order: shuffles within each warp, then warp 0 over the warps' sums.
 template <typename A>
@@ -72,7 +39,7 @@ __device__ A block_sum(A v) {
 template <typename T>
 __global__ void interpolate_kernel(const T* __restrict__ real, const T* __restrict__ fake, const T* __restrict__ alpha,
                                    T* __restrict__ out, int64_t n, int64_t d) {
-  using A = typename Acc<T>::type;
+  using A = Acc<T>;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t s = blockIdx.y; s < n; s += gridDim.y) {
     const A a = to_acc(alpha[s]);
@@ -85,9 +52,9 @@ __global__ void interpolate_kernel(const T* __restrict__ real, const T* __restri
 }
 
 template <typename T>
-__global__ void sumsq_kernel(const T* __restrict__ grad, typename Acc<T>::type* __restrict__ partial, int64_t n,
+__global__ void sumsq_kernel(const T* __restrict__ grad, Acc<T>* __restrict__ partial, int64_t n,
                              int64_t d, int64_t chunks) {
-  using A = typename Acc<T>::type;
+  using A = Acc<T>;
   for (int64_t s = blockIdx.y; s < n; s += gridDim.y) {
     for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {
       const int64_t start = c * kGpChunk;
@@ -124,11 +91,11 @@ __global__ void finalize_kernel(const A* __restrict__ partial, A* __restrict__ n
 }
 
 template <typename T>
-__global__ void penalty_bwd_kernel(const typename Acc<T>::type* __restrict__ grad_penalty, const T* __restrict__ grad,
-                                   const typename Acc<T>::type* __restrict__ norms, T* __restrict__ out, int64_t n,
-                                   int64_t d, typename Acc<T>::type center, bool one_sided,
-                                   typename Acc<T>::type scale_sq) {
-  using A = typename Acc<T>::type;
+__global__ void penalty_bwd_kernel(const Acc<T>* __restrict__ grad_penalty, const T* __restrict__ grad,
+                                   const Acc<T>* __restrict__ norms, T* __restrict__ out, int64_t n,
+                                   int64_t d, Acc<T> center, bool one_sided,
+                                   Acc<T> scale_sq) {
+  using A = Acc<T>;
   const A gout = *grad_penalty;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t s = blockIdx.y; s < n; s += gridDim.y) {
@@ -142,18 +109,6 @@ __global__ void penalty_bwd_kernel(const typename Acc<T>::type* __restrict__ gra
       out[base + i] = from_acc<T>(coef * to_acc(grad[base + i]));
     }
   }
-}
-
-// Every launch goes through here: on the GPU a plain <<<grid, kThreads, 0, stream>>>; under host emulation (tests
-// only) the same kernel runs on CPU fibers.
-template <class... Params, class... Args>
-void launch(void (*kernel)(Params...), dim3 grid, cudaStream_t stream, Args... args) {
-#ifdef GENCORE_CUDA_HOST_EMULATION
-  (void)stream;
-  gencore_emulation::launch(kernel, grid, kThreads, Params(args)...);
-#else
-  kernel<<<grid, kThreads, 0, stream>>>(Params(args)...);
-#endif
 }
 
 dim3 elementwise_grid(int64_t n, int64_t d) {
@@ -193,7 +148,7 @@ cudaError_t gp_norm_penalty_fwd(GpDtype dtype, const void* grad, void* workspace
   const int64_t chunks = gp_chunks(d);
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    using A = typename Acc<T>::type;
+    using A = Acc<T>;
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(chunks, 1 << 20)),
                     static_cast<unsigned>(std::min<int64_t>(n, kMaxGridY)));
     launch(sumsq_kernel<T>, grid, stream, static_cast<const T*>(grad), static_cast<A*>(workspace), n, d, chunks);
@@ -209,7 +164,7 @@ cudaError_t gp_norm_penalty_bwd(GpDtype dtype, const void* grad_penalty, const v
   if (n <= 0 || d <= 0) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    using A = typename Acc<T>::type;
+    using A = Acc<T>;
     launch(penalty_bwd_kernel<T>, elementwise_grid(n, d), stream, static_cast<const A*>(grad_penalty),
            static_cast<const T*>(grad), static_cast<const A*>(norms), static_cast<T*>(out), n, d,
            static_cast<A>(center), one_sided, static_cast<A>(grad_scale * grad_scale));

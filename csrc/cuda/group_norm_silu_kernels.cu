@@ -32,17 +32,11 @@
 
 #include "group_norm_silu_kernels.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#ifdef GENCORE_CUDA_HOST_EMULATION
-#include "host_emulation.h"  // tests only: runs these kernels on CPU threads (see that file)
-#endif
-
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
+
+#include "common.cuh"
 
 namespace gencore {
 namespace cuda {
@@ -50,40 +44,10 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr int kWarps = 8;
-constexpr int kThreads = kWarp * kWarps;  // every kernel here runs 256-thread blocks
+static_assert(kWarp * kWarps == kThreads, "the reductions below assume kThreads = 8 warps of 32");
 constexpr int64_t kMaxSplits = 1024;      // bounds the per-channel merge loop of the finalize kernels
 constexpr int64_t kMaxGridX = 1 << 30;    // below CUDA's 2^31 - 1; kernels loop over the rest
 constexpr int64_t kMaxGridY = 65535;
-
-// ---------------------------------------------------------------------------------------------------------------------
-// Element types: T is the storage type, Acc<T> the accumulation type (float, double for double).
-
-template <class T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-template <class T>
-using Acc = typename AccOf<T>::type;
-
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-
-template <class T>
-__device__ __forceinline__ T from_acc(Acc<T> v);
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ double from_acc<double>(double v) { return v; }
 
 // An optional per-channel value: p[i], or `absent` where the tensor was None.
 template <class T>
@@ -760,18 +724,6 @@ int fwd_vector_width(const GroupNormSiluFwdArgs& a) {
 template <class T>
 int bwd_vector_width(const GroupNormSiluBwdArgs& a) {
   return vector_width<T>(a.dims, {a.x, a.grad_out, a.grad_x});
-}
-
-// Every launch goes through here: on the GPU a plain <<<grid, 256, 0, stream>>>; under host emulation (tests only)
-// the same kernel runs on CPU threads.
-template <class... Params, class... Args>
-void launch(void (*kernel)(Params...), dim3 grid, cudaStream_t stream, Args... args) {
-#ifdef GENCORE_CUDA_HOST_EMULATION
-  (void)stream;
-  gencore_emulation::launch(kernel, grid, kThreads, Params(args)...);
-#else
-  kernel<<<grid, kThreads, 0, stream>>>(Params(args)...);
-#endif
 }
 
 template <class Op, int V, bool CL>

@@ -12,57 +12,19 @@
 // (log1p, sincospi: --use_fast_math does not replace them), so normals agree with the other backends to rounding.
 #include "sampler_step_kernels.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
 #include "../philox.h"
-
-#ifdef GENCORE_CUDA_HOST_EMULATION
-#include "host_emulation.h"  // tests only: runs these kernels on CPU fibers (tests/test_sampler_step_emulation.py)
-#endif
+#include "common.cuh"
 
 namespace gencore {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kNumCoefs = 9;
-
-// ---------------------------------------------------------------------------------------------------------------
-// Element type traits: conversion to and from the compute type.
-
-template <typename T>
-struct Elem;
-template <>
-struct Elem<float> {
-  using acc = float;
-  __device__ static float to_acc(float v) { return v; }
-  __device__ static float from_acc(float v) { return v; }
-};
-template <>
-struct Elem<double> {
-  using acc = double;
-  __device__ static double to_acc(double v) { return v; }
-  __device__ static double from_acc(double v) { return v; }
-};
-template <>
-struct Elem<__half> {
-  using acc = float;
-  __device__ static float to_acc(__half v) { return __half2float(v); }
-  __device__ static __half from_acc(float v) { return __float2half_rn(v); }
-};
-template <>
-struct Elem<__nv_bfloat16> {
-  using acc = float;
-  __device__ static float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-  __device__ static __nv_bfloat16 from_acc(float v) { return __float2bfloat16_rn(v); }
-};
 
 // Four elements as one aligned vector access (the caller guarantees 4-element alignment).
 template <typename T>
@@ -92,10 +54,10 @@ struct GroupIO {
     if (VEC) {  // count == 4 and mem[0] % 4 == 0
       const Pack4<T> pack = *reinterpret_cast<const Pack4<T>*>(p + mem[0]);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) out[j] = Elem<T>::to_acc(pack.v[j]);
+      for (int j = 0; j < 4; ++j) out[j] = to_acc(pack.v[j]);
     } else {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) out[j] = j < count ? Elem<T>::to_acc(p[mem[j]]) : A(0);
+      for (int j = 0; j < 4; ++j) out[j] = j < count ? to_acc(p[mem[j]]) : A(0);
     }
   }
 
@@ -105,12 +67,12 @@ struct GroupIO {
     if (VEC) {
       Pack4<T> pack;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) pack.v[j] = Elem<T>::from_acc(in[j]);
+      for (int j = 0; j < 4; ++j) pack.v[j] = from_acc<T>(in[j]);
       *reinterpret_cast<Pack4<T>*>(p + mem[0]) = pack;
     } else {
 #pragma unroll
       for (int j = 0; j < 4; ++j)
-        if (j < count) p[mem[j]] = Elem<T>::from_acc(in[j]);
+        if (j < count) p[mem[j]] = from_acc<T>(in[j]);
     }
   }
 };
@@ -165,7 +127,7 @@ __device__ __forceinline__ int64_t clamped_row(const int64_t* timesteps, int64_t
 
 template <typename T, bool VEC, bool CHANNELS_LAST>
 __global__ void __launch_bounds__(kThreads) sampler_step_kernel(SamplerStepArgs a) {
-  using A = typename Elem<T>::acc;
+  using A = Acc<T>;
   const int64_t groups = (a.dims.numel + 3) / 4;
   const int64_t total = a.dims.N * groups;
   const A guidance = static_cast<A>(a.guidance_scale);
@@ -214,7 +176,7 @@ __global__ void __launch_bounds__(kThreads) sampler_step_kernel(SamplerStepArgs 
 
 template <typename T, bool VEC, bool CHANNELS_LAST>
 __global__ void __launch_bounds__(kThreads) training_inputs_kernel(TrainingInputsArgs a) {
-  using A = typename Elem<T>::acc;
+  using A = Acc<T>;
   const int64_t groups = (a.dims.numel + 3) / 4;
   const int64_t total = a.dims.N * groups;
   const A* coefs = static_cast<const A*>(a.coefs);
@@ -253,19 +215,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------------------------------------------------------
 // Launchers
-
-// Every launch goes through here: on the GPU a plain <<<blocks, kThreads, 0, stream>>>; under host emulation (tests
-// only) the same kernel runs on CPU fibers.
-template <class... Params, class... Args>
-cudaError_t launch(void (*kernel)(Params...), int blocks, cudaStream_t stream, Args... args) {
-#ifdef GENCORE_CUDA_HOST_EMULATION
-  (void)stream;
-  gencore_emulation::launch(kernel, dim3(blocks), kThreads, Params(args)...);
-#else
-  kernel<<<blocks, kThreads, 0, stream>>>(Params(args)...);
-#endif
-  return cudaGetLastError();
-}
 
 // Enough blocks to fill any current GPU several times over; the grid-stride loop covers the rest. A fixed cap (no
 // device query) keeps the launcher free of host calls.

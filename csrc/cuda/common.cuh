@@ -1,0 +1,77 @@
+// What every gencore CUDA kernel file shares: the element types' conversions to the compute type, the correctly
+// rounded square root and division (the extension builds with --use_fast_math), and the one launch helper through
+// which a kernel runs either on the GPU or, in the tests, on CPU fibers (host_emulation.h). No PyTorch headers: the
+// kernels compile with nvcc alone (tests/test_cuda_compile.py).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#ifdef GENCORE_CUDA_HOST_EMULATION
+#include "host_emulation.h"  // tests only: runs the kernels on CPU fibers (tests/test_*_emulation.py)
+#endif
+
+namespace gencore {
+namespace cuda {
+
+constexpr int kThreads = 256;  // threads per block of every gencore kernel
+
+// T is the storage type, Acc<T> the compute type: float for float16/bfloat16/float32, double for float64.
+template <class T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <class T>
+using Acc = typename AccOf<T>::type;
+
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+
+template <class T>
+__device__ __forceinline__ T from_acc(Acc<T> v);
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <>
+__device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ double from_acc<double>(double v) { return v; }
+
+// --use_fast_math turns sqrtf and '/' into approximations; these stay correctly rounded, like the CPU backend.
+#ifdef GENCORE_CUDA_HOST_EMULATION
+inline float exact_sqrt(float x) { return std::sqrt(x); }
+inline double exact_sqrt(double x) { return std::sqrt(x); }
+inline float exact_div(float a, float b) { return a / b; }
+inline double exact_div(double a, double b) { return a / b; }
+#else
+__device__ __forceinline__ float exact_sqrt(float x) { return __fsqrt_rn(x); }
+__device__ __forceinline__ double exact_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float exact_div(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double exact_div(double a, double b) { return a / b; }
+#endif
+
+// Every launch goes through here: on the GPU a plain <<<grid, kThreads, 0, stream>>>; under host emulation (tests
+// only) the same kernel runs on CPU fibers. Returns the launch error, if any.
+template <class... Params, class... Args>
+cudaError_t launch(void (*kernel)(Params...), dim3 grid, cudaStream_t stream, Args... args) {
+#ifdef GENCORE_CUDA_HOST_EMULATION
+  (void)stream;
+  gencore_emulation::launch(kernel, grid, kThreads, Params(args)...);
+#else
+  kernel<<<grid, kThreads, 0, stream>>>(Params(args)...);
+#endif
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace gencore
