@@ -15,7 +15,10 @@ namespace gencore {
 namespace {
 
 constexpr size_t kMinPooledBytes = size_t(1) << 20;  // below this, malloc reuses its own free lists anyway
-constexpr size_t kHeader = 64;                       // keeps the 64-byte alignment of c10::alloc_cpu
+constexpr size_t kAlign = 64;                        // the alignment of c10::alloc_cpu, kept for every output
+constexpr size_t kHeader = kAlign;                   // the block's byte size, in front of the data
+constexpr size_t kPage = 4096;                       // the data may start at any kAlign offset within a page
+constexpr size_t kSlack = kPage - kAlign;
 
 size_t limit_from_env() {
   const char* env = std::getenv("GENCORE_CPU_CACHE_MB");
@@ -25,30 +28,29 @@ size_t limit_from_env() {
   return (end == env || mb <= 0) ? 0 : static_cast<size_t>(mb) << 20;
 }
 
-// Each block is [header: its byte size][data]; the DataPtr context is the block, the data is block + kHeader.
-class OutputPool final : public c10::Allocator {
+// Each block is [header: its byte size][kSlack bytes][nbytes]; the data starts somewhere in the first kPage bytes
+// after the header, at the page offset asked for. The DataPtr context is the block.
+class OutputPool {
  public:
-  c10::DataPtr allocate(size_t nbytes) override {
+  c10::DataPtr allocate(size_t nbytes, size_t page_offset) {
     if (nbytes < kMinPooledBytes || limit_ == 0) return c10::GetDefaultCPUAllocator()->allocate(nbytes);
-    void* block = nullptr;
+    char* block = nullptr;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = free_.find(nbytes);
       if (it != free_.end() && !it->second.empty()) {
-        block = it->second.back();
+        block = static_cast<char*>(it->second.back());
         it->second.pop_back();
         cached_ -= nbytes;
       }
     }
     if (block == nullptr) {
-      block = c10::alloc_cpu(nbytes + kHeader);
+      block = static_cast<char*>(c10::alloc_cpu(kHeader + kSlack + nbytes));
       std::memcpy(block, &nbytes, sizeof(nbytes));
     }
-    return {static_cast<char*>(block) + kHeader, block, &OutputPool::release, c10::Device(c10::DeviceType::CPU)};
-  }
-
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    default_copy_data(dest, src, count);
+    const uintptr_t first = reinterpret_cast<uintptr_t>(block) + kHeader;  // kAlign-aligned
+    char* data = block + kHeader + (page_offset + kPage - first % kPage) % kPage;
+    return {data, block, &OutputPool::release, c10::Device(c10::DeviceType::CPU)};
   }
 
   int64_t empty_cache() {
@@ -93,15 +95,38 @@ class OutputPool final : public c10::Allocator {
   const size_t limit_ = limit_from_env();
 };
 
+// The c10::Allocator of the outputs at one page offset. A tensor's storage keeps its allocator (resize_ calls it
+// again), so there is one static instance per kAlign offset, never destroyed.
+class PageOffsetAllocator final : public c10::Allocator {
+ public:
+  size_t page_offset = 0;
+
+  c10::DataPtr allocate(size_t nbytes) override { return OutputPool::get().allocate(nbytes, page_offset); }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+};
+
+c10::Allocator* allocator_like(const at::Tensor& like) {
+  static PageOffsetAllocator* allocators = [] {
+    auto* all = new PageOffsetAllocator[kPage / kAlign];
+    for (size_t i = 0; i < kPage / kAlign; ++i) all[i].page_offset = i * kAlign;
+    return all;
+  }();
+  const auto address = reinterpret_cast<uintptr_t>(like.const_data_ptr());
+  return &allocators[(address % kPage) / kAlign];
+}
+
 }  // namespace
 
-at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return at::detail::empty_generic(sizes, &OutputPool::get(), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   c10::typeMetaToScalarType(options.dtype()), std::nullopt);
+at::Tensor pooled_empty(at::IntArrayRef sizes, const at::Tensor& like) {
+  return at::detail::empty_generic(sizes, allocator_like(like), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   like.scalar_type(), std::nullopt);
 }
 
 at::Tensor pooled_empty_like(const at::Tensor& t) {
-  return at::detail::empty_strided_generic(t.sizes(), t.strides(), &OutputPool::get(),
+  return at::detail::empty_strided_generic(t.sizes(), t.strides(), allocator_like(t),
                                            c10::DispatchKeySet(c10::DispatchKey::CPU), t.scalar_type());
 }
 

@@ -306,8 +306,8 @@ bool channels_last(const at::Tensor& x) {
 
 // x's layout, from the output pool (see cpu_output_pool.h: large fresh allocations cost more than the kernel).
 at::Tensor output_like(const at::Tensor& x) {
-  if (channels_last(x)) return pooled_empty(x.movedim(1, -1).sizes(), x.options()).movedim(-1, 1);
-  return pooled_empty(x.sizes(), x.options());
+  if (channels_last(x)) return pooled_empty(x.movedim(1, -1).sizes(), x).movedim(-1, 1);
+  return pooled_empty(x.sizes(), x);
 }
 
 at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }

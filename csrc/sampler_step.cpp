@@ -62,8 +62,8 @@ inline void store(const Vectorized<acc_t>& v, scalar_t* p, int64_t count) {
 // An output in t's layout (contiguous or channels-last), from the output pool: fresh multi-MB allocations cost page
 // faults comparable to the whole step (cpu_output_pool.h), and a sampling loop repeats its shapes.
 at::Tensor output_like(const at::Tensor& t, bool channels_last) {
-  if (channels_last) return pooled_empty(t.movedim(1, -1).sizes(), t.options()).movedim(-1, 1);
-  return pooled_empty(t.sizes(), t.options());
+  if (channels_last) return pooled_empty(t.movedim(1, -1).sizes(), t).movedim(-1, 1);
+  return pooled_empty(t.sizes(), t);
 }
 
 // timesteps (checked by ss::check_table) as a contiguous tensor, each value a row of coefs: on the CPU the range is

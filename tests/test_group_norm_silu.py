@@ -273,6 +273,28 @@ def test_cpu_output_cache_reuse_is_safe():
     assert_close(y3, truth[1], torch.float32)
 
 
+@pytest.mark.skipif("cpu" not in gencore.available_backends(), reason="needs the C++ extension")
+@pytest.mark.skipif(os.environ.get("GENCORE_CPU_CACHE_MB", "") == "0", reason="the output cache is turned off")
+@pytest.mark.parametrize("element_offset", [0, 16, 48, 1000])
+def test_cpu_output_starts_at_the_input_page_offset(element_offset):
+    """Cached outputs start at their input's offset within a 4 KiB page (to 64 bytes), so a kernel's stores never
+    trail its loads by one vector in the low 12 address bits (4K aliasing; csrc/cpu_output_pool.h). The buffer's
+    slack must not leak into the result, and a resize_ of such an output still works."""
+    base = torch.randn(2 * 8 * 128 * 128 + 2048, generator=torch.Generator().manual_seed(0))
+    x = base[element_offset:element_offset + 2 * 8 * 128 * 128].view(2, 8, 128, 128)
+    torch.ops.gencore.cpu_empty_cache()  # a fresh block, and then ...
+    for _ in range(2):                   # ... the same block again from the cache
+        y = group_norm_silu(x, 4, backend="cpu")
+        assert y.data_ptr() % 4096 == x.data_ptr() % 4096 // 64 * 64
+        assert y.data_ptr() % 64 == 0
+        assert_close(y, group_norm_silu_ref(x, 4, upcast=True), torch.float32)
+        del y
+    y = group_norm_silu(x, 4, backend="cpu")
+    y.resize_(3, 8, 128, 128)  # grows through the storage's allocator
+    y[2] = 1.0
+    assert float(y[2].mean()) == 1.0
+
+
 GRADCHECK_BACKENDS = [pytest.param("reference", id="reference")] + backend_params(("cpu", "triton"))
 
 
