@@ -26,6 +26,21 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>& interpolate_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("gencore::gp_interpolate", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, bool, double)>&
+penalty_fwd_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("gencore::gp_norm_penalty_fwd", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, bool, double)>();
+  return op;
+}
+
 // alpha (N,) viewed as (N, 1, ..., 1) against a tensor of `dim` dimensions.
 at::Tensor per_sample(const at::Tensor& alpha, int64_t dim) {
   std::vector<int64_t> shape(dim, 1);
@@ -37,12 +52,9 @@ class InterpolateFunction : public torch::autograd::Function<InterpolateFunction
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& real, const at::Tensor& fake,
                             const at::Tensor& alpha) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("gencore::gp_interpolate", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
     ctx->save_for_backward({real, fake, alpha});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return op.call(real, fake, alpha);
+    return interpolate_op().call(real, fake, alpha);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -62,13 +74,10 @@ class NormPenaltyFunction : public torch::autograd::Function<NormPenaltyFunction
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& grad, double center, bool one_sided,
                                double grad_scale) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("gencore::gp_norm_penalty_fwd", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, bool, double)>();
     at::Tensor penalty, norms;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
-      std::tie(penalty, norms) = op.call(grad, center, one_sided, grad_scale);
+      std::tie(penalty, norms) = penalty_fwd_op().call(grad, center, one_sided, grad_scale);
     }
     ctx->save_for_backward({grad, norms});
     ctx->saved_data["center"] = center;
@@ -114,12 +123,22 @@ class NormPenaltyFunction : public torch::autograd::Function<NormPenaltyFunction
   }
 };
 
+// Calls that record no graph (WGAN-GP's interpolation of detached real and fake, no_grad evaluation) go straight to
+// the kernel: Function::apply would still build and drop a node.
 at::Tensor gp_interpolate_autograd(const at::Tensor& real, const at::Tensor& fake, const at::Tensor& alpha) {
+  if (!at::GradMode::is_enabled() || !(real.requires_grad() || fake.requires_grad() || alpha.requires_grad())) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return interpolate_op().call(real, fake, alpha);
+  }
   return InterpolateFunction::apply(real, fake, alpha);
 }
 
 std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_autograd(const at::Tensor& grad, double center,
                                                                 bool one_sided, double grad_scale) {
+  if (!at::GradMode::is_enabled() || !grad.requires_grad()) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return penalty_fwd_op().call(grad, center, one_sided, grad_scale);
+  }
   auto out = NormPenaltyFunction::apply(grad, center, one_sided, grad_scale);
   return {out[0], out[1]};
 }
