@@ -84,6 +84,7 @@ class NormPenaltyFunction : public torch::autograd::Function<NormPenaltyFunction
     ctx->saved_data["one_sided"] = one_sided;
     ctx->saved_data["grad_scale"] = grad_scale;
     ctx->mark_non_differentiable({norms});
+    ctx->set_materialize_grads(false);  // the norms' gradient is never used: no zeros tensor for it per backward
     return {penalty, norms};
   }
 
@@ -92,13 +93,15 @@ class NormPenaltyFunction : public torch::autograd::Function<NormPenaltyFunction
                           .findSchemaOrThrow("gencore::gp_norm_penalty_bwd", "")
                           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool,
                                             double)>();
-    if (!ctx->needs_input_grad(0)) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const at::Tensor& grad_penalty = grad_outputs[0];  // undefined only if nothing flows back (grads not materialised)
+    if (!ctx->needs_input_grad(0) || !grad_penalty.defined()) {
+      return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &grad = saved[0], &norms = saved[1];
     const double center = ctx->saved_data["center"].toDouble();
     const bool one_sided = ctx->saved_data["one_sided"].toBool();
     const double grad_scale = ctx->saved_data["grad_scale"].toDouble();
-    const at::Tensor& grad_penalty = grad_outputs[0];
     at::Tensor grad_grad;
     if (at::GradMode::is_enabled()) {
       grad_grad = differentiable_backward(grad, grad_penalty, center, one_sided, grad_scale);
