@@ -41,6 +41,16 @@ penalty_fwd_op() {
   return op;
 }
 
+const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool,
+                                          double)>&
+penalty_bwd_op() {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("gencore::gp_norm_penalty_bwd", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool, double)>();
+  return op;
+}
+
 // alpha (N,) viewed as (N, 1, ..., 1) against a tensor of `dim` dimensions.
 at::Tensor per_sample(const at::Tensor& alpha, int64_t dim) {
   std::vector<int64_t> shape(dim, 1);
@@ -89,10 +99,6 @@ class NormPenaltyFunction : public torch::autograd::Function<NormPenaltyFunction
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    static auto bwd = c10::Dispatcher::singleton()
-                          .findSchemaOrThrow("gencore::gp_norm_penalty_bwd", "")
-                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool,
-                                            double)>();
     const at::Tensor& grad_penalty = grad_outputs[0];  // undefined only if nothing flows back (grads not materialised)
     if (!ctx->needs_input_grad(0) || !grad_penalty.defined()) {
       return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
@@ -106,7 +112,7 @@ class NormPenaltyFunction : public torch::autograd::Function<NormPenaltyFunction
     if (at::GradMode::is_enabled()) {
       grad_grad = differentiable_backward(grad, grad_penalty, center, one_sided, grad_scale);
     } else {
-      grad_grad = bwd.call(grad_penalty, grad, norms, center, one_sided, grad_scale);
+      grad_grad = penalty_bwd_op().call(grad_penalty, grad, norms, center, one_sided, grad_scale);
     }
     return {grad_grad, at::Tensor(), at::Tensor(), at::Tensor()};
   }
