@@ -213,7 +213,7 @@ def test_ema_warms_up_like_diffusers():
         if expected is None:
             expected = 0.0  # the first update copies
         else:
-            expected += (1 - ema_decay_at(0.999, step)) * (step - expected)
-    assert ema_decay_at(0.999, 1) == pytest.approx(2 / 11) and ema_decay_at(0.999, 10**6) == 0.999
+            expected += (1 - float(ema_decay_at(0.999, step))) * (step - expected)
+    assert float(ema_decay_at(0.999, 1)) == pytest.approx(2 / 11) and float(ema_decay_at(0.999, 10**6)) == 0.999
     torch.testing.assert_close(ema.module.weight, torch.full((2, 3), expected), rtol=1e-5, atol=1e-4)
     assert expected > 299 - 35  # lags the weights by about 1 / (1 - decay) ~ 30 steps, not by the whole run

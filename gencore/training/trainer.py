@@ -121,12 +121,14 @@ def broadcast_state(modules: list[nn.Module]) -> None:
 # EMA
 
 
-def ema_decay_at(decay: float, num_averaged: int) -> float:
-    """The decay of the EMA's update number num_averaged (0 for the first): min(decay, (1 + n) / (10 + n)).
+def ema_decay_at(decay: float, num_averaged: int | torch.Tensor) -> torch.Tensor:
+    """The decay of the EMA's update number num_averaged (0 for the first): min(decay, (1 + n) / (10 + n)), as a
+    float64 0-dim tensor on num_averaged's device (AveragedModel keeps its count there: no host sync per update).
 
     The warm-up is diffusers' EMAModel's default. Without it the EMA keeps decay^steps of its first (nearly random)
     weights: 13% of them after 2,000 steps at decay 0.999, enough to turn a DDPM's samples into noise."""
-    return min(decay, (1.0 + num_averaged) / (10.0 + num_averaged))
+    n = torch.as_tensor(num_averaged, dtype=torch.float64)
+    return ((1.0 + n) / (10.0 + n)).clamp(max=decay)
 
 
 def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
@@ -137,10 +139,10 @@ def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMo
     @torch.no_grad()
     def update(ema_params, params, num_averaged):
         # AveragedModel copies the weights on its first update and calls this from the second on (num_averaged >= 1).
-        weight = 1.0 - ema_decay_at(decay, int(num_averaged))
+        weight = 1.0 - ema_decay_at(decay, num_averaged)
         for ema_param, param in zip(ema_params, params):
             if ema_param.is_floating_point():
-                ema_param.lerp_(param.to(ema_param.dtype), weight)
+                ema_param.lerp_(param.to(ema_param.dtype), weight.to(ema_param.dtype))
             else:  # integer buffers (BatchNorm's num_batches_tracked) are counts, not weights
                 ema_param.copy_(param)
 
