@@ -416,6 +416,37 @@ def test_gradcheck_fused_ops(backend):
         assert torch.autograd.gradgradcheck(penalty, (grad,))
 
 
+def test_cpp_autograd_nodes_guard_their_saved_tensors():
+    """The C++ ops' backward nodes are hand-written (csrc/gradient_penalty_autograd.cpp): they must keep autograd's
+    promises as any generated node does: an in-place change of a saved input is refused, a freed graph cannot be run
+    twice, retain_graph can, and only the inputs asked for get a gradient."""
+    if not _extension.has_kernel("gp_norm_penalty_fwd", "CPU"):
+        pytest.skip("no gencore._C CPU kernels in this build")
+    gen = torch.Generator().manual_seed(4)
+    grad = torch.randn(3, 2, 5, generator=gen, requires_grad=True)
+    g = grad * 1.0  # a non-leaf, so it can be modified in place
+    penalty = gradient_norm_penalty(g, backend="cpu")
+    assert penalty.grad_fn.name() == "GpNormPenaltyBackward"
+    g.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        penalty.backward()
+
+    penalty = gradient_norm_penalty(grad, backend="cpu")
+    (first,) = torch.autograd.grad(penalty, grad, retain_graph=True)
+    (second,) = torch.autograd.grad(penalty, grad)
+    assert torch.equal(first, second)
+    with pytest.raises(RuntimeError, match="second time"):
+        torch.autograd.grad(penalty, grad)
+
+    real, fake, alpha = (torch.randn(3, 2, 5, generator=gen, requires_grad=True),
+                         torch.randn(3, 2, 5, generator=gen), torch.rand(3, generator=gen, requires_grad=True))
+    x_hat = gradient_penalty_interpolate(real, fake, alpha, backend="cpu")
+    assert x_hat.grad_fn.name() == "GpInterpolateBackward"
+    (grad_alpha,) = torch.autograd.grad(x_hat.sum(), alpha)
+    torch.testing.assert_close(grad_alpha, (real - fake).sum(dim=(1, 2)))
+    assert real.grad is None
+
+
 def test_opcheck_cpp_ops():
     if not _extension.has_kernel("gp_interpolate", "CPU"):
         pytest.skip("no gencore._C CPU kernels in this build")
