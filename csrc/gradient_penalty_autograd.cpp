@@ -106,6 +106,7 @@ struct GpNormPenaltyBackward final : Node {
     std::lock_guard<std::mutex> lock(mutex_);
     const at::Tensor grad = grad_.unpack();
     if (at::GradMode::is_enabled()) return {differentiable_backward(grad, grad_penalty)};
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // no graph is recorded: skip the Autograd fallback
     return {penalty_bwd_op().call(grad_penalty, grad, norms_.unpack(), center_, one_sided_, grad_scale_)};
   }
 
