@@ -5,17 +5,26 @@
 #include <torch/library.h>
 
 #include <string>
+#include <vector>
 
 #include "cpu_output_pool.h"
+#include "python_entry.h"
 
 #ifndef GENCORE_CPU_ISA
 #define GENCORE_CPU_ISA "generic"
 #endif
 
 extern "C" {
-// The extension has no Python-level functions: importing it only runs the static registrations below.
+// Importing the extension runs the static registrations below; its few Python functions are eager entry points
+// (python_entry.h). Everything else is reached through torch.ops.gencore.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static std::vector<PyMethodDef> methods = [] {
+    std::vector<PyMethodDef> all;
+    gencore::add_gradient_penalty_methods(all);
+    all.push_back({nullptr, nullptr, 0, nullptr});
+    return all;
+  }();
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods.data()};
   return PyModule_Create(&module_def);
 }
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include "cpu_output_pool.h"
 
@@ -40,6 +41,34 @@ inline at::Tensor as_flat(const at::Tensor& t) { return per_sample_dense(t) ? t 
 // took longer than the penalty's kernels at (64, 3, 64, 64); CUDA has its caching allocator.
 inline at::Tensor output_like(const at::Tensor& t) {
   return t.is_cpu() && t.is_non_overlapping_and_dense() ? pooled_empty_like(t) : at::empty_like(t);
+}
+
+// The ops' dispatcher handles, looked up once: the autograd nodes and the eager Python entry points call through
+// them (unboxed) so that every call still passes the dispatcher's keys (autograd, profiling, CPU or CUDA kernel).
+inline const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>&
+interpolate_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("gencore::gp_interpolate", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  return op;
+}
+
+inline const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, bool, double)>&
+penalty_fwd_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("gencore::gp_norm_penalty_fwd", "")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, bool, double)>();
+  return op;
+}
+
+inline const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                                                 bool, double)>&
+penalty_bwd_op() {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("gencore::gp_norm_penalty_bwd", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool, double)>();
+  return op;
 }
 
 inline at::ScalarType stats_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }

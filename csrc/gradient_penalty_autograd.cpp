@@ -21,11 +21,12 @@
 // implemented: GpNormPenaltyBackward" (torch::autograd::Function's CppNode failed there too, with an internal
 // assert, because of the non-differentiable norms output). torch.compile of the forward is unaffected.
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
+
+#include "gradient_penalty.h"
 
 #include <mutex>
 #include <vector>
@@ -36,31 +37,6 @@ namespace {
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
-
-const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>& interpolate_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("gencore::gp_interpolate", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, bool, double)>&
-penalty_fwd_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("gencore::gp_norm_penalty_fwd", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, bool, double)>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool,
-                                          double)>&
-penalty_bwd_op() {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("gencore::gp_norm_penalty_bwd", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool, double)>();
-  return op;
-}
 
 // alpha (N,) viewed as (N, 1, ..., 1) against a tensor of `dim` dimensions.
 at::Tensor per_sample(const at::Tensor& alpha, int64_t dim) {
@@ -107,7 +83,7 @@ struct GpNormPenaltyBackward final : Node {
     const at::Tensor grad = grad_.unpack();
     if (at::GradMode::is_enabled()) return {differentiable_backward(grad, grad_penalty)};
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // no graph is recorded: skip the Autograd fallback
-    return {penalty_bwd_op().call(grad_penalty, grad, norms_.unpack(), center_, one_sided_, grad_scale_)};
+    return {gp::penalty_bwd_op().call(grad_penalty, grad, norms_.unpack(), center_, one_sided_, grad_scale_)};
   }
 
   std::string name() const override { return "GpNormPenaltyBackward"; }
@@ -142,7 +118,7 @@ at::Tensor gp_interpolate_autograd(const at::Tensor& real, const at::Tensor& fak
   at::Tensor x_hat;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    x_hat = interpolate_op().call(real, fake, alpha);
+    x_hat = gp::interpolate_op().call(real, fake, alpha);
   }
   if (torch::autograd::compute_requires_grad(real, fake, alpha)) {
     auto node = c10::make_intrusive<GpInterpolateBackward>();
@@ -160,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_autograd(const at::Tensor
   at::Tensor penalty, norms;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    std::tie(penalty, norms) = penalty_fwd_op().call(grad, center, one_sided, grad_scale);
+    std::tie(penalty, norms) = gp::penalty_fwd_op().call(grad, center, one_sided, grad_scale);
   }
   if (torch::autograd::compute_requires_grad(grad)) {
     auto node = c10::make_intrusive<GpNormPenaltyBackward>();

@@ -36,6 +36,12 @@ def loaded() -> bool:
     return _module is not None
 
 
+def module():
+    """The extension module gencore._C (its eager entry points), or None when it is unavailable."""
+    _load()
+    return _module
+
+
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether the extension registered a kernel for `gencore::<op>` under `dispatch_key` ("CPU" or "CUDA")."""
     if not loaded():

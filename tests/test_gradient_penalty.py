@@ -447,6 +447,52 @@ def test_cpp_autograd_nodes_guard_their_saved_tensors():
     assert real.grad is None
 
 
+def test_eager_entry_points_match_torch_ops_and_step_aside():
+    """gencore._C.gp_interpolate / gp_norm_penalty_fwd (csrc/gradient_penalty_python.cpp) are the eager path of the
+    public functions on the C++ backends. They must give torch.ops' results bit for bit, and answer NotImplemented
+    (so that the torch.ops path and its named checks run) for every argument the Python checks would not pass
+    plainly, for tensor subclasses and under a __torch_function__ mode, which must still see the op."""
+    if not _extension.has_kernel("gp_interpolate", "CPU"):
+        pytest.skip("no gencore._C CPU kernels in this build")
+    from torch.overrides import TorchFunctionMode
+
+    eager = _extension.module()
+    real, fake, alpha = _inputs((4, 3, 5), torch.float32, "cpu")
+    assert torch.equal(eager.gp_interpolate(real, fake, alpha), torch.ops.gencore.gp_interpolate(real, fake, alpha))
+    for center, one_sided, scale in ((1.0, False, 1.0), (0, True, 2), (2.5, True, 0.25)):
+        got = eager.gp_norm_penalty_fwd(real, center, one_sided, scale)
+        want = torch.ops.gencore.gp_norm_penalty_fwd(real, float(center), one_sided, float(scale))
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+    class Subclass(torch.Tensor):
+        pass
+
+    for args in [(real, fake, alpha.view(4, 1, 1)), (real, fake.double(), alpha), (real, fake, alpha.double()),
+                 (real, fake[:3], alpha), (real, fake, alpha[:3]), (real[:0], fake[:0], alpha[:0]),
+                 (real[:, :0], fake[:, :0], alpha), (real.long(), fake.long(), alpha.long()),
+                 (real.tolist(), fake, alpha), (real, fake, alpha, alpha), (real.as_subclass(Subclass), fake, alpha),
+                 (real, fake.to("meta"), alpha)]:
+        assert eager.gp_interpolate(*args) is NotImplemented
+    for args in [(real, -1.0, False, 1.0), (real, float("nan"), False, 1.0), (real, float("inf"), False, 1.0),
+                 (real, True, False, 1.0), (real, 1.0, 1, 1.0), (real, 1.0, False, 0.0), (real, 1.0, False, -2.0),
+                 (real, 1.0, False, float("inf")), (real, 10**400, False, 1.0), (real[:0], 1.0, False, 1.0),
+                 (real.long(), 1.0, False, 1.0), (real.as_subclass(Subclass), 1.0, False, 1.0), (real, 1.0, False)]:
+        assert eager.gp_norm_penalty_fwd(*args) is NotImplemented
+
+    seen = []
+
+    class Spy(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Spy():
+        x_hat = gradient_penalty_interpolate(real, fake, alpha, backend="cpu")
+        gradient_norm_penalty(x_hat, backend="cpu")
+    assert torch.ops.gencore.gp_interpolate.default in seen
+    assert torch.ops.gencore.gp_norm_penalty_fwd.default in seen
+
+
 def test_opcheck_cpp_ops():
     if not _extension.has_kernel("gp_interpolate", "CPU"):
         pytest.skip("no gencore._C CPU kernels in this build")
