@@ -28,7 +28,9 @@
 
 #include "gradient_penalty.h"
 
+#include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 namespace gencore {
@@ -37,6 +39,18 @@ namespace {
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
+
+// A new autograd node. PyTorch 2.13 holds nodes in c10::intrusive_ptr; earlier releases hold them in std::shared_ptr
+// allocated with torch::autograd::deleteNode as the deleter (it frees long chains of nodes without deep recursion),
+// and that function no longer exists. The test is on the type edges hold, so either header set compiles.
+template <typename T>
+auto make_node() {
+  if constexpr (std::is_same_v<decltype(torch::autograd::Edge::function), c10::intrusive_ptr<Node>>) {
+    return c10::make_intrusive<T>();
+  } else {
+    return std::shared_ptr<T>(new T(), [](T* node) { deleteNode(node); });  // found by ADL when instantiated
+  }
+}
 
 // alpha (N,) viewed as (N, 1, ..., 1) against a tensor of `dim` dimensions.
 at::Tensor per_sample(const at::Tensor& alpha, int64_t dim) {
@@ -121,7 +135,7 @@ at::Tensor gp_interpolate_autograd(const at::Tensor& real, const at::Tensor& fak
     x_hat = gp::interpolate_op().call(real, fake, alpha);
   }
   if (torch::autograd::compute_requires_grad(real, fake, alpha)) {
-    auto node = c10::make_intrusive<GpInterpolateBackward>();
+    auto node = make_node<GpInterpolateBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(real, fake, alpha));
     node->real_ = SavedVariable(real, /*is_output=*/false);
     node->fake_ = SavedVariable(fake, /*is_output=*/false);
@@ -139,7 +153,7 @@ std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_autograd(const at::Tensor
     std::tie(penalty, norms) = gp::penalty_fwd_op().call(grad, center, one_sided, grad_scale);
   }
   if (torch::autograd::compute_requires_grad(grad)) {
-    auto node = c10::make_intrusive<GpNormPenaltyBackward>();
+    auto node = make_node<GpNormPenaltyBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(grad));
     node->grad_ = SavedVariable(grad, /*is_output=*/false);
     node->norms_ = SavedVariable(norms, /*is_output=*/false);  // no grad_fn: saving it makes no reference cycle
