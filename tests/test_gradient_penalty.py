@@ -446,6 +446,14 @@ def test_cpp_autograd_nodes_guard_their_saved_tensors():
     torch.testing.assert_close(grad_alpha, (real - fake).sum(dim=(1, 2)))
     assert real.grad is None
 
+    # Compiled autograd cannot trace these nodes: a clear refusal that names the node, not a wrong gradient.
+    from torch._dynamo import compiled_autograd
+
+    penalty = gradient_norm_penalty(grad * 2, backend="cpu")
+    with pytest.raises(NotImplementedError, match="GpNormPenaltyBackward"):
+        with compiled_autograd._enable(torch.compile(backend="eager")):
+            penalty.backward()
+
 
 def test_eager_entry_points_match_torch_ops_and_step_aside():
     """gencore._C.gp_interpolate / gp_norm_penalty_fwd (csrc/gradient_penalty_python.cpp) are the eager path of the
