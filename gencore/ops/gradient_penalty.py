@@ -242,14 +242,12 @@ def gradient_penalty_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: 
         x_hat with real's shape and dtype (and layout, when each sample is one dense block; see the module doc),
         computed in float32 for half inputs. Differentiable w.r.t. real, fake and alpha, to any order.
     """
-    if isinstance(real, torch.Tensor):
-        name = backends.resolve(backend, real.device, IMPLEMENTED)
-        if name in _CPP_BACKENDS and _eager is not None and not torch.compiler.is_compiling():
-            x_hat = _eager.gp_interpolate(real, fake, alpha)
-            if x_hat is not NotImplemented:
-                return x_hat
-    alpha = check_interpolate_args(real, fake, alpha)
-    name = backends.resolve(backend, real.device, IMPLEMENTED)
+    name = backends.resolve(backend, real.device, IMPLEMENTED) if isinstance(real, torch.Tensor) else None
+    if name in _CPP_BACKENDS and _eager is not None and not torch.compiler.is_compiling():
+        x_hat = _eager.gp_interpolate(real, fake, alpha)
+        if x_hat is not NotImplemented:
+            return x_hat
+    alpha = check_interpolate_args(real, fake, alpha)  # raises unless real is a tensor, so name was resolved
     if name == "reference":
         return interpolate_ref(real, fake, alpha)
     op = torch.ops.gencore.gp_interpolate_triton if name == "triton" else torch.ops.gencore.gp_interpolate
@@ -276,14 +274,12 @@ def gradient_norm_penalty(grad: torch.Tensor, center: float = 1.0, one_sided: bo
         the reference when a graph of it is asked for). Exact and finite where a sample's norm is 0 (its gradient is
         then 0, as torch.linalg.vector_norm's). Deterministic: fixed-order reductions, no atomics.
     """
-    if isinstance(grad, torch.Tensor):
-        name = backends.resolve(backend, grad.device, IMPLEMENTED)
-        if name in _CPP_BACKENDS and _eager is not None and not torch.compiler.is_compiling():
-            out = _eager.gp_norm_penalty_fwd(grad, center, one_sided, grad_scale)
-            if out is not NotImplemented:
-                return out if return_norms else out[0]
-    check_penalty_args(grad, center, one_sided, grad_scale)
-    name = backends.resolve(backend, grad.device, IMPLEMENTED)
+    name = backends.resolve(backend, grad.device, IMPLEMENTED) if isinstance(grad, torch.Tensor) else None
+    if name in _CPP_BACKENDS and _eager is not None and not torch.compiler.is_compiling():
+        out = _eager.gp_norm_penalty_fwd(grad, center, one_sided, grad_scale)
+        if out is not NotImplemented:
+            return out if return_norms else out[0]
+    check_penalty_args(grad, center, one_sided, grad_scale)  # raises unless grad is a tensor, so name was resolved
     if name == "reference":
         penalty, norms = gradient_norm_penalty_ref(grad, float(center), one_sided, float(grad_scale))
         norms = norms.detach()
