@@ -112,13 +112,14 @@ PyObject* gp_norm_penalty_fwd_entry(PyObject* /*module*/, PyObject* const* args,
 }  // namespace
 
 void add_gradient_penalty_methods(std::vector<PyMethodDef>& methods) {
-  methods.push_back({"gp_interpolate", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gp_interpolate_entry)),
-                     METH_FASTCALL,
-                     "gp_interpolate(real, fake, alpha) -> x_hat, or NotImplemented (see gencore.ops.gradient_penalty)"});
-  methods.push_back({"gp_norm_penalty_fwd",
-                     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(gp_norm_penalty_fwd_entry)),
-                     METH_FASTCALL,
-                     "gp_norm_penalty_fwd(grad, center, one_sided, grad_scale) -> (penalty, norms), or NotImplemented"});
+  // METH_FASTCALL functions have another signature than PyCFunction; CPython casts them back by the flag.
+  const auto fastcall = [](PyObject* (*fn)(PyObject*, PyObject* const*, Py_ssize_t)) {
+    return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fn));
+  };
+  methods.push_back({"gp_interpolate", fastcall(gp_interpolate_entry), METH_FASTCALL,
+                     "gp_interpolate(real, fake, alpha) -> x_hat, or NotImplemented"});
+  methods.push_back({"gp_norm_penalty_fwd", fastcall(gp_norm_penalty_fwd_entry), METH_FASTCALL,
+                     "gp_norm_penalty_fwd(grad, center, one_sided, grad_scale) -> (penalty, norms) or NotImplemented"});
 }
 
 }  // namespace gencore
