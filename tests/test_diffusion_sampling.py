@@ -65,20 +65,23 @@ def test_same_seed_same_samples(cls, kwargs):
     assert not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("use_clipped", [False, True], ids=["raw_eps", "clipped_eps"])
 @pytest.mark.parametrize("eta", [0.0, 0.5])
-def test_loop_matches_diffusers(eta):
-    """sample() with DDIM equals the same loop written with diffusers' DDIMScheduler and the same generator."""
+def test_loop_matches_diffusers(eta, use_clipped):
+    """sample() with DDIM equals the same loop written with diffusers' DDIMScheduler and the same generator, for
+    either epsilon (sample()'s default is the clipped one, diffusers' the raw one)."""
     d = pytest.importorskip("diffusers")
     model = TinyModel()
     ours = sample(model, DDIMScheduler(), SHAPE, 10, eta=eta, generator=torch.Generator().manual_seed(3),
-                  progress=False)
+                  progress=False, use_clipped_model_output=use_clipped)
     theirs = d.DDIMScheduler()
     theirs.set_timesteps(10)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(SHAPE, generator=g)
     with torch.no_grad():
         for t in theirs.timesteps:
-            x = theirs.step(model(x, t.expand(SHAPE[0])), t, x, eta=eta, generator=g).prev_sample
+            x = theirs.step(model(x, t.expand(SHAPE[0])), t, x, eta=eta, generator=g,
+                            use_clipped_model_output=use_clipped).prev_sample
     # 10 steps of float32 rounding, each within the per-step budget
     torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
 

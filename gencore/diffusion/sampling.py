@@ -47,6 +47,7 @@ def sample(
     num_inference_steps: int | None = None,
     *,
     eta: float | None = None,
+    use_clipped_model_output: bool | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     class_labels: torch.Tensor | Sequence[int] | None = None,
     guidance_scale: float = 1.0,
@@ -69,6 +70,12 @@ def sample(
         shape_or_noise: the shape (N, C, H, W) of the batch to generate, or the initial noise x_T itself.
         num_inference_steps: the number of steps (default: num_train_timesteps for DDPM, 50 for DDIM).
         eta: DDIM's noise weight (default 0.0, deterministic); DDPM takes none.
+        use_clipped_model_output: DDIM only. None (the default) re-derives epsilon from the clipped or thresholded
+            x_0 whenever the scheduler clips or thresholds, so that every x_{t-1} is built from one consistent
+            (x_0, epsilon) pair, as the original implementations (improved-diffusion, GLIDE) do. diffusers'
+            pipelines and `DDIMScheduler.step` default to the raw epsilon instead: whenever x_0 leaves the range
+            (classifier-free guidance extrapolates it far out) the two disagree and each step pushes background up
+            and strokes down. Pass False for diffusers' behaviour.
         generator: the torch.Generator (or one per sample) for the initial noise and each step's noise, so the same
             seed gives the same samples.
         class_labels: (N,) int64 labels for a class-conditional model.
@@ -131,7 +138,14 @@ def sample(
         num_inference_steps = 50 if is_ddim else len(scheduler)
     scheduler.set_timesteps(num_inference_steps, device=device)
     schedule = scheduler.timesteps.tolist()  # host copy: the loop never reads the device
-    step_kwargs = {"eta": 0.0 if eta is None else eta} if is_ddim else {}
+    step_kwargs = {}
+    if is_ddim:
+        if use_clipped_model_output is None:
+            use_clipped_model_output = bool(scheduler.config.clip_sample or scheduler.config.thresholding)
+        step_kwargs = {"eta": 0.0 if eta is None else eta, "use_clipped_model_output": use_clipped_model_output}
+    elif use_clipped_model_output is not None:
+        raise ValueError("use_clipped_model_output is a DDIM option; DDPMScheduler's step is built from x_0 and "
+                         "x_t only and takes none")
     if philox_seed is None:
         step_kwargs["generator"] = generator
 
