@@ -92,6 +92,32 @@ def test_unet_bad_config(kwargs, match):
         UNet(in_channels=1, **{**TINY_UNET, **kwargs})
 
 
+def test_unet_refuses_groups_that_discard_the_conditioning():
+    # One channel per group: the embedding added per channel before GroupNorm is its group's mean, subtracted again.
+    with pytest.raises(ValueError, match=r"norm_groups \(32\) leaves one channel per group"):
+        UNet(in_channels=1, base_channels=32, norm_groups=32)
+    with pytest.raises(ValueError, match="base_channels"):
+        UNet(in_channels=1, base_channels=1)
+    UNet(in_channels=1, base_channels=32, norm_groups=32, time_embedding_norm="scale_shift")  # applied after norm
+
+
+@pytest.mark.parametrize("base_channels", [2, 3, 16, 32, 64])
+def test_unet_default_groups_keep_the_conditioning(base_channels):
+    """With the default groups, every residual block's output depends on the time and class embedding."""
+    torch.manual_seed(0)
+    m = UNet(in_channels=1, base_channels=base_channels, num_classes=10).eval()
+    assert base_channels // m.config["norm_groups"] >= 2
+    blocks = [mod for mod in m.modules() if type(mod).__name__ == "ResBlock"]
+    outputs = {}
+    for key, (t, label) in {"a": (10, 3), "b": (900, 7)}.items():
+        temb = m._embed(torch.zeros(1, 1, 8, 8), torch.tensor([t]), torch.tensor([label]))
+        with torch.no_grad():
+            outputs[key] = [blk(torch.randn(1, blk.conv1.in_channels, 8, 8, generator=torch.Generator().manual_seed(1)),
+                                temb) for blk in blocks]
+    for blk, a, b in zip(blocks, outputs["a"], outputs["b"]):
+        assert (a - b).abs().max() > 1e-3 * a.abs().max(), blk
+
+
 def test_unet_constructor_is_keyword_only():
     with pytest.raises(TypeError):
         UNet(1, 1)

@@ -21,6 +21,7 @@ def _number(convert: Callable[[str], float], accept: Callable[[float], bool], ex
 
 
 positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+int_at_least_2 = _number(int, lambda v: v >= 2, "an integer >= 2")
 non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = _number(float, lambda v: v > 0, "a positive number")
 non_negative_float = _number(float, lambda v: v >= 0, "a non-negative number")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._args import int_list, non_negative_int, positive_float, positive_int
+from ._args import int_at_least_2, int_list, non_negative_int, positive_float, positive_int
 
 KINDS = ("ddpm", "gan", "wgan-gp", "cgan")
 
@@ -44,11 +44,12 @@ def add_parser(sub, name):
     p.add_argument("--log-every", type=positive_int, default=10, help="steps between loss-history entries")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("ddpm")
-    g.add_argument("--base-channels", type=positive_int, default=64)
+    g.add_argument("--base-channels", type=int_at_least_2, default=64)
     g.add_argument("--channel-mult", type=int_list, default=[1, 2, 2])
     g.add_argument("--num-res-blocks", type=positive_int, default=2)
     g.add_argument("--attention-levels", type=int_list, default=[1])
-    g.add_argument("--norm-groups", type=positive_int, default=32)
+    g.add_argument("--norm-groups", type=positive_int, default=None,
+                   help="GroupNorm groups (default: the largest count up to 32 that leaves >= 2 channels a group)")
     g.add_argument("--dropout", type=float, default=0.0)
     g.add_argument("--time-embedding-norm", choices=("default", "scale_shift"), default="default")
     g.add_argument("--timesteps", type=positive_int, default=1000, help="num_train_timesteps")

@@ -43,6 +43,33 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return emb
 
 
+MAX_AUTO_GROUPS = 32
+
+
+def _check_norm_groups(norm_groups, channels: list[int], time_embedding_norm: str) -> int:
+    """The GroupNorm group count for these channel counts: `norm_groups` checked, or chosen when None."""
+    if norm_groups is None:
+        # Largest g <= 32 dividing every count with >= 2 channels a group (g = 1 always divides: LayerNorm-like).
+        norm_groups = max(g for g in range(1, MAX_AUTO_GROUPS + 1)
+                          if all(ch % g == 0 and ch // g >= 2 for ch in channels) or g == 1)
+    elif not isinstance(norm_groups, int) or isinstance(norm_groups, bool) or norm_groups < 1:
+        raise ValueError(f"norm_groups must be None or a positive int, got {norm_groups!r}")
+    for ch in channels:
+        if ch % norm_groups:
+            raise ValueError(f"norm_groups ({norm_groups}) must divide every channel count; "
+                             f"base_channels * channel_mult gives {ch}")
+    if time_embedding_norm == "default" and min(channels) // norm_groups < 2:
+        raise ValueError(f"norm_groups ({norm_groups}) leaves one channel per group at {min(channels)} channels: "
+                         f"the time and class embedding, added per channel before the group statistics, would be "
+                         f"normalised away and the model would ignore them. Use at most {min(channels) // 2} "
+                         f"groups, norm_groups=None to choose, or time_embedding_norm='scale_shift'"
+                         if min(channels) >= 2 else
+                         f"base_channels ({min(channels)}) leaves one channel per group: the time and class "
+                         f"embedding, added before the group statistics, would be normalised away; use "
+                         f"base_channels >= 2 or time_embedding_norm='scale_shift'")
+    return norm_groups
+
+
 class ResBlock(nn.Module):
     """h = conv(norm_silu(x)); h = conv(dropout(norm_silu(h, conditioned on temb))); return h + skip(x).
 
@@ -140,9 +167,14 @@ class UNet(nn.Module):
         num_res_blocks: residual blocks per level on the way down (the way up has one more). Default 2.
         attention_levels: indices of the levels (0 = full resolution) that get self-attention after each residual
             block; the middle block always has one. Default (1,): for 28x28 input, attention at 14x14.
-        attention_heads: heads of every attention layer (must divide its channels). Default 4.
+        attention_heads: heads of every attention layer (must divide its channels). None (the default) means 4, or
+            the largest count below 4 that divides the channels of every attention layer.
         dropout: dropout probability inside the residual blocks (before their second convolution). Default 0.
-        norm_groups: groups of every GroupNorm (must divide every channel count). Default 32.
+        norm_groups: groups of every GroupNorm: must divide every channel count, and with
+            time_embedding_norm="default" leave at least 2 channels in each group of a residual block (the embedding
+            is added per channel before the group statistics, so a group of one channel subtracts it again and the
+            block would ignore t and the class). None (the default) picks the largest count up to 32 that divides
+            every channel count with at least 2 channels per group: 32 for base_channels 64, 16 for 32, 8 for 16.
         time_embedding_norm: "default" (the projected time embedding is added before the second GroupNorm, fused
             into the normalization) or "scale_shift" (GroupNorm, then * (1 + scale) + shift, as in ADM).
         time_embed_dim: width of the time-embedding MLP; None means 4 * base_channels.
@@ -167,9 +199,9 @@ class UNet(nn.Module):
         channel_mult: Sequence[int] = (1, 2, 2),
         num_res_blocks: int = 2,
         attention_levels: Sequence[int] = (1,),
-        attention_heads: int = 4,
+        attention_heads: int | None = None,
         dropout: float = 0.0,
-        norm_groups: int = 32,
+        norm_groups: int | None = None,
         time_embedding_norm: str = "default",
         time_embed_dim: int | None = None,
         num_classes: int | None = None,
@@ -180,7 +212,7 @@ class UNet(nn.Module):
         attention_levels = tuple(int(i) for i in attention_levels)
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
                             ("base_channels", base_channels), ("num_res_blocks", num_res_blocks),
-                            ("attention_heads", attention_heads), ("norm_groups", norm_groups)):
+                            ("attention_heads", 1 if attention_heads is None else attention_heads)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not channel_mult or min(channel_mult) < 1:
@@ -194,10 +226,11 @@ class UNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be None or a positive int, got {num_classes!r}")
-        for ch in {base_channels * m for m in channel_mult} | {base_channels}:
-            if ch % norm_groups:
-                raise ValueError(f"norm_groups ({norm_groups}) must divide every channel count; "
-                                 f"base_channels * channel_mult gives {ch}")
+        channels = sorted({base_channels * m for m in channel_mult} | {base_channels})
+        norm_groups = _check_norm_groups(norm_groups, channels, time_embedding_norm)
+        if attention_heads is None:  # the mid block always attends, at the last level's channels
+            attended = [base_channels * channel_mult[i] for i in attention_levels] + [base_channels * channel_mult[-1]]
+            attention_heads = max(h for h in range(1, 5) if all(ch % h == 0 for ch in attended))
         time_embed_dim = 4 * base_channels if time_embed_dim is None else int(time_embed_dim)
 
         # Everything needed to rebuild the model (checkpoints store it as JSON).
