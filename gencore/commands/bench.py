@@ -5,6 +5,8 @@ import importlib
 import pkgutil
 import sys
 
+from ._args import resolve_device
+
 
 def _ops() -> list[str]:
     import gencore.benchmarks as pkg
@@ -40,9 +42,7 @@ def run(args) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible")
+    device = str(resolve_device(args.device))
     cases = []
     for op in ops:
         cases += importlib.import_module(f"gencore.benchmarks.{op}").cases(device=device, quick=args.quick)

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from ._args import non_negative_float, positive_int
+from ._args import non_negative_float, positive_int, resolve_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -107,17 +107,23 @@ def load_images(spec: str, *, mnist_dir=None, download: bool = False):
                 arrays.append(np.asarray(im.convert("L"), dtype=np.uint8))
         return _to_float_images(np.stack(arrays), spec), f"{spec} ({len(files)} image files)"
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        tensor = _single_tensor(load_file(str(path)), spec)
-    elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            tensor = _single_tensor({k: npz[k] for k in npz.files}, spec)
-    elif suffix == ".npy":
-        tensor = np.load(path, allow_pickle=False)
-    else:
+    if suffix not in (".safetensors", ".npz", ".npy"):
         raise ValueError(f"{spec}: unknown format (expected a folder, .safetensors, .npz or .npy)")
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            loaded = load_file(str(path))
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                loaded = {k: npz[k] for k in npz.files}
+        else:
+            loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:  # safetensors, numpy and zipfile each have their own error for a damaged file
+        first_line = str(exc).splitlines()[0] if str(exc) else "corrupt"
+        raise ValueError(f"{spec}: cannot be read as a {suffix} tensor file ({type(exc).__name__}: "
+                         f"{first_line})") from None
+    tensor = loaded if suffix == ".npy" else _single_tensor(loaded, spec)
     if isinstance(tensor, torch.Tensor) and tensor.dtype == torch.bfloat16:
         tensor = tensor.float()
     images = _to_float_images(tensor, spec)
@@ -188,11 +194,8 @@ def evaluate(real, fake, *, device="cpu", batch_size: int = 500, splits: int = 1
 
 
 def run(args) -> int:
-    import torch
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device)
     for name in ("n", "batch_size", "splits", "k"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")

@@ -1,18 +1,22 @@
-"""`gencore sample --checkpoint DIR --out FILE`: images from a trained checkpoint as a PNG grid (DDPM/DDIM for
-diffusion checkpoints, the generator for GAN ones), optionally the progressive-generation strip."""
+"""`gencore sample --checkpoint DIR --out FILE`: images from a trained checkpoint (DDPM/DDIM for diffusion
+checkpoints, the generator for GAN ones), as a PNG grid (FILE.png) or as a tensor file (FILE.safetensors: one
+float32 tensor "images" (N, C, H, W) in [-1, 1], what `gencore eval --fake` reads), optionally the
+progressive-generation strip."""
 from __future__ import annotations
 
-import argparse
 import os
 
-from ._args import non_negative_float, non_negative_int, positive_int
+from ._args import HelpFormatter, non_negative_float, non_negative_int, positive_int, resolve_device
+
+OUTPUT_SUFFIXES = (".png", ".safetensors")
 
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="sample images from a trained checkpoint", description=__doc__,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a run's --out folder or one of its checkpoint-* folders")
-    p.add_argument("--out", default="samples.png", help="PNG file for the grid")
+    p.add_argument("--out", default="samples.png",
+                   help="FILE.png for a grid of the images, FILE.safetensors for the images as a tensor")
     p.add_argument("--n", type=positive_int, default=64, help="number of images")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim", help="diffusion sampler")
     p.add_argument("--steps", type=positive_int, default=50, help="diffusion sampling steps")
@@ -37,9 +41,13 @@ def run(args) -> int:
     from .. import backends
     from ..training.checkpoint import load_models, sample_from_checkpoint
 
+    suffix = os.path.splitext(args.out)[1].lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)} (a grid or a tensor file), "
+                         f"got {args.out!r}")
     if args.backend:
         backends.set_backend(args.backend)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     models, config = load_models(args.checkpoint, device=device, ema=not args.no_ema)  # validates the checkpoint
     labels = None
     if args.class_label is not None:
@@ -76,6 +84,14 @@ def run(args) -> int:
     images = sample_from_checkpoint(args.checkpoint, args.n, batch_size=args.batch_size, device=device,
                                     generator=gen, sampler=args.sampler, steps=args.steps, eta=args.eta,
                                     guidance_scale=args.guidance_scale, class_labels=labels, ema=not args.no_ema)
-    save_grid(images, args.out)
+    if suffix == ".safetensors":
+        from ..training.checkpoint import save_tensors
+
+        tmp = f"{args.out}.tmp-{os.getpid()}"
+        save_tensors(tmp, {"images": images.detach().float()}, metadata={"format": "images in [-1, 1], NCHW"})
+        os.replace(tmp, args.out)
+    else:
+        nrow = config["data"].get("num_classes") if config.get("conditional") and labels is None else None
+        save_grid(images, args.out, nrow=nrow if nrow and args.n >= nrow else None)
     print(f"{args.n} samples ({config.get('kind')}, step {config.get('step')}): {os.path.abspath(args.out)}")
     return 0

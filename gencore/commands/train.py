@@ -2,25 +2,26 @@
 loss curves and resumable checkpoints in DIR. Runs under `torchrun --nproc_per_node=K` as is (DDP)."""
 from __future__ import annotations
 
-import argparse
 import os
 
-from ._args import int_at_least_2, int_list, non_negative_int, positive_float, positive_int
+from ._args import (HelpFormatter, int_at_least_2, int_list, non_negative_int, positive_float, positive_int,
+                    resolve_device)
 
 KINDS = ("ddpm", "gan", "wgan-gp", "cgan")
 
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="train a DDPM, DCGAN, WGAN-GP or conditional GAN",
-                       description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("kind", choices=KINDS, help="what to train")
     p.add_argument("--data", default="digits",
                    help="'mnist' (first 8,000 images of the MNIST test file, see --mnist-dir), 'digits' "
                         "(scikit-learn's digits, offline) or a folder of images")
     p.add_argument("--mnist-dir", "--mnist-root", dest="mnist_root", metavar="DIR", default=None,
                    help="folder with the MNIST IDX files (default: $GENCORE_MNIST_DIR, else the download cache)")
+    p.add_argument("--download", action="store_true", help="download MNIST (checksum-verified) if it is missing")
     p.add_argument("--image-size", type=positive_int, default=None,
-                   help="resize a folder's images to this side (default 28; DCGAN models need 28, 32 or 64)")
+                   help="side of a folder's or the digits' images (default 28; DCGAN models need 16, 28, 32 or 64)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None, help="channels of a folder's images")
     p.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
     p.add_argument("--out", required=True, help="run folder: checkpoints, samples/, losses.png")
@@ -75,11 +76,10 @@ def add_parser(sub, name):
 
 def build(args):
     """(trainer class, config) from parsed arguments (also used by tests)."""
-    import torch
 
     from ..training import DDPMConfig, GANConfig, WGANGPConfig
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     common = dict(batch_size=args.batch_size, seed=args.seed, device=device, amp=args.bf16,
                   grad_clip=args.grad_clip, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
                   log_every=args.log_every, n_samples=args.n_samples, out_dir=args.out, progress=not args.no_progress)
@@ -114,7 +114,8 @@ def run(args) -> int:
     if args.backend:
         backends.set_backend(args.backend)
     kind, config = build(args)
-    data = load_dataset(args.data, root=args.mnist_root, image_size=args.image_size, channels=args.channels)
+    data = load_dataset(args.data, root=args.mnist_root, image_size=args.image_size, channels=args.channels,
+                        download=args.download)
     if args.limit:
         data = data.subset(args.limit)
     if args.epochs is not None:

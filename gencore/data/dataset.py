@@ -53,7 +53,7 @@ DATA_CHOICES = ("mnist", "digits")
 
 
 def load_dataset(spec: str, *, root: str | None = None, split: str = "train", image_size: int | None = None,
-                 channels: int | None = None) -> ImageDataset:
+                 channels: int | None = None, download: bool = False) -> ImageDataset:
     """Resolve a `--data` argument.
 
     Args:
@@ -62,14 +62,15 @@ def load_dataset(spec: str, *, root: str | None = None, split: str = "train", im
             2,000, "all" all 10,000; `root` names the folder of IDX files, default $GENCORE_MNIST_DIR, else the
             download cache), or the path of a folder of images
             (gencore.data.folder: every image resized to image_size, converted to `channels`).
-        image_size, channels: only for folders (default 28 and 1 when not given).
+        image_size: side of the images for folders and digits (default 28); channels: only for folders (default 1).
+        download: fetch MNIST (checksum-verified) when `root` does not hold it.
 
     Raises FileNotFoundError with the path for a missing folder, ValueError for an unknown spec.
     """
     if spec == "digits":
         from .digits import load_digits
 
-        return load_digits()
+        return load_digits(image_size=image_size or 28)
     if spec == "mnist":
         from .mnist import mnist_split, mnist_to_float
 
@@ -77,7 +78,7 @@ def load_dataset(spec: str, *, root: str | None = None, split: str = "train", im
         if part is None:
             raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
         root = root if root is not None else os.environ.get("GENCORE_MNIST_DIR")
-        arrays = mnist_split(part, root)
+        arrays = mnist_split(part, root, download=download)
         return ImageDataset(mnist_to_float(arrays.images), arrays.labels, 10, f"mnist-{part}")
     if os.path.isdir(spec):
         from .folder import load_image_folder

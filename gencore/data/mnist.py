@@ -274,8 +274,10 @@ def load_mnist(root: str | os.PathLike | None = None, *, subset: str = "test", d
         path = _find_file(folder, name)
         if path is None:
             raise FileNotFoundError(
-                f"MNIST {kind} file {name}.gz (or {name}) not found in {folder}. Pass the folder that holds the "
-                f"original IDX files, or download=True to fetch them from {MNIST_MIRRORS[0]} (checksum-verified).")
+                f"MNIST {kind} file {name}.gz (or {name}) not found in {folder}. Name the folder that holds the "
+                f"original IDX files (command line: --mnist-dir DIR or GENCORE_MNIST_DIR=DIR; Python: root=DIR), "
+                f"or let gencore fetch them from {MNIST_MIRRORS[0]} with their checksums verified (command line: "
+                f"--download; Python: download=True).")
         arrays.append(_load_verified(path, name, kind, subset, verify=verify))
     images, labels = arrays
     if len(images) != len(labels):  # unreachable with the count checks above, kept for custom subsets
