@@ -385,7 +385,7 @@ std::tuple<at::Tensor, at::Tensor> training_inputs_cpu(const at::Tensor& x0_in, 
 at::Tensor philox_uint32_cpu(const at::Tensor& sample, int64_t seed, int64_t offset) {
   TORCH_CHECK(sample.dim() >= 1, "sample must have a batch dimension (N, *)");
   const int64_t num_samples = sample.size(0);
-  const int64_t numel = num_samples ? sample.numel() / num_samples : 0;
+  const int64_t numel = c10::multiply_integers(sample.sizes().slice(1));  // also for an empty batch
   ss::check_philox(seed, offset, num_samples, numel);
   auto out = at::empty({num_samples, numel}, sample.options().dtype(at::kLong));
   int64_t* o = out.mutable_data_ptr<int64_t>();

@@ -193,7 +193,7 @@ def _in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def _dims(x: torch.Tensor) -> tuple[int, int, int, int]:
     """(N, numel per sample, C, S): C = size(1) (1 for 1-D samples), S = numel / C."""
     n = x.shape[0]
-    numel = x[0].numel() if n else 0
+    numel = math.prod(x.shape[1:])  # also for an empty batch, where x[0] does not exist
     c = x.shape[1] if x.dim() >= 2 else 1
     return n, numel, c, (numel // c if c else 0)
 

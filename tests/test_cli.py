@@ -1,8 +1,10 @@
 """The `gencore` command: demo --quick, train / resume / sample end to end, --help, and clear errors for bad flags,
 missing files and corrupt checkpoints."""
 import os
+import re
 
 import pytest
+import torch
 
 from gencore.cli import main
 
@@ -24,6 +26,15 @@ def test_help(capsys, command):
     assert "usage: gencore " + command in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["demo", "train", "sample", "eval"])
+def test_help_states_each_default_once(capsys, command):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert re.search(r"\(default[^)]*\) \(default", text) is None  # "(default: 100, or 20 ...) (default: ...)"
+
+
 def test_demo_quick(capsys, tmp_path):
     code, out, err = run(capsys, "demo", "--quick", "--out", str(tmp_path), "--no-progress")
     assert code == 0, err
@@ -32,6 +43,24 @@ def test_demo_quick(capsys, tmp_path):
         assert os.path.getsize(tmp_path / name) > 100, name
         assert os.path.abspath(tmp_path / name) in out
     assert "fused backend" in out or "reference backend" in out
+    assert "of the held-out real digits" in out and "DDPM samples" in out and "GAN samples" in out
+    assert "demo finished in" in out
+
+
+def test_demo_is_decided_by_steps_not_the_clock(capsys, tmp_path):
+    """The same seed and step counts draw the same pictures: nothing depends on how fast the machine is."""
+    from PIL import Image
+    import numpy as np
+
+    pictures = []
+    for name in ("a", "b"):
+        code, _, err = run(capsys, "demo", "--quick", "--ddpm-steps", "3", "--gan-steps", "3",
+                           "--out", str(tmp_path / name), "--no-progress")
+        assert code == 0, err
+        pictures.append([np.asarray(Image.open(tmp_path / name / f)) for f in ("ddpm_samples.png",
+                                                                                 "gan_samples.png")])
+    for a, b in zip(*pictures):
+        assert np.array_equal(a, b)
 
 
 def test_train_resume_sample(capsys, tmp_path):
@@ -50,6 +79,17 @@ def test_train_resume_sample(capsys, tmp_path):
                          "--progressive", "--backend", "reference")
     assert code == 0, err
     assert os.path.getsize(png) > 100 and os.path.getsize(str(tmp_path / "s-progressive.png")) > 100
+    # a tensor file that `gencore eval --fake` reads
+    tensors = str(tmp_path / "s.safetensors")
+    code, out, err = run(capsys, "sample", "--checkpoint", run_dir, "--n", "5", "--steps", "2", "--out", tensors,
+                         "--backend", "reference")
+    assert code == 0, err
+    from safetensors.torch import load_file
+
+    images = load_file(tensors)["images"]
+    assert images.shape == (5, 1, 28, 28) and images.dtype == torch.float32 and images.abs().max() <= 1
+    code, _, err = run(capsys, "sample", "--checkpoint", run_dir, "--out", str(tmp_path / "s.jpg"))
+    assert code == 2 and "--out must end in .png or .safetensors" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("kind", ["gan", "wgan-gp", "cgan"])
@@ -90,12 +130,44 @@ def test_sample_errors(capsys, tmp_path):
     (["train", "ddpm"], "--out"),
     (["sample", "--checkpoint", "x", "--sampler", "euler"], "invalid choice"),
     (["sample", "--checkpoint", "x", "--eta", "-1"], "non-negative"),
+    (["train", "ddpm", "--out", "x", "--base-channels", "1"], "an integer >= 2"),
 ])
 def test_bad_flags(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("argv", [["eval", "--fake", "x.npy"], ["sample", "--checkpoint", "x"],
+                                  ["train", "ddpm", "--out", "x"]], ids=["eval", "sample", "train"])
+def test_device_cuda_without_cuda_is_one_line(capsys, argv):
+    code, _, err = run(capsys, *argv, "--device", "cuda")
+    assert code == 2 and "no CUDA device here" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", [b"\x00" * 7, b"garbage that is not a header" * 20, b"\xff" * 300])
+@pytest.mark.parametrize("suffix", [".safetensors", ".npy", ".npz"])
+def test_eval_corrupt_fake_file_is_one_line(capsys, tmp_path, content, suffix, mnist_dir):
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(content)
+    code, _, err = run(capsys, "eval", "--fake", str(bad), "--mnist-dir", str(mnist_dir))
+    assert code == 2 and str(bad) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_missing_mnist_tells_the_cli_user_what_to_do(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "ddpm", "--data", "mnist", "--mnist-dir", str(tmp_path),
+                       "--out", str(tmp_path / "o"))
+    assert code == 2 and "--mnist-dir" in err and "--download" in err
+
+
+def test_base_channels_16_trains_on_the_default_groups(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "ddpm", "--data", "digits", "--limit", "16", "--batch-size", "8",
+                         "--base-channels", "16", "--channel-mult", "1,2", "--num-res-blocks", "1",
+                         "--attention-levels", "", "--steps", "1", "--out", str(tmp_path), "--no-progress")
+    assert code == 0, err
 
 
 def test_train_missing_data_and_resume(capsys, tmp_path):

@@ -39,6 +39,18 @@ def _null_label(model, null_class_label):
                      "null_class_label (or num_classes, whose index is then the null class) attribute")
 
 
+def intermediate_timesteps(timesteps: Sequence[int], every: int) -> list[int | None]:
+    """The timestep of each state that `sample(..., return_intermediates=every)` returns, for labelling them:
+    timesteps[0] for the starting noise, then the timestep each kept state will be denoised at next, and None for the
+    final (clean) samples. `timesteps` is the schedule the loop ran (scheduler.timesteps after sample())."""
+    ts = [int(t) for t in timesteps]
+    out: list[int | None] = [ts[0]] if ts else []
+    for i in range(len(ts)):
+        if (i + 1) % every == 0 or i + 1 == len(ts):
+            out.append(ts[i + 1] if i + 1 < len(ts) else None)
+    return out
+
+
 @torch.no_grad()
 def sample(
     model: Callable,

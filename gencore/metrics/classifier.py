@@ -140,3 +140,34 @@ def classify_in_batches(model: nn.Module, images: torch.Tensor, batch_size: int 
                 feats.append(model.features(x).to(images.device))
     return (torch.cat(feats) if features else None), torch.cat(logits)
 
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int = 12, batch_size: int = 64,
+                     lr: float = 2e-3, seed: int = 0) -> MnistClassifier:
+    """A fresh MnistClassifier fitted to (images, labels), for judging generated images of a data set that has no
+    shipped classifier (`gencore demo`'s digits). Its pooling is global, so any square size from 4x4 up works.
+
+    images: (N, 1, S, S) float in [-1, 1]; labels: (N,) int64 in 0..9. AdamW with a cosine decay, seeded shuffling:
+    the same inputs and seed give the same classifier. Returns it in eval mode, without gradients.
+    """
+    if images.dim() != 4 or images.shape[1] != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(f"images must be (N, 1, S, S) with one label each, got {tuple(images.shape)} and "
+                         f"{tuple(labels.shape)} labels")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MnistClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    steps_per_epoch = max(1, images.shape[0] // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(images.shape[0], generator=generator)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            loss = nn.functional.cross_entropy(model(images[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval().requires_grad_(False)

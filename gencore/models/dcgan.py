@@ -1,7 +1,7 @@
 """DCGAN generator and discriminator (the PyTorch tutorial's architecture), a WGAN-GP critic, conditional variants.
 
 Sizes: 64x64 is the tutorial's network exactly (latent 100, 64 feature maps, four stride-2 layers from 4x4);
-32x32 drops one layer; 28x28 (MNIST) starts from 7x7 and doubles twice. Discriminators and critics return one
+32x32 drops one layer, 16x16 two; 28x28 (MNIST) starts from 7x7 and doubles twice. Discriminators and critics return one
 *logit* per sample, shape (N,): the sigmoid of the tutorial's discriminator lives in the loss (gencore.gan's "bce"
 takes logits, which is the numerically stable form).
 """
@@ -13,7 +13,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from ..nn import GroupNorm
 
-SIZES = (28, 32, 64)
+SIZES = (16, 28, 32, 64)
 DISCRIMINATOR_NORMS = ("batch", "layer", "none")
 
 
@@ -21,7 +21,7 @@ def _layout(image_size: int) -> tuple[int, int]:
     """(side of the first/last feature map, number of stride-2 doublings) for a supported image size."""
     if image_size not in SIZES:
         raise ValueError(f"image_size must be one of {SIZES}, got {image_size!r}")
-    return (7, 2) if image_size == 28 else (4, {32: 3, 64: 4}[image_size])
+    return (7, 2) if image_size == 28 else (4, {16: 2, 32: 3, 64: 4}[image_size])
 
 
 def dcgan_init_(module: nn.Module) -> None:
@@ -49,7 +49,7 @@ class DCGANGenerator(nn.Module):
         latent_dim: length of z (the tutorial's nz = 100).
         features: feature maps of the last hidden layer (ngf = 64); layer i from the output has features * 2^i.
         out_channels: image channels (1 for MNIST, 3 for colour).
-        image_size: 28, 32 or 64.
+        image_size: 16, 28, 32 or 64.
     """
 
     def __init__(self, *, latent_dim: int = 100, features: int = 64, out_channels: int = 1, image_size: int = 64):
@@ -84,7 +84,7 @@ class DCGANDiscriminator(nn.Module):
     Parameters:
         in_channels: image channels.
         features: feature maps of the first layer (ndf = 64); doubling at each stride-2 layer.
-        image_size: 28, 32 or 64.
+        image_size: 16, 28, 32 or 64.
         norm: "batch" (the tutorial's BatchNorm after every hidden conv but the first), "layer" (GroupNorm with one
             group, i.e. LayerNorm over C, H, W: per-sample, so compatible with a gradient penalty) or "none".
         spectral_norm: wrap every convolution in spectral normalization (Miyato et al.).

@@ -39,3 +39,14 @@ def check_positive_int(name: str, value) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
     return value
+
+
+def check_fake_devices(ref_name: str, ref: torch.Tensor, **tensors) -> None:
+    """In a fake (meta) implementation: every tensor argument is on `ref`'s device. A direct torch.ops call with one
+    argument on "meta" dispatches to the fake, which must fail like the kernels do instead of returning
+    uninitialised memory on the other device."""
+    for name, t in tensors.items():
+        if t is not None:
+            torch._check(t.device == ref.device,
+                         lambda name=name, t=t: f"{name} is on {t.device} but {ref_name} is on {ref.device}; they "
+                                                f"must be on the same device")

@@ -29,7 +29,7 @@ import torch
 from .. import _extension, backends
 from ..reference.gradient_penalty import (gradient_norm_penalty_ref, interpolate_ref, per_sample,
                                           per_sample_dense)
-from ._checks import check_float_tensor, check_like
+from ._checks import check_fake_devices, check_float_tensor, check_like
 
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 
@@ -112,6 +112,7 @@ def _flat_like(t: torch.Tensor) -> torch.Tensor:
 
 
 def _interpolate_fake(real, fake, alpha):
+    check_fake_devices("real", real, fake=fake, alpha=alpha)
     if per_sample_dense(real) and per_sample_dense(fake) and real.stride() == fake.stride():
         return torch.empty_like(real)
     return torch.empty(real.shape, dtype=real.dtype, device=real.device)
@@ -123,6 +124,7 @@ def _penalty_fwd_fake(grad, center, one_sided, grad_scale):
 
 
 def _penalty_bwd_fake(grad_penalty, grad, norms, center, one_sided, grad_scale):
+    check_fake_devices("grad", grad, grad_penalty=grad_penalty, norms=norms)
     return _flat_like(grad)
 
 

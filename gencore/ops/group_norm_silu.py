@@ -19,7 +19,7 @@ import torch
 
 from .. import _extension, backends
 from ..reference.group_norm_silu import group_norm_silu_ref
-from ._checks import check_float_tensor, check_like, check_positive_int
+from ._checks import check_fake_devices, check_float_tensor, check_like, check_positive_int
 
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 ACTIVATIONS = ("silu", None)
@@ -67,6 +67,7 @@ def check_args(x, num_groups, weight, bias, eps, temb, scale_shift, activation) 
 
 
 def _fwd_fake(x, weight, bias, temb, scale_shift, num_groups, eps, silu):
+    check_fake_devices("x", x, weight=weight, bias=bias, temb=temb, scale_shift=scale_shift)
     y = output_like(x)
     mean = x.new_empty((x.shape[0], num_groups), dtype=stats_dtype(x.dtype))
     rstd = x.new_empty((x.shape[0], num_groups), dtype=stats_dtype(x.dtype))
@@ -74,6 +75,8 @@ def _fwd_fake(x, weight, bias, temb, scale_shift, num_groups, eps, silu):
 
 
 def _bwd_fake(grad_out, x, weight, bias, temb, scale_shift, mean, rstd, num_groups, silu):
+    check_fake_devices("x", x, grad_out=grad_out, weight=weight, bias=bias, temb=temb, scale_shift=scale_shift,
+                       mean=mean, rstd=rstd)
     def like(t):
         return x.new_empty((0,)) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
 

@@ -31,7 +31,7 @@ from .. import _extension, backends
 from ..reference.philox import check_philox_args, philox_uint32 as philox_uint32_ref
 from ..reference.sampler_step import (NUM_COEFS, TARGETS, compute_dtype, diffusion_training_inputs_ref,
                                       sampler_step_ref)
-from ._checks import check_float_tensor
+from ._checks import check_fake_devices, check_float_tensor
 from .group_norm_silu import is_channels_last, output_like
 
 # Filled in by the registrations below: "cpu"/"cuda" when the compiled extension has the kernels (an extension built
@@ -159,15 +159,19 @@ def _assert_timesteps_in_range(timesteps: torch.Tensor, num_rows: int) -> None:
 
 def _sampler_step_fake(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale, clip_range,
                        threshold, noise, philox_seed, philox_offset):
+    check_fake_devices("sample", sample, model_output=model_output, timesteps=timesteps, coefs=coefs,
+                       model_output_uncond=model_output_uncond, threshold=threshold, noise=noise)
     return output_like(sample), output_like(sample)
 
 
 def _training_fake(x0, noise, timesteps, coefs, velocity):
+    check_fake_devices("x0", x0, noise=noise, timesteps=timesteps, coefs=coefs)
     return output_like(x0), (output_like(x0) if velocity else x0.new_empty((0,)))
 
 
 def _philox_fake(sample, seed, offset):
-    return sample.new_empty((sample.shape[0], sample[0].numel()), dtype=torch.int64)
+    numel_per_sample = math.prod(sample.shape[1:])  # defined for an empty batch too (sample[0] is not)
+    return sample.new_empty((sample.shape[0], numel_per_sample), dtype=torch.int64)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -65,6 +65,16 @@ def make_scheduler(config: dict, sampler: str = "ddpm"):
     return cls.from_config(dict(config))
 
 
+def progressive_labels(config: dict, sampler: str, steps: int, every: int) -> list[str]:
+    """Column labels of a progressive strip from diffusion_sample(..., return_intermediates=every): "t=<timestep>"
+    of each state, "x_0" for the result."""
+    from ..diffusion.sampling import intermediate_timesteps
+
+    sched = make_scheduler(config["scheduler"], sampler)
+    sched.set_timesteps(steps)
+    return ["x_0" if t is None else f"t={t}" for t in intermediate_timesteps(sched.timesteps.tolist(), every)]
+
+
 def diffusion_sample(model: nn.Module, config: dict, n: int, *, sampler: str = "ddim", steps: int = 50,
                      eta: float = 0.0, generator=None, class_labels=None, guidance_scale: float = 1.0,
                      device="cpu", progress: bool = False, return_intermediates: int | None = None):

@@ -97,7 +97,7 @@ class GANTrainer(Trainer):
         cfg: GANConfig = self.config
         _, c, h, w = self.dataset.images.shape
         if h != w:
-            raise ValueError(f"DCGAN models need square images of side 28, 32 or 64; the data is {h}x{w}")
+            raise ValueError(f"DCGAN models need square images of side 16, 28, 32 or 64; the data is {h}x{w}")
         self.conditional = cfg.conditional
         if self.conditional:
             self.kind = "cgan"

@@ -50,14 +50,45 @@ def save_grid(images: torch.Tensor, path: str, nrow: int | None = None, scale: i
     return save_png(grid(images, nrow), path, scale)
 
 
-def save_progressive_strip(intermediates: list[torch.Tensor], path: str, scale: int = 2) -> str:
+def save_progressive_strip(intermediates: list[torch.Tensor], path: str, scale: int = 2,
+                           column_labels: list[str] | None = None) -> str:
     """The progressive-generation view: row i is sample i, columns are the intermediate states from noise (left) to
-    the final image (right). `intermediates` is a list of (N, C, H, W) tensors in time order."""
+    the final image (right). `intermediates` is a list of (N, C, H, W) tensors in time order; `column_labels` (one
+    per column, e.g. the timestep of each state) are written above the columns."""
     if not intermediates:
         raise ValueError("no intermediate samples to draw")
+    if column_labels is not None and len(column_labels) != len(intermediates):
+        raise ValueError(f"column_labels has {len(column_labels)} entries for {len(intermediates)} columns")
     stacked = torch.stack([x.detach().float().cpu() for x in intermediates], dim=1)  # (N, T, C, H, W)
     n, t = stacked.shape[:2]
-    return save_png(grid(stacked.flatten(0, 1), nrow=t), path, scale)
+    array = grid(stacked.flatten(0, 1), nrow=t)
+    if column_labels is None:
+        return save_png(array, path, scale)
+    return save_png(_with_header(array, column_labels, cell=stacked.shape[-1] + 2, scale=scale), path, 1)
+
+
+def _with_header(array: np.ndarray, labels: list[str], *, cell: int, scale: int) -> np.ndarray:
+    """Upscale a grid by `scale` and put a row of centred text labels above its columns (Pillow's built-in font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    width = cell * scale
+    try:  # a scalable font where Pillow has one (>= 10.1); the fixed bitmap font otherwise
+        font = ImageFont.load_default(size=max(8, min(14, width // 4)))
+    except TypeError:
+        font = ImageFont.load_default()
+    header = 4 + max(draw_h for draw_h in (ImageDraw.Draw(img).textbbox((0, 0), lab, font=font)[3]
+                                           for lab in labels))
+    out = Image.new(img.mode, (img.width, img.height + header), color=255 if img.mode == "L" else (255, 255, 255))
+    out.paste(img, (0, header))
+    draw = ImageDraw.Draw(out)
+    for i, label in enumerate(labels):
+        w = draw.textbbox((0, 0), label, font=font)[2]
+        draw.text((i * width + (width - w) / 2 + scale, 2), label, fill=0 if img.mode == "L" else (0, 0, 0),
+                  font=font)
+    arr = np.asarray(out)
+    return arr[..., None] if arr.ndim == 2 else arr
 
 
 def plot_losses(history: dict[str, list[float]], path: str, title: str = "") -> str | None:
@@ -77,6 +108,9 @@ def plot_losses(history: dict[str, list[float]], path: str, title: str = "") -> 
         ax.plot(steps[:len(values)], values, label=name, linewidth=1)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    values = [v for name, vs in history.items() if name != "step" for v in vs]
+    if values and min(values) > 0 and max(values) / min(values) > 20:  # a DDPM loss falls by ~50x: show the tail
+        ax.set_yscale("log")
     if title:
         ax.set_title(title)
     ax.legend(loc="best")

@@ -9,6 +9,7 @@ generator. So a run resumed from the checkpoint at step k reaches exactly the st
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 import sys
@@ -24,6 +25,19 @@ from . import checkpoint as ckpt
 from .images import plot_losses, save_grid
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
+    """The multiplier of the base learning rate at optimizer step `step` (0-based) of `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+
+
 @dataclass
 class TrainConfig:
     """Options every trainer shares.
@@ -32,6 +46,10 @@ class TrainConfig:
         steps: optimizer steps to train in total (a resumed run continues up to this number).
         batch_size: images per step and per process (under DDP the global batch is batch_size * world size).
         lr: learning rate (None: the trainer's default).
+        lr_schedule: "constant" (default), "cosine" or "linear": after the warm-up, the learning rate decays from
+            lr to 0 at `steps` (diffusers' training scripts' --lr_scheduler). A pure function of the step, so a
+            resumed run continues on the same curve.
+        lr_warmup_steps: linear warm-up from lr / lr_warmup_steps to lr over this many steps (0: none).
         seed: seeds model initialisation, data order and noise (the trainer re-seeds the global torch, random and
             numpy RNGs of the process from it: the per-step randomness is drawn from them and checkpointed).
         device: "cpu", "cuda", "cuda:1", ...; under torchrun on GPUs each process uses cuda:LOCAL_RANK.
@@ -49,6 +67,8 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
     lr: float | None = None
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = 0
     seed: int = 0
     device: str = "cpu"
     amp: bool = False
@@ -66,7 +86,9 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        for name in ("sample_every", "checkpoint_every"):
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        for name in ("sample_every", "checkpoint_every", "lr_warmup_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
@@ -241,6 +263,11 @@ class Trainer:
             all_reduce_gradients([model], self.world)
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.grad_clip)
+        cfg = self.config
+        if cfg.lr_schedule != "constant" or cfg.lr_warmup_steps:
+            factor = lr_factor(self.step, cfg.steps, cfg.lr_schedule, cfg.lr_warmup_steps)
+            for group in opt.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
         opt.step()
 
     def update_ema(self) -> None:
@@ -316,7 +343,9 @@ class Trainer:
         path = path or os.path.join(self.config.out_dir, "samples", f"step-{self.step:08d}.png")
         # Sampling must not touch the training RNG (resume equality): it draws from its own generator only.
         images = self.sample_images(self.config.n_samples, self.samples_generator())
-        return save_grid(images, path)
+        # Conditional models draw the classes in turn: one column per class.
+        classes = getattr(self.dataset, "num_classes", None) if getattr(self, "conditional", False) else None
+        return save_grid(images, path, nrow=classes if classes and images.shape[0] >= classes else None)
 
     def state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
         out = {role: self.raw(role).state_dict() for role in self.models}
