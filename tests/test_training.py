@@ -217,3 +217,33 @@ def test_ema_warms_up_like_diffusers():
     assert float(ema_decay_at(0.999, 1)) == pytest.approx(2 / 11) and float(ema_decay_at(0.999, 10**6)) == 0.999
     torch.testing.assert_close(ema.module.weight, torch.full((2, 3), expected), rtol=1e-5, atol=1e-4)
     assert expected > 299 - 35  # lags the weights by about 1 / (1 - decay) ~ 30 steps, not by the whole run
+
+
+def test_lr_schedules():
+    from gencore.training.trainer import lr_factor
+
+    assert lr_factor(0, 100, "cosine", 10) == pytest.approx(0.1)   # warm-up from lr / warmup
+    assert lr_factor(9, 100, "cosine", 10) == pytest.approx(1.0)
+    assert lr_factor(10, 100, "cosine", 10) == pytest.approx(1.0)
+    assert lr_factor(55, 100, "cosine", 10) == pytest.approx(0.5)
+    assert lr_factor(100, 100, "cosine", 10) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(55, 100, "linear", 10) == pytest.approx(0.5)
+    assert lr_factor(99, 100, "constant", 0) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        ddpm(load_digits().subset(16), lr_schedule="step")
+
+
+def test_lr_schedule_survives_resume(digits_tiny, tmp_path):
+    """The learning rate is a function of the step: a resumed run continues on the same curve, bit for bit."""
+    kw = dict(steps=6, checkpoint_every=3, lr_schedule="cosine", lr_warmup_steps=2)
+    a = ddpm(digits_tiny, out_dir=str(tmp_path / "a"), **kw)
+    a.train()
+    assert a.optimizers["model"].param_groups[0]["lr"] == pytest.approx(2e-3 * (0.5 + 0.5 * __import__("math").cos(
+        __import__("math").pi * 3 / 4)))  # the lr of the last step (step index 5 of 6, warm-up 2)
+    b = ddpm(digits_tiny, out_dir=str(tmp_path / "b"), **kw)
+    b.train(3)  # stops half-way (a checkpoint at step 3), as a killed run would
+    c = ddpm(digits_tiny, out_dir=str(tmp_path / "b"), **kw)
+    assert c.resume() == 3
+    c.train()
+    for k, v in _state(a).items():
+        torch.testing.assert_close(_state(c)[k], v, atol=0, rtol=0, msg=k)

@@ -77,8 +77,11 @@ def run(args) -> int:
                                             eta=args.eta, generator=gen, class_labels=lab,
                                             guidance_scale=args.guidance_scale, device=device,
                                             return_intermediates=every)
+        from ..training.ddpm import progressive_labels
+
         strip = os.path.splitext(args.out)[0] + "-progressive.png"
-        save_progressive_strip(list(inter), strip)
+        save_progressive_strip(list(inter), strip, scale=4 if inter[0].shape[-1] <= 16 else 2,
+                               column_labels=progressive_labels(config, args.sampler, args.steps, every))
         print(f"progressive generation strip ({n} samples x {len(inter)} stages): {strip}")
         gen.manual_seed(args.seed)
     images = sample_from_checkpoint(args.checkpoint, args.n, batch_size=args.batch_size, device=device,

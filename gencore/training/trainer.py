@@ -280,10 +280,10 @@ class Trainer:
         return unwrap(self.models[role])
 
     # -- the loop -----------------------------------------------------------------------------------------------------
-    def train(self, steps: int | None = None, *, time_budget: float | None = None) -> dict[str, list[float]]:
-        """Train up to `steps` total steps (default config.steps), or until `time_budget` seconds have passed
-        (then `self.stopped_early` is True). Writes the final checkpoint, grid and loss curve when config.out_dir
-        is set. Returns the loss history."""
+    def train(self, steps: int | None = None) -> dict[str, list[float]]:
+        """Train up to `steps` total steps (default config.steps): a number of steps, never a time limit, so that
+        the same config and seed give the same model on a fast or a slow machine. Writes the final checkpoint,
+        grid and loss curve when config.out_dir is set. Returns the loss history."""
         cfg = self.config
         total = cfg.steps if steps is None else steps
         bar = None
@@ -295,13 +295,12 @@ class Trainer:
         for m in self.models.values():
             m.train()
         t0, seen0 = time.perf_counter(), self.images_seen
-        self.stopped_early = False
         try:
             while self.step < total:
                 losses = self.train_step(self.step)
                 self.update_ema()
                 self.step += 1
-                last = self.step == total or (time_budget is not None and time.perf_counter() - t0 > time_budget)
+                last = self.step == total
                 if self.step % cfg.log_every == 0 or last:
                     self.history["step"].append(self.step)
                     for k, v in losses.items():
@@ -316,9 +315,6 @@ class Trainer:
                     self.write_samples()
                 if cfg.out_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
-                if time_budget is not None and time.perf_counter() - t0 > time_budget and self.step < total:
-                    self.stopped_early = True
-                    break
         finally:
             if bar is not None:
                 bar.close()
