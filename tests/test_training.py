@@ -122,7 +122,8 @@ def test_checkpoint_layout_and_atomic_leftovers(digits_tiny, tmp_path):
     assert "latest.json" in names and "checkpoint-00000002" in names
     assert "checkpoint-00000001" not in names and not any(".tmp-" in n for n in names)
     files = sorted(os.listdir(tmp_path / "checkpoint-00000002"))
-    assert files == ["config.json", "discriminator.safetensors", "generator.safetensors", "trainer_state.json",
+    assert files == ["config.json", "discriminator.safetensors", "generator.safetensors", "manifest.json",
+                     "trainer_state.json",
                      "trainer_state.safetensors"]
     assert os.path.isfile(tmp_path / "losses.png") and os.listdir(tmp_path / "samples")
 

@@ -285,14 +285,19 @@ class FID:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"FID statistics file not found: {path}")
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "gencore-fid-statistics-v1":
-                raise ValueError(f"{path} is not a gencore FID statistics file (metadata {meta})")
-            if meta.get("feature_extractor") != self.name:
-                raise ValueError(f"{path} holds statistics of features {meta.get('feature_extractor')!r}, this FID "
-                                 f"uses {self.name!r}")
-            count, mean, scatter = (f.get_tensor(k) for k in ("count", "mean", "scatter"))
+        from safetensors import SafetensorError
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != "gencore-fid-statistics-v1":
+                    raise ValueError(f"{path} is not a gencore FID statistics file (metadata {meta})")
+                if meta.get("feature_extractor") != self.name:
+                    raise ValueError(f"{path} holds statistics of features {meta.get('feature_extractor')!r}, this "
+                                     f"FID uses {self.name!r}")
+                count, mean, scatter = (f.get_tensor(k) for k in ("count", "mean", "scatter"))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise ValueError(f"{path} cannot be read as FID statistics: {exc}") from None
         other = self._fake if real else self._real
         if other.mean is not None and other.mean.shape[0] != mean.shape[0]:
             raise ValueError(f"{path} has width {mean.shape[0]}, the other statistics have {other.mean.shape[0]}")

@@ -395,7 +395,7 @@ class Trainer:
         if config.get("kind") != self.kind:
             raise ckpt.CheckpointError(f"{path} is a {config.get('kind')!r} checkpoint, not {self.kind!r}")
         for stem in self.state_dicts():
-            state = ckpt.load_tensors(os.path.join(path, f"{stem}.safetensors"), self.device)
+            state = ckpt.load_tensors(os.path.join(path, f"{stem}.safetensors"), self.device, finite=True)
             target = self.ema[stem[:-4]].module if stem.endswith("_ema") else self.raw(stem)
             try:
                 target.load_state_dict(state)
@@ -403,29 +403,61 @@ class Trainer:
                 raise ckpt.CheckpointError(f"{path}/{stem}.safetensors does not fit this model (were the model "
                                            f"options changed?): {str(exc).splitlines()[0]}") from None
         for ema in self.ema.values():  # AveragedModel counts updates; a restored EMA has been updated
-            ema.n_averaged.fill_(max(1, int(config.get("step", 1))))
-        tensors = ckpt.load_tensors(os.path.join(path, "trainer_state.safetensors"))
-        state = ckpt._read_json(os.path.join(path, "trainer_state.json"))
+            ema.n_averaged.fill_(max(1, int(config["step"])))
+        tensors = ckpt.load_tensors(os.path.join(path, "trainer_state.safetensors"), finite=False)
+        where = os.path.join(path, "trainer_state.json")
+        state = ckpt._read_json(where)
+        step = ckpt.expect(state, "step", int, where)
+        history = ckpt.expect(state, "history", dict, where)
+        for key, values in history.items():
+            if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in values):
+                raise ckpt.CheckpointError(f"{where}: history {key!r} must be a list of numbers")
+        rng = ckpt.expect(state, "rng", list, where)
+        optimizers = ckpt.expect(state, "optimizers", dict, where)
+        images_seen = ckpt.expect(state, "images_seen", int, where, optional=True) or 0
         for role, opt in self.optimizers.items():
             prefix = f"optimizer.{role}."
             flat = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
-                opt.load_state_dict(_unflatten_optimizer(flat, state["optimizers"][role]))
-            except (KeyError, ValueError) as exc:
+                loaded = _unflatten_optimizer(flat, ckpt.expect(optimizers, role, dict, f"{where} [optimizers]"))
+                _check_optimizer_state(opt, loaded)
+                opt.load_state_dict(loaded)
+            except (KeyError, ValueError, TypeError) as exc:
                 raise ckpt.CheckpointError(f"{path}: optimizer state of {role!r} does not fit ({exc})") from None
-        self.step = int(state["step"])
-        self.history = {k: list(v) for k, v in state["history"].items()}
-        self.images_seen = int(state.get("images_seen", 0))
+        self.step = step
+        self.history = {k: list(v) for k, v in history.items()}
+        self.images_seen = int(images_seen)
         r = self.rank
-        if f"rng.{r}.torch" in tensors and r < len(state["rng"]):
-            torch.set_rng_state(tensors[f"rng.{r}.torch"])
-            if self.device.type == "cuda" and f"rng.{r}.cuda" in tensors:
-                torch.cuda.set_rng_state(tensors[f"rng.{r}.cuda"], self.device)
-            random.setstate(_python_state(state["rng"][r]["python"]))
-            np.random.set_state(_numpy_state(state["rng"][r]["numpy"]))
+        if f"rng.{r}.torch" in tensors and r < len(rng):
+            try:
+                torch.set_rng_state(tensors[f"rng.{r}.torch"])
+                if self.device.type == "cuda" and f"rng.{r}.cuda" in tensors:
+                    torch.cuda.set_rng_state(tensors[f"rng.{r}.cuda"], self.device)
+                random.setstate(_python_state(ckpt.expect(rng[r], "python", list, f"{where} [rng.{r}]")))
+                np.random.set_state(_numpy_state(ckpt.expect(rng[r], "numpy", list, f"{where} [rng.{r}]")))
+            except (TypeError, ValueError, IndexError, RuntimeError) as exc:
+                raise ckpt.CheckpointError(f"{where}: random-number state of process {r} is malformed ({exc})") \
+                    from None
         else:  # resumed with more processes than saved: fresh, but still deterministic, streams
             torch.manual_seed(self.config.seed + 1000003 * (r + 1) + self.step)
         return self.step
+
+
+def _check_optimizer_state(opt: torch.optim.Optimizer, loaded: dict) -> None:
+    """Every saved per-parameter tensor has its parameter's shape (or is a scalar such as Adam's step): torch would
+    accept a wrong shape and fail, or broadcast silently, at the first step after resuming."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    saved_groups = loaded.get("param_groups", [])
+    if sum(len(g.get("params", [])) for g in saved_groups) != len(params):
+        raise ValueError(f"{sum(len(g.get('params', [])) for g in saved_groups)} parameters saved, the model has "
+                         f"{len(params)}")
+    ids = [i for g in saved_groups for i in g["params"]]
+    for index, param in zip(ids, params):
+        for name, value in loaded.get("state", {}).get(index, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise ValueError(f"state {name!r} of parameter {index} has shape {tuple(value.shape)}, the parameter "
+                                 f"{tuple(param.shape)}")
 
 
 def _jsonable(obj):
