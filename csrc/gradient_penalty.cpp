@@ -220,13 +220,14 @@ at::Tensor gp_norm_penalty_bwd_cpu(const at::Tensor& grad_penalty, const at::Ten
     using acc = acc_t<scalar_t>;
     const acc* nrm = norms.const_data_ptr<acc>();
     // coef[n] = gout * (2/N) * d[n] * s^2 / norm[n]; 0 where norm[n] == 0 (then grad[n] == 0 too, the subgradient
-    // torch.linalg.vector_norm's backward picks) or where one_sided clips d[n] to 0.
+    // torch.linalg.vector_norm's backward picks) or where one_sided clips d[n] to 0. A NaN norm stays NaN (the test
+    // is norm == 0, not norm > 0): every element of that sample depends on it, as in the reference.
     std::vector<acc> coef(n);
     for (int64_t s = 0; s < n; ++s) {
       const double norm = nrm[s];
       double dev = norm - center;
       if (one_sided && dev < 0) dev = 0;
-      coef[s] = norm > 0 ? static_cast<acc>(gout * 2.0 / n * dev * grad_scale * grad_scale / norm) : acc(0);
+      coef[s] = norm == 0 ? acc(0) : static_cast<acc>(gout * 2.0 / n * dev * grad_scale * grad_scale / norm);
     }
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();

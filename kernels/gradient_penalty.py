@@ -98,11 +98,12 @@ def _gp_penalty_bwd_kernel(gout_ptr, grad_ptr, norms_ptr, out_ptr, N, D, center,
     s = _acc(grad_scale, IS_FP64)
     dev = norm - _acc(center, IS_FP64)
     if ONE_SIDED:
-        dev = tl.maximum(dev, 0.0)
-    # coef = gout * (2/N) * dev * s^2 / norm, and 0 where norm == 0 (the sample's gradient is then 0 as well).
-    safe_norm = tl.where(norm > 0, norm, 1.0)
+        dev = tl.where(dev < 0, 0.0, dev)  # not tl.maximum, which drops a NaN
+    # coef = gout * (2/N) * dev * s^2 / norm, and 0 where norm == 0 (the sample's gradient is then 0 as well); a
+    # NaN norm stays NaN (norm == 0 is false for it), as in the reference.
+    safe_norm = tl.where(norm == 0, 1.0, norm)
     gout = _acc(tl.load(gout_ptr), IS_FP64)
-    coef = tl.where(norm > 0, gout * 2.0 * dev * (s * s) / (safe_norm * N), 0.0)
+    coef = tl.where(norm == 0, 0.0, gout * 2.0 * dev * (s * s) / (safe_norm * N))
     g = _acc(tl.load(grad_ptr + base + offs, mask=mask, other=0.0), IS_FP64)
     tl.store(out_ptr + base + offs, (coef * g).to(out_ptr.dtype.element_ty), mask=mask)
 

@@ -250,6 +250,23 @@ def test_zero_norm(backend):
 
 
 @pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("one_sided", [False, True], ids=["two_sided", "one_sided"])
+def test_nan_norm_propagates_to_its_whole_sample(backend, one_sided):
+    """A NaN in one element makes that sample's norm NaN, and every element of the sample depends on the norm: the
+    backward must give NaN there (it gave 0 for the finite elements), and stay exact for the other samples."""
+    device = device_for(backend)
+    g = torch.randn(3, 2, 5, dtype=torch.float64, device=device)
+    g[1, 0, 2] = float("nan")
+    g.requires_grad_(True)
+    (dg,) = torch.autograd.grad(gradient_norm_penalty(g, 1.0, one_sided, backend=backend), g)
+    ref = g.detach().clone().requires_grad_(True)
+    (truth,) = torch.autograd.grad(gradient_norm_penalty_ref(ref, 1.0, one_sided)[0], ref)
+    assert torch.isnan(truth[1]).all() and torch.isfinite(truth[[0, 2]]).all()
+    assert torch.isnan(dg[1]).all()
+    torch.testing.assert_close(dg, truth, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", ALL)
 def test_r1_r2_match_textbook(backend):
     shape = RANK_SHAPES[4]
     real, fake, _ = _inputs(shape, torch.float64, device_for(backend))

@@ -102,8 +102,9 @@ __global__ void penalty_bwd_kernel(const Acc<T>* __restrict__ grad_penalty, cons
     const A norm = norms[s];
     A dev = norm - center;
     if (one_sided && dev < A(0)) dev = 0;
-    // 0 where the norm is 0: the sample's gradient is then 0 too (torch.linalg.vector_norm's subgradient).
-    const A coef = norm > A(0) ? exact_div(gout * A(2) * dev * scale_sq, norm * static_cast<A>(n)) : A(0);
+    // 0 where the norm is 0: the sample's gradient is then 0 too (torch.linalg.vector_norm's subgradient). A NaN
+    // norm stays NaN (norm == 0 is false for it), as in the reference.
+    const A coef = norm == A(0) ? A(0) : exact_div(gout * A(2) * dev * scale_sq, norm * static_cast<A>(n));
     const int64_t base = s * d;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < d; i += step) {
       out[base + i] = from_acc<T>(coef * to_acc(grad[base + i]));
