@@ -20,8 +20,9 @@ gencore.reference.philox: key = (seed lo, seed hi), counter = (e // 4, n, offset
 dtype of the coefficient table).
 
 Float scalars (guidance_scale, clip_range) travel as the int64 bit pattern of the Python float and are bitcast to
-float64 in the kernel: Triton would otherwise pass a Python float as float32, which would round them for float64
-samples. Flags that only choose a branch (has_uncond, clip_mode, velocity) are runtime ints, not constexprs, so the
+float64 in the kernel (`_from_bits`): Triton would otherwise pass a Python float as float32, which would round them
+for float64 samples. The JIT types such an int by its value (i32 when it fits, as for 0.0), so the kernel widens
+it to int64 before the bitcast, and `aot_specs()` lists both typings. Flags that only choose a branch (has_uncond, clip_mode, velocity) are runtime ints, not constexprs, so the
 set of compiled variants stays small: every variant a launch can pick is listed by `aot_specs()`.
 """
 from __future__ import annotations
@@ -65,6 +66,14 @@ def _element_offsets(pid, chunks, numel, C, S, BLOCK: tl.constexpr, CHANNELS_LAS
     else:
         mem = base + e
     return n, chunk, mask, mem
+
+
+@triton.jit
+def _from_bits(bits):
+    """The float64 whose bit pattern the launcher passed as an int. The JIT types an int argument by its value: i32
+    when it fits (0.0 -> 0, subnormals, some NaNs), else i64; widening first (sign extension, which keeps the 64-bit
+    pattern of every value that fits in i32) makes both compile to the same float."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True)
 
 
 @triton.jit
@@ -128,7 +137,7 @@ def _sampler_step_kernel(model_ptr, sample_ptr, uncond_ptr, noise_ptr, t_ptr, co
     x = tl.load(sample_ptr + mem, mask=mask, other=0.0).to(c0.dtype)
     m = tl.load(model_ptr + mem, mask=mask, other=0.0).to(c0.dtype)
     if has_uncond != 0:
-        guidance = guidance_bits.to(tl.float64, bitcast=True).to(c0.dtype)
+        guidance = _from_bits(guidance_bits).to(c0.dtype)
         u = tl.load(uncond_ptr + mem, mask=mask, other=0.0).to(c0.dtype)
         m = u + guidance * (m - u)
     x0 = c0 * x + c1 * m
@@ -136,7 +145,7 @@ def _sampler_step_kernel(model_ptr, sample_ptr, uncond_ptr, noise_ptr, t_ptr, co
         s = tl.load(threshold_ptr + n).to(c0.dtype)
         x0 = tl.minimum(tl.maximum(x0, -s), s) / s
     elif clip_mode == 1:
-        clip = clip_bits.to(tl.float64, bitcast=True).to(c0.dtype)
+        clip = _from_bits(clip_bits).to(c0.dtype)
         x0 = tl.minimum(tl.maximum(x0, -clip), clip)
     eps = c2 * x + c3 * m + c4 * x0
     prev = c5 * x0 + c6 * x + c7 * eps
@@ -212,6 +221,7 @@ def sampler_step(model_output, sample, timesteps, coefs, model_output_uncond, gu
     uncond = None if model_output_uncond is None else _in_layout(model_output_uncond, channels_last)
     noise = None if noise is None else _in_layout(noise, channels_last)
     coefs = coefs.contiguous()
+    timesteps = timesteps.contiguous()  # the kernel reads timesteps[n] at t_ptr + n (an expanded view has stride 0)
     threshold = None if threshold is None else threshold.to(coefs.dtype).contiguous()
     n, numel, c, s = _dims(sample)
     prev = torch.empty_like(sample)
@@ -238,6 +248,7 @@ def diffusion_training_inputs(x0, noise, timesteps, coefs, velocity):
     x0 = _in_layout(x0, channels_last)
     noise = _in_layout(noise, channels_last)
     coefs = coefs.contiguous()
+    timesteps = timesteps.contiguous()  # read as t_ptr + n
     n, numel, c, s = _dims(x0)
     noisy = torch.empty_like(x0)
     v = torch.empty_like(x0) if velocity else x0.new_empty((0,))
@@ -290,6 +301,11 @@ def aot_specs() -> list[tuple]:
                 const = {"NOISE": noise, "CHANNELS_LAST": channels_last, "BLOCK": BLOCK}
                 label = f"sampler_step_{ty}_noise{noise}_{'cl' if channels_last else 'contig'}"
                 specs.append((label, _sampler_step_kernel, sig, const, {"num_warps": NUM_WARPS}))
+                # What the JIT compiles for the defaults (clip_range=None and guidance 0.0 are the int 0; a small
+                # seed and offset fit in i32): every int argument typed i32.
+                small = {**sig, **{k: "i32" for k in ("guidance_bits", "clip_bits", "seed", "offset_lo",
+                                                      "offset_hi")}}
+                specs.append((label + "_i32args", _sampler_step_kernel, small, const, {"num_warps": NUM_WARPS}))
         for channels_last in (False, True):
             sig = {
                 "x0_ptr": f"*{ty}", "noise_ptr": f"*{ty}", "t_ptr": "*i64", "coef_ptr": f"*{acc}",
@@ -302,4 +318,6 @@ def aot_specs() -> list[tuple]:
     sig = {"out_ptr": "*i64", "chunks": "i32", "numel": "i32", "seed": "i64", "offset_lo": "i64", "offset_hi": "i64",
            "BLOCK": "constexpr"}
     specs.append(("philox_uint32", _philox_uint32_kernel, sig, {"BLOCK": BLOCK}, {"num_warps": NUM_WARPS}))
+    small = {**sig, "seed": "i32", "offset_lo": "i32", "offset_hi": "i32"}
+    specs.append(("philox_uint32_i32args", _philox_uint32_kernel, small, {"BLOCK": BLOCK}, {"num_warps": NUM_WARPS}))
     return specs

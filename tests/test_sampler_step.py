@@ -121,6 +121,32 @@ def test_options_other_dtypes(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("guidance", [0.0, -0.0, 5e-324], ids=["zero", "negative-zero", "subnormal"])
+def test_float_scalars_whose_bits_fit_in_32_bits(backend, guidance):
+    """guidance 0.0 (and clip_range=None) reach the Triton kernel as the int 0, which the JIT types i32: the
+    64-bit bitcast failed to compile. Any float must work, on every backend."""
+    args, kw = _make((3, 2, 4, 5), torch.float64, device_for(backend), uncond=True)
+    kw["guidance_scale"] = guidance
+    _check(backend, args, kw, torch.float64)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_expanded_timesteps(backend):
+    """A timestep tensor with stride 0 (torch.tensor([t]).expand(N)) is one timestep for every sample: the Triton
+    launchers read it as if contiguous and gave wrong rows (and read past its storage)."""
+    args, kw = _make((4, 2, 3, 3), torch.float32, device_for(backend))
+    args["timesteps"] = torch.tensor([7], device=args["sample"].device).expand(4)
+    prev, x0 = _check(backend, args, kw, torch.float32)
+    same = dict(args, timesteps=torch.full((4,), 7, device=args["sample"].device))
+    torch.testing.assert_close(prev, sampler_step(**same, **kw, backend=backend)[0], atol=0, rtol=0)
+    x0_, noise = args["sample"], args["model_output"]
+    noisy, _ = diffusion_training_inputs(x0_, noise, args["timesteps"], args["coefs"][:, :2].contiguous(),
+                                         backend=backend)
+    ref, _ = diffusion_training_inputs_ref(x0_, noise, args["timesteps"], args["coefs"][:, :2].contiguous())
+    assert_close(noisy, ref, torch.float32)
+
+
+@pytest.mark.parametrize("backend", ALL)
 def test_formula_by_hand(backend):
     """One sample, hand-picked coefficients: every column lands where the contract says."""
     dev = device_for(backend)
