@@ -66,6 +66,11 @@ def _extensions():
 
     isa_flags, _ = _cpu_isa_flags()
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-Wno-unused-parameter"] + isa_flags
+    link = ["-fopenmp"]
+    if os.environ.get("GENCORE_SANITIZE", "0") == "1":  # scripts/sanitize.sh: AddressSanitizer + UBSan build
+        sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
+        cxx = [f for f in cxx if f != "-O3"] + ["-O1", "-g"] + sanitize
+        link += sanitize
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     use_cuda = (
         os.environ.get("GENCORE_SKIP_CUDA", "0") != "1"
@@ -87,7 +92,7 @@ def _extensions():
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=[("GENCORE_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "--use_fast_math"] + gencode},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
     else:
         ext = CppExtension(
@@ -95,7 +100,7 @@ def _extensions():
             sources,
             include_dirs=[os.path.join(ROOT, "csrc")],
             extra_compile_args={"cxx": cxx},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link,
         )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
