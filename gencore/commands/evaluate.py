@@ -195,7 +195,7 @@ def evaluate(real, fake, *, device="cpu", batch_size: int = 500, splits: int = 1
 
 def run(args) -> int:
 
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     for name in ("n", "batch_size", "splits", "k"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
