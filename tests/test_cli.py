@@ -157,6 +157,15 @@ def test_eval_corrupt_fake_file_is_one_line(capsys, tmp_path, content, suffix, m
     assert len(err.strip().splitlines()) == 1
 
 
+def test_eval_of_a_checkpoint_that_is_not_28x28_says_why(capsys, tmp_path, mnist_dir):
+    code, _, err = run(capsys, "train", "gan", "--data", "digits", "--image-size", "16", "--limit", "32",
+                       "--batch-size", "16", "--features", "8", "--steps", "1", "--out", str(tmp_path),
+                       "--no-progress")
+    assert code == 0, err
+    code, _, err = run(capsys, "eval", "--checkpoint", str(tmp_path), "--n", "4", "--mnist-dir", str(mnist_dir))
+    assert code == 2 and "draws 1x16x16 images" in err and "Traceback" not in err
+
+
 def test_missing_mnist_tells_the_cli_user_what_to_do(capsys, tmp_path):
     code, _, err = run(capsys, "train", "ddpm", "--data", "mnist", "--mnist-dir", str(tmp_path),
                        "--out", str(tmp_path / "o"))

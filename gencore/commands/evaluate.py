@@ -142,6 +142,10 @@ def sample_checkpoint(checkpoint: str, n: int, *, batch_size: int, device, seed:
     generator = torch.Generator(device=device).manual_seed(seed)
     images = sample_from_checkpoint(checkpoint, n, batch_size=batch_size, device=device, generator=generator,
                                     **sampling)
+    if tuple(images.shape[1:]) != (1, 28, 28):
+        raise ValueError(f"{checkpoint} draws {'x'.join(map(str, images.shape[1:]))} images; gencore eval scores "
+                         f"28x28 MNIST-like digits with the shipped MNIST classifier (models trained with --data "
+                         f"mnist, or digits at --image-size 28). `gencore demo` judges its 16x16 models itself.")
     return _to_float_images(images.detach().float().cpu(), f"samples of {checkpoint}")
 
 
