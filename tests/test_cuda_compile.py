@@ -16,6 +16,7 @@ parallel subprocesses started once per session. Skipped, with the reason, only w
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -155,3 +156,22 @@ def test_nvcc_rejects_a_broken_kernel(tmp_path):
     cmd = [str(NVCC), "-c", str(bad), "-o", str(tmp_path / "b.o"), "-gencode=arch=compute_90,code=sm_90"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "undeclared_name" in proc.stderr
+
+
+def test_sampler_step_threshold_division_is_exact_under_fast_math(tmp_path):
+    """The extension builds with --use_fast_math, which turns a plain float `/` into div.approx / div.full: the
+    sampler step's dynamic-threshold division must be the correctly rounded one (common.cuh's exact_div), like
+    every other division of the CUDA kernels. Read off the PTX of the float32 kernel."""
+    if NVCC is None:
+        pytest.skip(SKIP_REASON)
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    source = ROOT / "csrc" / "cuda" / "sampler_step_kernels.cu"
+    ptx = tmp_path / "sampler_step.ptx"
+    cmd = [str(NVCC), "-ptx", str(source), "-o", str(ptx), "-std=c++20", "-O3", "--use_fast_math",
+           *COMMON_NVCC_FLAGS, "-arch=compute_90", f"-I{ROOT / 'csrc'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=ROOT)
+    assert proc.returncode == 0, _report(proc)
+    text = ptx.read_text()
+    divisions = set(re.findall(r"div\.[a-z.]*f32", text))
+    assert divisions and all(d.startswith("div.rn") for d in divisions), divisions  # div.rn[.ftz].f32 only
