@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) sampler_step_kernel(SamplerStepArgs 
     for (int j = 0; j < 4; ++j) {
       A p0 = c0 * x[j] + c1 * m[j];
       if (threshold) {
-        p0 = exact_div(fmin(fmax(p0, -s), s), s);  // IEEE division: the build uses --use_fast_math
+        p0 = exact_div(static_cast<A>(fmin(fmax(p0, -s), s)), s);  // IEEE division under --use_fast_math
       } else if (a.clip) {
         p0 = fmin(fmax(p0, -clip), clip);
       }
