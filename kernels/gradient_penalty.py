@@ -1,17 +1,24 @@
 """Triton kernels of the WGAN-GP gradient penalty and host launchers (math: gencore/reference/gradient_penalty.py).
 
-    _gp_interpolate_kernel      x_hat = alpha[n] * real + (1 - alpha[n]) * fake            grid (cdiv(D, BLOCK), N)
-    _gp_sumsq_kernel            partial[n, c] = sum of grad^2 over chunk c of sample n     grid (CHUNKS, N)
+    _gp_interpolate_kernel      x_hat = alpha[n] * real + (1 - alpha[n]) * fake            grid (N * cdiv(D, BLOCK),)
+    _gp_sumsq_kernel            partial[n, c] = sum of grad^2 over chunk c of sample n     grid (N * CHUNKS,)
     _gp_penalty_finalize_kernel norms[n] = |s| sqrt(sum_c partial[n, c]); penalty          grid (1,)
-    _gp_penalty_bwd_kernel      out = coef[n] * grad                                       grid (cdiv(D, BLOCK), N)
+    _gp_penalty_bwd_kernel      out = coef[n] * grad                                       grid (N * cdiv(D, BLOCK),)
+
+Grids are one-dimensional (program p is chunk p % chunks of sample p // chunks): a second grid axis of N samples
+would stop launching at N = 65,536, the CUDA limit of grid axes 1 and 2.
 
 Every tensor is read as (N, D), each sample one dense block of D elements (the layout rule of per_sample_dense).
 The norm is split over fixed chunks of CHUNK = BLOCK * ITERS elements so that batch 1 still fills a GPU; the partial
 sums land in a workspace with one writer per slot and are merged by one program in a fixed order: deterministic,
-no atomics. Half types compute in float32, float64 in float64. `center` and `grad_scale` arrive as float32 kernel
-scalars (Triton's type for Python floats): exact for the usual centres 0 and 1 and power-of-two GradScaler scales.
+no atomics. Half types compute in float32, float64 in float64. `center` and `grad_scale` travel as the int64 bit
+pattern of the Python float and are bitcast to float64 in the kernel (Triton would pass a Python float as float32,
+rounding them for the float64 kernels); the JIT types such an int i32 when it fits (0.0), so the kernel widens it
+first and the AOT specs list both typings.
 """
 from __future__ import annotations
+
+import struct
 
 import torch
 import triton
@@ -35,10 +42,18 @@ def _acc(x, IS_FP64: tl.constexpr):
         return tl.cast(x, tl.float32)
 
 
-@triton.jit(do_not_specialize=["D"])
-def _gp_interpolate_kernel(real_ptr, fake_ptr, alpha_ptr, out_ptr, D, BLOCK: tl.constexpr, IS_FP64: tl.constexpr):
-    n = tl.program_id(1)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+@triton.jit
+def _from_bits(bits):
+    """The float64 whose bit pattern the launcher passed as an int (widened first: the JIT may type it i32)."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True)
+
+
+@triton.jit(do_not_specialize=["D", "CHUNKS"])
+def _gp_interpolate_kernel(real_ptr, fake_ptr, alpha_ptr, out_ptr, D, CHUNKS, BLOCK: tl.constexpr,
+                           IS_FP64: tl.constexpr):
+    pid = tl.program_id(0)
+    n = pid // CHUNKS
+    offs = (pid % CHUNKS).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < D
     base = n.to(tl.int64) * D
     a = _acc(tl.load(alpha_ptr + n), IS_FP64)
@@ -51,8 +66,9 @@ def _gp_interpolate_kernel(real_ptr, fake_ptr, alpha_ptr, out_ptr, D, BLOCK: tl.
 @triton.jit(do_not_specialize=["D", "CHUNKS"])
 def _gp_sumsq_kernel(grad_ptr, partial_ptr, D, CHUNKS, BLOCK: tl.constexpr, ITERS: tl.constexpr,
                      IS_FP64: tl.constexpr):
-    c = tl.program_id(0)
-    n = tl.program_id(1)
+    pid = tl.program_id(0)
+    n = pid // CHUNKS
+    c = pid % CHUNKS
     base = n.to(tl.int64) * D
     start = c.to(tl.int64) * (BLOCK * ITERS)
     acc = _acc(tl.zeros([BLOCK], dtype=tl.float32), IS_FP64)
@@ -63,12 +79,12 @@ def _gp_sumsq_kernel(grad_ptr, partial_ptr, D, CHUNKS, BLOCK: tl.constexpr, ITER
     tl.store(partial_ptr + n.to(tl.int64) * CHUNKS + c, tl.sum(acc, axis=0))
 
 
-@triton.jit(do_not_specialize=["N", "CHUNKS"])
-def _gp_penalty_finalize_kernel(partial_ptr, norms_ptr, penalty_ptr, N, CHUNKS, center, grad_scale,
+@triton.jit(do_not_specialize=["N", "CHUNKS", "center_bits", "scale_bits"])
+def _gp_penalty_finalize_kernel(partial_ptr, norms_ptr, penalty_ptr, N, CHUNKS, center_bits, scale_bits,
                                 ONE_SIDED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                                 IS_FP64: tl.constexpr):
-    scale = tl.abs(_acc(grad_scale, IS_FP64))
-    ctr = _acc(center, IS_FP64)
+    scale = tl.abs(_acc(_from_bits(scale_bits), IS_FP64))
+    ctr = _acc(_from_bits(center_bits), IS_FP64)
     total = _acc(tl.zeros([BLOCK_N], dtype=tl.float32), IS_FP64)
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
@@ -82,21 +98,22 @@ def _gp_penalty_finalize_kernel(partial_ptr, norms_ptr, penalty_ptr, N, CHUNKS, 
         tl.store(norms_ptr + rows, norm, mask=row_mask)
         dev = norm - ctr
         if ONE_SIDED:
-            dev = tl.maximum(dev, 0.0)
+            dev = tl.where(dev < 0, 0.0, dev)  # not tl.maximum, which drops a NaN
         total += tl.where(row_mask, dev * dev, 0.0)
     tl.store(penalty_ptr, tl.sum(total, axis=0) / N)
 
 
-@triton.jit(do_not_specialize=["N", "D"])
-def _gp_penalty_bwd_kernel(gout_ptr, grad_ptr, norms_ptr, out_ptr, N, D, center, grad_scale,
+@triton.jit(do_not_specialize=["N", "D", "CHUNKS", "center_bits", "scale_bits"])
+def _gp_penalty_bwd_kernel(gout_ptr, grad_ptr, norms_ptr, out_ptr, N, D, CHUNKS, center_bits, scale_bits,
                            ONE_SIDED: tl.constexpr, BLOCK: tl.constexpr, IS_FP64: tl.constexpr):
-    n = tl.program_id(1)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pid = tl.program_id(0)
+    n = pid // CHUNKS
+    offs = (pid % CHUNKS).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < D
     base = n.to(tl.int64) * D
     norm = tl.load(norms_ptr + n)
-    s = _acc(grad_scale, IS_FP64)
-    dev = norm - _acc(center, IS_FP64)
+    s = _acc(_from_bits(scale_bits), IS_FP64)
+    dev = norm - _acc(_from_bits(center_bits), IS_FP64)
     if ONE_SIDED:
         dev = tl.where(dev < 0, 0.0, dev)  # not tl.maximum, which drops a NaN
     # coef = gout * (2/N) * dev * s^2 / norm, and 0 where norm == 0 (the sample's gradient is then 0 as well); a
@@ -116,6 +133,11 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t if per_sample_dense(t) else t.contiguous()
 
 
+def _float_bits(value: float) -> int:
+    """The int64 bit pattern of a Python float (bitcast back to float64 in the kernel)."""
+    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+
+
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -127,9 +149,9 @@ def gp_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) 
     out = torch.empty_like(real)
     n = real.shape[0]
     d = real.numel() // n
-    grid = (triton.cdiv(d, BLOCK), n)
-    torch.library.wrap_triton(_gp_interpolate_kernel)[grid](
-        real, fake, alpha.contiguous(), out, d, BLOCK=BLOCK, IS_FP64=real.dtype == torch.float64,
+    chunks = triton.cdiv(d, BLOCK)
+    torch.library.wrap_triton(_gp_interpolate_kernel)[(n * chunks,)](
+        real, fake, alpha.contiguous(), out, d, chunks, BLOCK=BLOCK, IS_FP64=real.dtype == torch.float64,
         num_warps=NUM_WARPS)
     return out
 
@@ -145,10 +167,10 @@ def gp_norm_penalty_fwd(grad: torch.Tensor, center: float, one_sided: bool,
     norms = torch.empty((n,), dtype=stats, device=grad.device)
     penalty = torch.empty((), dtype=stats, device=grad.device)
     is_fp64 = grad.dtype == torch.float64
-    torch.library.wrap_triton(_gp_sumsq_kernel)[(chunks, n)](
+    torch.library.wrap_triton(_gp_sumsq_kernel)[(n * chunks,)](
         grad, partial, d, chunks, BLOCK=BLOCK, ITERS=ITERS, IS_FP64=is_fp64, num_warps=NUM_WARPS)
     torch.library.wrap_triton(_gp_penalty_finalize_kernel)[(1,)](
-        partial, norms, penalty, n, chunks, float(center), float(grad_scale), ONE_SIDED=bool(one_sided),
+        partial, norms, penalty, n, chunks, _float_bits(center), _float_bits(grad_scale), ONE_SIDED=bool(one_sided),
         BLOCK_N=FIN_BLOCK_N, BLOCK_C=FIN_BLOCK_C, IS_FP64=is_fp64, num_warps=NUM_WARPS)
     return penalty, norms
 
@@ -159,10 +181,10 @@ def gp_norm_penalty_bwd(grad_penalty: torch.Tensor, grad: torch.Tensor, norms: t
     n = grad.shape[0]
     d = grad.numel() // n
     out = torch.empty_like(grad)
-    grid = (triton.cdiv(d, BLOCK), n)
-    torch.library.wrap_triton(_gp_penalty_bwd_kernel)[grid](
-        grad_penalty.reshape(()).to(norms.dtype), grad, norms.contiguous(), out, n, d, float(center),
-        float(grad_scale), ONE_SIDED=bool(one_sided), BLOCK=BLOCK, IS_FP64=grad.dtype == torch.float64,
+    chunks = triton.cdiv(d, BLOCK)
+    torch.library.wrap_triton(_gp_penalty_bwd_kernel)[(n * chunks,)](
+        grad_penalty.reshape(()).to(norms.dtype), grad, norms.contiguous(), out, n, d, chunks, _float_bits(center),
+        _float_bits(grad_scale), ONE_SIDED=bool(one_sided), BLOCK=BLOCK, IS_FP64=grad.dtype == torch.float64,
         num_warps=NUM_WARPS)
     return out
 
@@ -186,7 +208,7 @@ def aot_specs():
         name = ptr[1:]
         specs.append((f"gp_interpolate_{name}", _gp_interpolate_kernel,
                       {"real_ptr": ptr, "fake_ptr": ptr, "alpha_ptr": ptr, "out_ptr": ptr, "D": "i32",
-                       "BLOCK": "constexpr", "IS_FP64": "constexpr"},
+                       "CHUNKS": "i32", "BLOCK": "constexpr", "IS_FP64": "constexpr"},
                       {"BLOCK": BLOCK, "IS_FP64": is_fp64}, options))
         specs.append((f"gp_sumsq_{name}", _gp_sumsq_kernel,
                       {"grad_ptr": ptr, "partial_ptr": stats, "D": "i32", "CHUNKS": "i32", "BLOCK": "constexpr",
@@ -194,19 +216,21 @@ def aot_specs():
                       {"BLOCK": BLOCK, "ITERS": ITERS, "IS_FP64": is_fp64}, options))
         for one_sided in (False, True):
             tag = f"{name}_{'one_sided' if one_sided else 'two_sided'}"
-            specs.append((f"gp_penalty_bwd_{tag}", _gp_penalty_bwd_kernel,
-                          {"gout_ptr": stats, "grad_ptr": ptr, "norms_ptr": stats, "out_ptr": ptr, "N": "i32",
-                           "D": "i32", "center": "fp32", "grad_scale": "fp32", "ONE_SIDED": "constexpr",
-                           "BLOCK": "constexpr", "IS_FP64": "constexpr"},
-                          {"ONE_SIDED": one_sided, "BLOCK": BLOCK, "IS_FP64": is_fp64}, options))
+            for bits in ("i64", "i32"):  # center 0.0 is the int 0: the JIT types it i32
+                specs.append((f"gp_penalty_bwd_{tag}_{bits}", _gp_penalty_bwd_kernel,
+                              {"gout_ptr": stats, "grad_ptr": ptr, "norms_ptr": stats, "out_ptr": ptr, "N": "i32",
+                               "D": "i32", "CHUNKS": "i32", "center_bits": bits, "scale_bits": "i64",
+                               "ONE_SIDED": "constexpr", "BLOCK": "constexpr", "IS_FP64": "constexpr"},
+                              {"ONE_SIDED": one_sided, "BLOCK": BLOCK, "IS_FP64": is_fp64}, options))
     for stats_dtype in (torch.float32, torch.float64):
         stats = _PTR[stats_dtype]
         for one_sided in (False, True):
-            specs.append((f"gp_penalty_finalize_{stats[1:]}_{'one_sided' if one_sided else 'two_sided'}",
-                          _gp_penalty_finalize_kernel,
-                          {"partial_ptr": stats, "norms_ptr": stats, "penalty_ptr": stats, "N": "i32",
-                           "CHUNKS": "i32", "center": "fp32", "grad_scale": "fp32", "ONE_SIDED": "constexpr",
-                           "BLOCK_N": "constexpr", "BLOCK_C": "constexpr", "IS_FP64": "constexpr"},
-                          {"ONE_SIDED": one_sided, "BLOCK_N": FIN_BLOCK_N, "BLOCK_C": FIN_BLOCK_C,
-                           "IS_FP64": stats_dtype == torch.float64}, options))
+            for bits in ("i64", "i32"):
+                specs.append((f"gp_penalty_finalize_{stats[1:]}_{'one_sided' if one_sided else 'two_sided'}_{bits}",
+                              _gp_penalty_finalize_kernel,
+                              {"partial_ptr": stats, "norms_ptr": stats, "penalty_ptr": stats, "N": "i32",
+                               "CHUNKS": "i32", "center_bits": bits, "scale_bits": "i64", "ONE_SIDED": "constexpr",
+                               "BLOCK_N": "constexpr", "BLOCK_C": "constexpr", "IS_FP64": "constexpr"},
+                              {"ONE_SIDED": one_sided, "BLOCK_N": FIN_BLOCK_N, "BLOCK_C": FIN_BLOCK_C,
+                               "IS_FP64": stats_dtype == torch.float64}, options))
     return specs

@@ -629,3 +629,49 @@ def test_detaches_samples_and_works_under_no_grad(backend):
     with torch.no_grad():
         logged = gradient_penalty(critic, real, fake, alpha=alpha, backend=backend)
     assert torch.equal(logged, penalty.detach())
+
+
+def test_triton_grids_fit_cuda_limits_for_many_samples(monkeypatch):
+    """N > 65,535 samples: a grid axis 1 or 2 that large does not launch on CUDA (the CUDA kernels loop). Every
+    Triton launch of the penalty keeps axes 1 and 2 within 65,535. The launches are recorded, not run (the
+    interpreter would take minutes over 70,000 programs); the results at small N are the other tests' job."""
+    pytest.importorskip("triton")
+    import torch.library as tlib
+
+    from gencore.kernels import gradient_penalty as tk
+
+    grids = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            grids.append((self.kernel.fn.__name__, tuple(grid)))
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(tlib, "wrap_triton", Recorder)
+    n = 70_000
+    real, fake, alpha = torch.randn(n, 2), torch.randn(n, 2), torch.rand(n)
+    tk.gp_interpolate(real, fake, alpha)
+    tk.gp_norm_penalty_fwd(real, 1.0, False, 1.0)
+    tk.gp_norm_penalty_bwd(torch.tensor(1.0), real, torch.ones(n), 1.0, False, 1.0)
+    assert len(grids) == 4, grids
+    for name, grid in grids:
+        assert all(axis <= 65535 for axis in grid[1:]), (name, grid)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_center_and_scale_keep_float64_precision(backend):
+    """center and grad_scale reach the float64 kernels unrounded (Triton passed them as float32): a centre of
+    1 + 2^-40 must give the float64 answer."""
+    device = device_for(backend)
+    g = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    center, scale = 1.0 + 2.0 ** -40, 3.0 + 2.0 ** -45
+    p = gradient_norm_penalty(g, center, grad_scale=scale, backend=backend)
+    (dg,) = torch.autograd.grad(p, g)
+    ref = g.detach().clone().requires_grad_(True)
+    truth = gradient_norm_penalty_ref(ref, center, grad_scale=scale)[0]
+    (dref,) = torch.autograd.grad(truth, ref)
+    torch.testing.assert_close(p, truth.detach(), atol=0, rtol=1e-13)
+    torch.testing.assert_close(dg, dref, atol=0, rtol=1e-12)
