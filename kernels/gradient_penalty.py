@@ -12,19 +12,17 @@ Every tensor is read as (N, D), each sample one dense block of D elements (the l
 The norm is split over fixed chunks of CHUNK = BLOCK * ITERS elements so that batch 1 still fills a GPU; the partial
 sums land in a workspace with one writer per slot and are merged by one program in a fixed order: deterministic,
 no atomics. Half types compute in float32, float64 in float64. `center` and `grad_scale` travel as the int64 bit
-pattern of the Python float and are bitcast to float64 in the kernel (Triton would pass a Python float as float32,
-rounding them for the float64 kernels); the JIT types such an int i32 when it fits (0.0), so the kernel widens it
-first and the AOT specs list both typings.
+pattern of the Python float (kernels/scalars.py), so the float64 kernels get them unrounded; the AOT specs list both
+typings the JIT can give such an int.
 """
 from __future__ import annotations
-
-import struct
 
 import torch
 import triton
 import triton.language as tl
 
 from ..reference.gradient_penalty import per_sample_dense
+from .scalars import float_bits, from_bits
 
 BLOCK = 1024  # elements per program of the elementwise passes, and per iteration of the sum of squares
 ITERS = 4  # iterations per sum-of-squares program: CHUNK = 4096 elements
@@ -41,11 +39,6 @@ def _acc(x, IS_FP64: tl.constexpr):
     else:
         return tl.cast(x, tl.float32)
 
-
-@triton.jit
-def _from_bits(bits):
-    """The float64 whose bit pattern the launcher passed as an int (widened first: the JIT may type it i32)."""
-    return bits.to(tl.int64).to(tl.float64, bitcast=True)
 
 
 @triton.jit(do_not_specialize=["D", "CHUNKS"])
@@ -83,8 +76,8 @@ def _gp_sumsq_kernel(grad_ptr, partial_ptr, D, CHUNKS, BLOCK: tl.constexpr, ITER
 def _gp_penalty_finalize_kernel(partial_ptr, norms_ptr, penalty_ptr, N, CHUNKS, center_bits, scale_bits,
                                 ONE_SIDED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                                 IS_FP64: tl.constexpr):
-    scale = tl.abs(_acc(_from_bits(scale_bits), IS_FP64))
-    ctr = _acc(_from_bits(center_bits), IS_FP64)
+    scale = tl.abs(_acc(from_bits(scale_bits), IS_FP64))
+    ctr = _acc(from_bits(center_bits), IS_FP64)
     total = _acc(tl.zeros([BLOCK_N], dtype=tl.float32), IS_FP64)
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
@@ -112,8 +105,8 @@ def _gp_penalty_bwd_kernel(gout_ptr, grad_ptr, norms_ptr, out_ptr, N, D, CHUNKS,
     mask = offs < D
     base = n.to(tl.int64) * D
     norm = tl.load(norms_ptr + n)
-    s = _acc(_from_bits(scale_bits), IS_FP64)
-    dev = norm - _acc(_from_bits(center_bits), IS_FP64)
+    s = _acc(from_bits(scale_bits), IS_FP64)
+    dev = norm - _acc(from_bits(center_bits), IS_FP64)
     if ONE_SIDED:
         dev = tl.where(dev < 0, 0.0, dev)  # not tl.maximum, which drops a NaN
     # coef = gout * (2/N) * dev * s^2 / norm, and 0 where norm == 0 (the sample's gradient is then 0 as well); a
@@ -132,10 +125,6 @@ def _gp_penalty_bwd_kernel(gout_ptr, grad_ptr, norms_ptr, out_ptr, N, D, CHUNKS,
 def _flat(t: torch.Tensor) -> torch.Tensor:
     return t if per_sample_dense(t) else t.contiguous()
 
-
-def _float_bits(value: float) -> int:
-    """The int64 bit pattern of a Python float (bitcast back to float64 in the kernel)."""
-    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
 
 
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -170,7 +159,7 @@ def gp_norm_penalty_fwd(grad: torch.Tensor, center: float, one_sided: bool,
     torch.library.wrap_triton(_gp_sumsq_kernel)[(n * chunks,)](
         grad, partial, d, chunks, BLOCK=BLOCK, ITERS=ITERS, IS_FP64=is_fp64, num_warps=NUM_WARPS)
     torch.library.wrap_triton(_gp_penalty_finalize_kernel)[(1,)](
-        partial, norms, penalty, n, chunks, _float_bits(center), _float_bits(grad_scale), ONE_SIDED=bool(one_sided),
+        partial, norms, penalty, n, chunks, float_bits(center), float_bits(grad_scale), ONE_SIDED=bool(one_sided),
         BLOCK_N=FIN_BLOCK_N, BLOCK_C=FIN_BLOCK_C, IS_FP64=is_fp64, num_warps=NUM_WARPS)
     return penalty, norms
 
@@ -183,8 +172,8 @@ def gp_norm_penalty_bwd(grad_penalty: torch.Tensor, grad: torch.Tensor, norms: t
     out = torch.empty_like(grad)
     chunks = triton.cdiv(d, BLOCK)
     torch.library.wrap_triton(_gp_penalty_bwd_kernel)[(n * chunks,)](
-        grad_penalty.reshape(()).to(norms.dtype), grad, norms.contiguous(), out, n, d, chunks, _float_bits(center),
-        _float_bits(grad_scale), ONE_SIDED=bool(one_sided), BLOCK=BLOCK, IS_FP64=grad.dtype == torch.float64,
+        grad_penalty.reshape(()).to(norms.dtype), grad, norms.contiguous(), out, n, d, chunks, float_bits(center),
+        float_bits(grad_scale), ONE_SIDED=bool(one_sided), BLOCK=BLOCK, IS_FP64=grad.dtype == torch.float64,
         num_warps=NUM_WARPS)
     return out
 

@@ -19,21 +19,21 @@ gencore.reference.philox: key = (seed lo, seed hi), counter = (e // 4, n, offset
 (radius, angle) word pairs, interleaved back into element order. Math in float32, float64 for float64 samples (the
 dtype of the coefficient table).
 
-Float scalars (guidance_scale, clip_range) travel as the int64 bit pattern of the Python float and are bitcast to
-float64 in the kernel (`_from_bits`): Triton would otherwise pass a Python float as float32, which would round them
-for float64 samples. The JIT types such an int by its value (i32 when it fits, as for 0.0), so the kernel widens
-it to int64 before the bitcast, and `aot_specs()` lists both typings. Flags that only choose a branch (has_uncond, clip_mode, velocity) are runtime ints, not constexprs, so the
+Float scalars (guidance_scale, clip_range) travel as the int64 bit pattern of the Python float (kernels/scalars.py:
+Triton would otherwise pass them as float32, rounding them for float64 samples); `aot_specs()` lists both typings
+the JIT can give such an int. Flags that only choose a branch (has_uncond, clip_mode, velocity) are runtime ints, not constexprs, so the
 set of compiled variants stays small: every variant a launch can pick is listed by `aot_specs()`.
 """
 from __future__ import annotations
 
 import math
-import struct
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
+
+from .scalars import float_bits, from_bits
 
 # Elements per program: 8 per thread at 4 warps; one program = 256 Philox counter groups.
 BLOCK = 1024
@@ -67,13 +67,6 @@ def _element_offsets(pid, chunks, numel, C, S, BLOCK: tl.constexpr, CHANNELS_LAS
         mem = base + e
     return n, chunk, mask, mem
 
-
-@triton.jit
-def _from_bits(bits):
-    """The float64 whose bit pattern the launcher passed as an int. The JIT types an int argument by its value: i32
-    when it fits (0.0 -> 0, subnormals, some NaNs), else i64; widening first (sign extension, which keeps the 64-bit
-    pattern of every value that fits in i32) makes both compile to the same float."""
-    return bits.to(tl.int64).to(tl.float64, bitcast=True)
 
 
 @triton.jit
@@ -137,7 +130,7 @@ def _sampler_step_kernel(model_ptr, sample_ptr, uncond_ptr, noise_ptr, t_ptr, co
     x = tl.load(sample_ptr + mem, mask=mask, other=0.0).to(c0.dtype)
     m = tl.load(model_ptr + mem, mask=mask, other=0.0).to(c0.dtype)
     if has_uncond != 0:
-        guidance = _from_bits(guidance_bits).to(c0.dtype)
+        guidance = from_bits(guidance_bits).to(c0.dtype)
         u = tl.load(uncond_ptr + mem, mask=mask, other=0.0).to(c0.dtype)
         m = u + guidance * (m - u)
     x0 = c0 * x + c1 * m
@@ -145,7 +138,7 @@ def _sampler_step_kernel(model_ptr, sample_ptr, uncond_ptr, noise_ptr, t_ptr, co
         s = tl.load(threshold_ptr + n).to(c0.dtype)
         x0 = tl.minimum(tl.maximum(x0, -s), s) / s
     elif clip_mode == 1:
-        clip = _from_bits(clip_bits).to(c0.dtype)
+        clip = from_bits(clip_bits).to(c0.dtype)
         x0 = tl.minimum(tl.maximum(x0, -clip), clip)
     eps = c2 * x + c3 * m + c4 * x0
     prev = c5 * x0 + c6 * x + c7 * eps
@@ -207,10 +200,6 @@ def _dims(x: torch.Tensor) -> tuple[int, int, int, int]:
     return n, numel, c, (numel // c if c else 0)
 
 
-def _float_bits(value: float | None) -> int:
-    """The int64 bit pattern of a Python float (bitcast back to float64 in the kernel)."""
-    return struct.unpack("<q", struct.pack("<d", 0.0 if value is None else float(value)))[0]
-
 
 def sampler_step(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale, clip_range, threshold,
                  noise, philox_seed, philox_offset):
@@ -236,7 +225,7 @@ def sampler_step(model_output, sample, timesteps, coefs, model_output_uncond, gu
     wrap_triton(_sampler_step_kernel)[(n * chunks,)](
         model_output, sample, sample if uncond is None else uncond, sample if noise is None else noise, timesteps,
         coefs, coefs if threshold is None else threshold, prev, x0, chunks, numel, c, s, coefs.shape[0],
-        int(uncond is not None), _float_bits(guidance_scale), clip_mode, _float_bits(clip_range),
+        int(uncond is not None), float_bits(guidance_scale), clip_mode, float_bits(clip_range),
         0 if philox_seed is None else int(philox_seed), offset & 0xFFFFFFFF, offset >> 32,
         NOISE=mode, CHANNELS_LAST=channels_last, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return prev, x0
