@@ -371,7 +371,7 @@ struct Shape {
 // partial(i) for i in [0, count) yields (channel c, positions, mean of x, M2) in the fixed merge order.
 template <typename acc_t, typename Partial>
 inline void finish_group(int64_t n, int64_t g, int64_t count, const Partial& partial, const Shape& sh,
-                         const Params<acc_t>& P, double eps, acc_t* mean_out, acc_t* rstd_out, acc_t* coefM,
+                         const Params<acc_t>& P, double eps, double* mean_out, acc_t* rstd_out, acc_t* coefM,
                          acc_t* coefA, acc_t* coefB) {
   Moments m;
   for (int64_t i = 0; i < count; ++i) {
@@ -382,7 +382,7 @@ inline void finish_group(int64_t n, int64_t g, int64_t count, const Partial& par
   }
   const double var = std::max(m.m2 / m.count, 0.0);
   const acc_t r = static_cast<acc_t>(1.0 / std::sqrt(var + eps));
-  mean_out[n * sh.G + g] = static_cast<acc_t>(m.mean);
+  mean_out[n * sh.G + g] = m.mean;  // saved in double: the backward rebuilds this exact centre
   rstd_out[n * sh.G + g] = r;
   for (int64_t c = g * sh.cpg; c < (g + 1) * sh.cpg; ++c) {
     const int64_t nc = n * sh.C + c;
@@ -398,7 +398,7 @@ inline void finish_group(int64_t n, int64_t g, int64_t count, const Partial& par
 // Forward
 
 template <typename T>
-void forward_channels_first(const T* x, T* y, typename AccOf<T>::type* mean, typename AccOf<T>::type* rstd,
+void forward_channels_first(const T* x, T* y, double* mean, typename AccOf<T>::type* rstd,
                             const Shape& sh, const Params<typename AccOf<T>::type>& P, double eps, bool use_silu) {
   using acc_t = typename AccOf<T>::type;
   const int64_t S = sh.S, K = (S + kChunk - 1) / kChunk;  // chunks per channel
@@ -455,7 +455,7 @@ void forward_channels_first(const T* x, T* y, typename AccOf<T>::type* mean, typ
 }
 
 template <typename T>
-void forward_channels_last(const T* x, T* y, typename AccOf<T>::type* mean, typename AccOf<T>::type* rstd,
+void forward_channels_last(const T* x, T* y, double* mean, typename AccOf<T>::type* rstd,
                            const Shape& sh, const Params<typename AccOf<T>::type>& P, double eps, bool use_silu) {
   using acc_t = typename AccOf<T>::type;
   using io = IO<T>;
@@ -541,7 +541,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_fwd_cpu(
   const at::Tensor w = as_acc(weight, acc), b = as_acc(bias, acc), t = as_acc(temb, acc),
                    ss = as_acc(scale_shift, acc);
   at::Tensor y = output_like(x);
-  at::Tensor mean = at::empty({N, num_groups}, x.options().dtype(acc));
+  at::Tensor mean = at::empty({N, num_groups}, x.options().dtype(at::kDouble));
   at::Tensor rstd = at::empty({N, num_groups}, x.options().dtype(acc));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_fwd_cpu", [&] {
@@ -552,9 +552,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_fwd_cpu(
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     if (cl) {
-      forward_channels_last<scalar_t>(xp, yp, mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), sh, P, eps, use_silu);
+      forward_channels_last<scalar_t>(xp, yp, mean.data_ptr<double>(), rstd.data_ptr<acc_t>(), sh, P, eps, use_silu);
     } else {
-      forward_channels_first<scalar_t>(xp, yp, mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), sh, P, eps,
+      forward_channels_first<scalar_t>(xp, yp, mean.data_ptr<double>(), rstd.data_ptr<acc_t>(), sh, P, eps,
                                        use_silu);
     }
   });
@@ -822,9 +822,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
               "group_norm_silu_bwd: grad_out must have x's dtype and device, got ", grad_out.scalar_type(), " on ",
               grad_out.device());
   const auto acc = acc_type_of(x_in.scalar_type());
-  for (const auto& [name, s] : {std::pair<const char*, const at::Tensor*>{"mean", &mean}, {"rstd", &rstd}}) {
-    TORCH_CHECK(s->defined() && s->sizes().equals({N, G}) && s->scalar_type() == acc && s->device() == x_in.device(),
-                "group_norm_silu_bwd: ", name, " must be a (N, num_groups) = (", N, ", ", G, ") ", acc,
+  using Stat = std::tuple<const char*, const at::Tensor*, at::ScalarType>;
+  for (const auto& [name, s, dt] : {Stat{"mean", &mean, at::kDouble}, Stat{"rstd", &rstd, acc}}) {
+    TORCH_CHECK(s->defined() && s->sizes().equals({N, G}) && s->scalar_type() == dt && s->device() == x_in.device(),
+                "group_norm_silu_bwd: ", name, " must be a (N, num_groups) = (", N, ", ", G, ") ", dt,
                 " tensor on x's device (the forward's statistics)");
   }
 
@@ -847,14 +848,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     using acc_t = typename AccOf<scalar_t>::type;
     const Params<acc_t> P{ptr_or_null<acc_t>(w), ptr_or_null<acc_t>(b), ptr_or_null<acc_t>(t),
                           ptr_or_null<acc_t>(ss), C};
-    const acc_t* mp = mean_c.const_data_ptr<acc_t>();
+    const double* mp = mean_c.const_data_ptr<double>();
     const acc_t* rp = rstd_c.const_data_ptr<acc_t>();
     BwdCoefs<acc_t> cf(N * C);
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t c = 0; c < C; ++c) {
         const int64_t nc = n * C + c, ng = n * G + c / sh.cpg;
         const acc_t k = P.k(n, c);
-        split_centre<acc_t>(static_cast<double>(mp[ng]) - static_cast<double>(P.t(n, c)), cf.M[nc], cf.lo[nc]);
+        split_centre<acc_t>(mp[ng] - static_cast<double>(P.t(n, c)), cf.M[nc], cf.lo[nc]);
         cf.r[nc] = rp[ng];
         cf.X0[nc] = static_cast<acc_t>(-cf.lo[nc] * rp[ng]);
         cf.A[nc] = rp[ng] * P.w(c) * k;

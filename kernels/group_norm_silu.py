@@ -227,9 +227,9 @@ def _fwd_apply_kernel(x_ptr, y_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rstd_
                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """y = act(xhat * wk + bk) over one (channel block, spatial chunk) tile range."""
     n, chunk, c, cmask, s_begin, s_end = _tile_range(NCB, C, S, CHUNK_S, BLOCK_C)
-    mean = _group_stat(mean_ptr, n, c, cmask, G, CPG)
     rstd = _group_stat(rstd_ptr, n, c, cmask, G, CPG)
-    acc_ty = mean_ptr.dtype.element_ty
+    acc_ty = rstd_ptr.dtype.element_ty
+    mean = _group_stat(mean_ptr, n, c, cmask, G, CPG).to(acc_ty)  # saved in float64 (see group_norm_silu_fwd)
     t, w, b, k, wk, bk = _channel_coefficients(n, c, C, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t, has_ss,
                                                acc_ty)
     sample = n.to(tl.int64) * C * S
@@ -252,9 +252,9 @@ def _bwd_reduce_kernel(gy_ptr, x_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_ptr, rst
                        BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """Per-channel S1 = sum gz, S2 = sum gz * xhat, S3 = sum xhat over one spatial chunk -> slot (n, chunk, c)."""
     n, chunk, c, cmask, s_begin, s_end = _tile_range(NCB, C, S, CHUNK_S, BLOCK_C)
-    mean = _group_stat(mean_ptr, n, c, cmask, G, CPG)
     rstd = _group_stat(rstd_ptr, n, c, cmask, G, CPG)
-    acc_ty = mean_ptr.dtype.element_ty
+    acc_ty = rstd_ptr.dtype.element_ty
+    mean = _group_stat(mean_ptr, n, c, cmask, G, CPG).to(acc_ty)  # saved in float64 (see group_norm_silu_fwd)
     t, w, b, k, wk, bk = _channel_coefficients(n, c, C, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t, has_ss,
                                                acc_ty)
     sample = n.to(tl.int64) * C * S
@@ -340,11 +340,11 @@ def _bwd_apply_kernel(gy_ptr, x_ptr, gx_ptr, w_ptr, b_ptr, t_ptr, ss_ptr, mean_p
                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """gx = rstd * (wk * gz - m1 - xhat * m2) over one (channel block, spatial chunk) tile range."""
     n, chunk, c, cmask, s_begin, s_end = _tile_range(NCB, C, S, CHUNK_S, BLOCK_C)
-    mean = _group_stat(mean_ptr, n, c, cmask, G, CPG)
     rstd = _group_stat(rstd_ptr, n, c, cmask, G, CPG)
+    acc_ty = rstd_ptr.dtype.element_ty
+    mean = _group_stat(mean_ptr, n, c, cmask, G, CPG).to(acc_ty)
     m1 = _group_stat(m1_ptr, n, c, cmask, G, CPG)
     m2 = _group_stat(m2_ptr, n, c, cmask, G, CPG)
-    acc_ty = mean_ptr.dtype.element_ty
     t, w, b, k, wk, bk = _channel_coefficients(n, c, C, C, w_ptr, b_ptr, t_ptr, ss_ptr, has_w, has_b, has_t, has_ss,
                                                acc_ty)
     sample = n.to(tl.int64) * C * S
@@ -431,7 +431,8 @@ def _check(x, weight, bias, temb, scale_shift, num_groups, eps, silu) -> None:
 
 
 def group_norm_silu_fwd(x, weight, bias, temb, scale_shift, num_groups, eps, silu):
-    """Forward launcher: (y, mean, rstd); y in x's layout and dtype, mean/rstd (N, G) float32 (float64 for float64).
+    """Forward launcher: (y, mean, rstd); y in x's layout and dtype; mean (N, G) float64 and rstd (N, G) float32
+    (float64 for float64): the rule of gencore.ops.group_norm_silu's module doc.
 
     x: (N, C, *spatial), float16/bfloat16/float32/float64, on a CUDA device (or CPU under TRITON_INTERPRET=1);
     weight, bias: (C,) or None; temb: (N, C) or None; scale_shift: (N, 2C) or None; all in x's dtype.
@@ -443,7 +444,7 @@ def group_norm_silu_fwd(x, weight, bias, temb, scale_shift, num_groups, eps, sil
     plan = launch_plan(n, c, spatial, channels_last)
     acc = _accumulation_dtype(x.dtype)
     y = output_like(x)
-    mean = torch.empty((n, num_groups), dtype=acc, device=x.device)
+    mean = torch.empty((n, num_groups), dtype=torch.float64, device=x.device)
     rstd = torch.empty((n, num_groups), dtype=acc, device=x.device)
     part_mean = torch.empty((n, plan["SPLIT"], c), dtype=acc, device=x.device)
     part_m2 = torch.empty((n, plan["SPLIT"], c), dtype=acc, device=x.device)
@@ -476,9 +477,9 @@ def group_norm_silu_bwd(grad_out, x, weight, bias, temb, scale_shift, mean, rstd
     acc = _accumulation_dtype(x.dtype)
     if tuple(grad_out.shape) != tuple(x.shape):
         raise ValueError(f"grad_out must have x's shape {tuple(x.shape)}, got {tuple(grad_out.shape)}")
-    for name, stat in (("mean", mean), ("rstd", rstd)):
-        if tuple(stat.shape) != (n, num_groups) or stat.dtype != acc or stat.device != x.device:
-            raise ValueError(f"{name} must be the forward's ({n}, {num_groups}) {acc} statistics on {x.device}")
+    for name, stat, dtype in (("mean", mean, torch.float64), ("rstd", rstd, acc)):
+        if tuple(stat.shape) != (n, num_groups) or stat.dtype != dtype or stat.device != x.device:
+            raise ValueError(f"{name} must be the forward's ({n}, {num_groups}) {dtype} statistics on {x.device}")
     spatial = x.numel() // (n * c)
     xs, channels_last = _served(x)
     if xs.is_contiguous():
@@ -561,7 +562,7 @@ def aot_specs() -> list[tuple]:
     for dtype, name in _TORCH_TO_TRITON.items():
         x = "*" + name
         acc = "*fp64" if dtype == torch.float64 else "*fp32"
-        inputs = dict(x_ptr=x, w_ptr=x, b_ptr=x, t_ptr=x, ss_ptr=x, mean_ptr=acc, rstd_ptr=acc)
+        inputs = dict(x_ptr=x, w_ptr=x, b_ptr=x, t_ptr=x, ss_ptr=x, mean_ptr="*fp64", rstd_ptr=acc)
         for cfg in tile_configs():
             tag = f"{name}-{'cl' if cfg['CHANNELS_LAST'] else 'cf'}-s{cfg['BLOCK_S']}-c{cfg['BLOCK_C']}"
             specs.append((f"fwd_stats-{tag}", _fwd_stats_kernel,
@@ -576,7 +577,7 @@ def aot_specs() -> list[tuple]:
                           _signature(_bwd_apply_kernel, dict(inputs, gy_ptr=x, gx_ptr=x, m1_ptr=acc, m2_ptr=acc)),
                           dict(cfg), options))
         specs.append((f"fwd_merge-{name}", _fwd_merge_kernel,
-                      _signature(_fwd_merge_kernel, dict(pmean_ptr=acc, pm2_ptr=acc, mean_ptr=acc, rstd_ptr=acc),
+                      _signature(_fwd_merge_kernel, dict(pmean_ptr=acc, pm2_ptr=acc, mean_ptr="*fp64", rstd_ptr=acc),
                                  floats=("eps",)),
                       dict(BLOCK_P=MERGE_BLOCK), options))
         specs.append((f"bwd_merge-{name}", _bwd_merge_kernel,

@@ -60,8 +60,8 @@ def _dims(x, groups):
 def emulated_fwd(emu, x, groups, weight=None, bias=None, temb=None, scale_shift=None, eps=1e-5, silu=True):
     x = x if x.is_contiguous() or is_channels_last(x) else x.contiguous()
     y = output_like(x)
-    mean = torch.empty(x.shape[0], groups, dtype=stats_dtype(x.dtype))
-    rstd = torch.empty_like(mean)
+    mean = torch.empty(x.shape[0], groups, dtype=torch.float64)  # the saved mean is float64 on every backend
+    rstd = torch.empty(x.shape[0], groups, dtype=stats_dtype(x.dtype))
     rc = emu.gencore_emulation_gns_fwd(KIND[x.dtype], *_dims(x, groups), _ptr(x), _ptr(weight), _ptr(bias),
                                        _ptr(temb), _ptr(scale_shift), _ptr(y), _ptr(mean), _ptr(rstd), eps, silu)
     assert rc == 0, f"forward launcher returned cudaError {rc}"
@@ -213,7 +213,7 @@ def test_deterministic(emu):
 def test_launcher_refuses_inconsistent_sizes(emu):
     """C % G != 0 reaches the launcher only if the binding forgot its check; it must still refuse, not run."""
     x = torch.randn(2, 6, 4, 4)
-    y, mean, rstd = torch.empty_like(x), torch.empty(2, 4), torch.empty(2, 4)
+    y, mean, rstd = torch.empty_like(x), torch.empty(2, 4, dtype=torch.float64), torch.empty(2, 4)
     rc = emu.gencore_emulation_gns_fwd(2, 2, 6, 16, 4, 0, x.data_ptr(), None, None, None, None, y.data_ptr(),
                                        mean.data_ptr(), rstd.data_ptr(), 1e-5, 1)
     assert rc != 0

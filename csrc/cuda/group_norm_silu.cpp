@@ -113,7 +113,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_silu_fwd_cuda(const Tensor& x_in, 
   const Tensor x = in_kernel_layout(x_in);
   Tensor y = output_like(x);
   const auto stats_options = x.options().dtype(stats_dtype(x.scalar_type()));
-  Tensor mean = at::empty({n, num_groups}, stats_options);
+  Tensor mean = at::empty({n, num_groups}, x.options().dtype(at::kDouble));
   Tensor rstd = at::empty({n, num_groups}, stats_options);
 
   gk::GroupNormSiluFwdArgs args;
@@ -149,8 +149,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_silu_bwd_cuda(
               " but x is on ", x_in.device());
   TORCH_CHECK(grad_out_in.scalar_type() == x_in.scalar_type(), "group_norm_silu (cuda): grad_out has dtype ",
               grad_out_in.scalar_type(), " but x has dtype ", x_in.scalar_type());
-  const at::ScalarType sdt = stats_dtype(x_in.scalar_type());
-  auto check_stat = [&](const char* name, const Tensor& t) {
+  auto check_stat = [&](const char* name, const Tensor& t, at::ScalarType sdt) {
     TORCH_CHECK(t.sizes() == at::IntArrayRef({n, num_groups}), "group_norm_silu (cuda): ", name,
                 " must have shape (N, num_groups) = (", n, ", ", num_groups, "), got ", t.sizes());
     TORCH_CHECK(t.device() == x_in.device(), "group_norm_silu (cuda): ", name, " is on ", t.device(),
@@ -158,8 +157,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_silu_bwd_cuda(
     TORCH_CHECK(t.scalar_type() == sdt, "group_norm_silu (cuda): ", name, " must be ", sdt, " for x of dtype ",
                 x_in.scalar_type(), ", got ", t.scalar_type());
   };
-  check_stat("mean", mean_in);
-  check_stat("rstd", rstd_in);
+  check_stat("mean", mean_in, at::kDouble);
+  check_stat("rstd", rstd_in, stats_dtype(x_in.scalar_type()));
   const OptTensor weight = check_optional("weight", weight_in, x_in, {c});
   const OptTensor bias = check_optional("bias", bias_in, x_in, {c});
   const OptTensor temb = check_optional("temb", temb_in, x_in, {n, c});

@@ -404,7 +404,7 @@ struct GroupPlan {
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     fwd_finalize_kernel(ReducePlan rp, GroupPlan gp, const Acc<T>* part_mean, const Acc<T>* part_m2,
-                        ChannelParams<T> params, Acc<T> eps, Acc<T>* out_mean, Acc<T>* out_rstd,
+                        ChannelParams<T> params, Acc<T> eps, double* out_mean, Acc<T>* out_rstd,
                         ChannelCoefs<Acc<T>> coefs) {
   using A = Acc<T>;
   __shared__ Welford<A> shared[kWarps + 1];
@@ -425,7 +425,7 @@ __global__ void __launch_bounds__(kThreads)
     const A var = fmax(total.m2 / group_size, A(0));
     const A r = rsqrt_acc(var + eps);
     if (threadIdx.x == 0) {
-      out_mean[ng] = mean;
+      out_mean[ng] = double(mean);  // the saved mean is double on every backend (the CPU centre needs it)
       out_rstd[ng] = r;
     }
     for (int64_t j = threadIdx.x; j < gp.cpg; j += kThreads) params.store_forward(coefs, n, g * gp.cpg + j, mean, r);
@@ -484,13 +484,13 @@ __global__ void __launch_bounds__(kThreads)
 // Per (n, c): the forward's coefficients (from the saved mean and rstd) and r.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    bwd_prepare_kernel(GroupPlan gp, ChannelParams<T> params, const Acc<T>* mean_in, const Acc<T>* rstd_in,
+    bwd_prepare_kernel(GroupPlan gp, ChannelParams<T> params, const double* mean_in, const Acc<T>* rstd_in,
                        ChannelCoefs<Acc<T>> coefs) {
   const int64_t total = gp.N * gp.C;
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total; i += int64_t(gridDim.x) * kThreads) {
     const int64_t n = i / gp.C, c = i % gp.C;
     const int64_t ng = n * gp.G + c / gp.cpg;
-    params.store_forward(coefs, n, c, mean_in[ng], rstd_in[ng]);
+    params.store_forward(coefs, n, c, Acc<T>(mean_in[ng]), rstd_in[ng]);
     coefs.r[i] = rstd_in[ng];
   }
 }
@@ -745,7 +745,7 @@ void fwd_reduce_and_apply(const GroupNormSiluFwdArgs& a, const ReducePlan& rp, c
   FwdStatsOp<T, V, CL> op{x, static_cast<const T*>(a.temb), ws.part_mean, ws.part_m2};
   launch_partials<FwdStatsOp<T, V, CL>, V, CL>(op, rp, stream);
   launch(fwd_finalize_kernel<T>, blocks_for(d.N * d.G), stream, rp, make_group_plan(d), ws.part_mean, ws.part_m2,
-         channel_params<T>(a.weight, a.bias, a.temb, a.scale_shift, d.C), A(a.eps), static_cast<A*>(a.mean),
+         channel_params<T>(a.weight, a.bias, a.temb, a.scale_shift, d.C), A(a.eps), static_cast<double*>(a.mean),
          static_cast<A*>(a.rstd), ws.coefs);
   const ApplyPlan ap = make_apply_plan(d);
   launch(fwd_apply_kernel<T, V, CL>, apply_grid(ap, V, sms), stream, ap, x, static_cast<T*>(a.y), ws.coefs, a.silu);
@@ -788,7 +788,7 @@ void bwd_reduce_and_apply(const GroupNormSiluBwdArgs& a, const ReducePlan& rp, c
   const ChannelParams<T> params = channel_params<T>(a.weight, a.bias, a.temb, a.scale_shift, d.C);
   const T* x = static_cast<const T*>(a.x);
   const T* grad_out = static_cast<const T*>(a.grad_out);
-  const A* mean = static_cast<const A*>(a.mean);
+  const double* mean = static_cast<const double*>(a.mean);
   const A* rstd = static_cast<const A*>(a.rstd);
   launch(bwd_prepare_kernel<T>, blocks_for(ceil_div(d.N * d.C, kThreads)), stream, gp, params, mean, rstd,
          ws.coefs);

@@ -36,7 +36,7 @@ struct GroupNormSiluFwdArgs {
   const void* temb = nullptr;         // (N, C) contiguous, or nullptr (0)
   const void* scale_shift = nullptr;  // (N, 2C) contiguous = [scale | shift], or nullptr
   void* y = nullptr;                  // same layout as x
-  void* mean = nullptr;               // (N, G) float (double for Float64)
+  void* mean = nullptr;               // (N, G) double, whatever the dtype
   void* rstd = nullptr;               // (N, G) float (double for Float64)
   double eps = 1e-5;
   bool silu = true;                   // false: identity activation (plain GroupNorm)
@@ -51,7 +51,7 @@ struct GroupNormSiluBwdArgs {
   const void* bias = nullptr;
   const void* temb = nullptr;
   const void* scale_shift = nullptr;
-  const void* mean = nullptr;         // (N, G) saved by the forward, float (double for Float64)
+  const void* mean = nullptr;         // (N, G) double, saved by the forward
   const void* rstd = nullptr;
   void* grad_x = nullptr;             // same layout as x
   void* grad_weight = nullptr;        // (C,)    or nullptr: not computed

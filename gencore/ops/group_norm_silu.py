@@ -5,8 +5,10 @@ Layers:
     gencore::group_norm_silu_fwd_triton / _bwd_triton   triton_op wrappers around gencore.kernels.group_norm_silu.
     group_norm_silu(...)                                the public function: checks, picks a backend, dispatches.
 
-Every fused forward returns (y, mean, rstd); mean and rstd are the per-(sample, group) statistics of x + temb
-(float32, float64 for float64 input), saved for the backward. The backward op returns (grad_x, grad_weight,
+Every fused forward returns (y, mean, rstd); mean and rstd are the per-(sample, group) statistics of x + temb,
+saved for the backward: mean in float64 on every backend (the CPU kernels keep the centre in double so that offset
+data, x = 1e4 + noise, keeps its digits; the backward must rebuild that same centre, which a float32 mean cannot
+carry), rstd in the accumulation dtype (float32, float64 for float64 input). The backward op returns (grad_x, grad_weight,
 grad_bias, grad_temb, grad_scale_shift), with a 0-element tensor standing for an input that was None.
 
 Layout rule shared by every backend and the fake implementations (see output_like): a contiguous x gives a
@@ -69,7 +71,7 @@ def check_args(x, num_groups, weight, bias, eps, temb, scale_shift, activation) 
 def _fwd_fake(x, weight, bias, temb, scale_shift, num_groups, eps, silu):
     check_fake_devices("x", x, weight=weight, bias=bias, temb=temb, scale_shift=scale_shift)
     y = output_like(x)
-    mean = x.new_empty((x.shape[0], num_groups), dtype=stats_dtype(x.dtype))
+    mean = x.new_empty((x.shape[0], num_groups), dtype=torch.float64)
     rstd = x.new_empty((x.shape[0], num_groups), dtype=stats_dtype(x.dtype))
     return y, mean, rstd
 
