@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from ..reference.gradient_penalty import per_sample_dense
+from .launch import wrap_triton
 from .scalars import float_bits, from_bits
 
 BLOCK = 1024  # elements per program of the elementwise passes, and per iteration of the sum of squares
@@ -73,7 +74,8 @@ def _gp_sumsq_kernel(grad_ptr, partial_ptr, D, CHUNKS, BLOCK: tl.constexpr, ITER
 
 
 @triton.jit(do_not_specialize=["N", "CHUNKS", "center_bits", "scale_bits"])
-def _gp_penalty_finalize_kernel(partial_ptr, norms_ptr, penalty_ptr, N, CHUNKS, center_bits, scale_bits,
+def _gp_penalty_finalize_kernel(partial_ptr, norms_ptr, penalty_ptr, N, CHUNKS, center_bits: tl.int64,
+                                scale_bits: tl.int64,
                                 ONE_SIDED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
                                 IS_FP64: tl.constexpr):
     scale = tl.abs(_acc(from_bits(scale_bits), IS_FP64))
@@ -97,7 +99,8 @@ def _gp_penalty_finalize_kernel(partial_ptr, norms_ptr, penalty_ptr, N, CHUNKS, 
 
 
 @triton.jit(do_not_specialize=["N", "D", "CHUNKS", "center_bits", "scale_bits"])
-def _gp_penalty_bwd_kernel(gout_ptr, grad_ptr, norms_ptr, out_ptr, N, D, CHUNKS, center_bits, scale_bits,
+def _gp_penalty_bwd_kernel(gout_ptr, grad_ptr, norms_ptr, out_ptr, N, D, CHUNKS, center_bits: tl.int64,
+                           scale_bits: tl.int64,
                            ONE_SIDED: tl.constexpr, BLOCK: tl.constexpr, IS_FP64: tl.constexpr):
     pid = tl.program_id(0)
     n = pid // CHUNKS
@@ -139,7 +142,7 @@ def gp_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) 
     n = real.shape[0]
     d = real.numel() // n
     chunks = triton.cdiv(d, BLOCK)
-    torch.library.wrap_triton(_gp_interpolate_kernel)[(n * chunks,)](
+    wrap_triton(_gp_interpolate_kernel)[(n * chunks,)](
         real, fake, alpha.contiguous(), out, d, chunks, BLOCK=BLOCK, IS_FP64=real.dtype == torch.float64,
         num_warps=NUM_WARPS)
     return out
@@ -156,9 +159,9 @@ def gp_norm_penalty_fwd(grad: torch.Tensor, center: float, one_sided: bool,
     norms = torch.empty((n,), dtype=stats, device=grad.device)
     penalty = torch.empty((), dtype=stats, device=grad.device)
     is_fp64 = grad.dtype == torch.float64
-    torch.library.wrap_triton(_gp_sumsq_kernel)[(n * chunks,)](
+    wrap_triton(_gp_sumsq_kernel)[(n * chunks,)](
         grad, partial, d, chunks, BLOCK=BLOCK, ITERS=ITERS, IS_FP64=is_fp64, num_warps=NUM_WARPS)
-    torch.library.wrap_triton(_gp_penalty_finalize_kernel)[(1,)](
+    wrap_triton(_gp_penalty_finalize_kernel)[(1,)](
         partial, norms, penalty, n, chunks, float_bits(center), float_bits(grad_scale), ONE_SIDED=bool(one_sided),
         BLOCK_N=FIN_BLOCK_N, BLOCK_C=FIN_BLOCK_C, IS_FP64=is_fp64, num_warps=NUM_WARPS)
     return penalty, norms
@@ -171,7 +174,7 @@ def gp_norm_penalty_bwd(grad_penalty: torch.Tensor, grad: torch.Tensor, norms: t
     d = grad.numel() // n
     out = torch.empty_like(grad)
     chunks = triton.cdiv(d, BLOCK)
-    torch.library.wrap_triton(_gp_penalty_bwd_kernel)[(n * chunks,)](
+    wrap_triton(_gp_penalty_bwd_kernel)[(n * chunks,)](
         grad_penalty.reshape(()).to(norms.dtype), grad, norms.contiguous(), out, n, d, chunks, float_bits(center),
         float_bits(grad_scale), ONE_SIDED=bool(one_sided), BLOCK=BLOCK, IS_FP64=grad.dtype == torch.float64,
         num_warps=NUM_WARPS)
@@ -205,21 +208,19 @@ def aot_specs():
                       {"BLOCK": BLOCK, "ITERS": ITERS, "IS_FP64": is_fp64}, options))
         for one_sided in (False, True):
             tag = f"{name}_{'one_sided' if one_sided else 'two_sided'}"
-            for bits in ("i64", "i32"):  # center 0.0 is the int 0: the JIT types it i32
-                specs.append((f"gp_penalty_bwd_{tag}_{bits}", _gp_penalty_bwd_kernel,
-                              {"gout_ptr": stats, "grad_ptr": ptr, "norms_ptr": stats, "out_ptr": ptr, "N": "i32",
-                               "D": "i32", "CHUNKS": "i32", "center_bits": bits, "scale_bits": "i64",
-                               "ONE_SIDED": "constexpr", "BLOCK": "constexpr", "IS_FP64": "constexpr"},
-                              {"ONE_SIDED": one_sided, "BLOCK": BLOCK, "IS_FP64": is_fp64}, options))
+            specs.append((f"gp_penalty_bwd_{tag}", _gp_penalty_bwd_kernel,
+                          {"gout_ptr": stats, "grad_ptr": ptr, "norms_ptr": stats, "out_ptr": ptr, "N": "i32",
+                           "D": "i32", "CHUNKS": "i32", "center_bits": "i64", "scale_bits": "i64",
+                           "ONE_SIDED": "constexpr", "BLOCK": "constexpr", "IS_FP64": "constexpr"},
+                          {"ONE_SIDED": one_sided, "BLOCK": BLOCK, "IS_FP64": is_fp64}, options))
     for stats_dtype in (torch.float32, torch.float64):
         stats = _PTR[stats_dtype]
         for one_sided in (False, True):
-            for bits in ("i64", "i32"):
-                specs.append((f"gp_penalty_finalize_{stats[1:]}_{'one_sided' if one_sided else 'two_sided'}_{bits}",
-                              _gp_penalty_finalize_kernel,
-                              {"partial_ptr": stats, "norms_ptr": stats, "penalty_ptr": stats, "N": "i32",
-                               "CHUNKS": "i32", "center_bits": bits, "scale_bits": "i64", "ONE_SIDED": "constexpr",
-                               "BLOCK_N": "constexpr", "BLOCK_C": "constexpr", "IS_FP64": "constexpr"},
-                              {"ONE_SIDED": one_sided, "BLOCK_N": FIN_BLOCK_N, "BLOCK_C": FIN_BLOCK_C,
-                               "IS_FP64": stats_dtype == torch.float64}, options))
+            specs.append((f"gp_penalty_finalize_{stats[1:]}_{'one_sided' if one_sided else 'two_sided'}",
+                          _gp_penalty_finalize_kernel,
+                          {"partial_ptr": stats, "norms_ptr": stats, "penalty_ptr": stats, "N": "i32",
+                           "CHUNKS": "i32", "center_bits": "i64", "scale_bits": "i64", "ONE_SIDED": "constexpr",
+                           "BLOCK_N": "constexpr", "BLOCK_C": "constexpr", "IS_FP64": "constexpr"},
+                          {"ONE_SIDED": one_sided, "BLOCK_N": FIN_BLOCK_N, "BLOCK_C": FIN_BLOCK_C,
+                           "IS_FP64": stats_dtype == torch.float64}, options))
     return specs

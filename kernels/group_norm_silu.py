@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
+from .launch import wrap_triton
 
 from gencore.ops.group_norm_silu import check_args, is_channels_last, output_like
 

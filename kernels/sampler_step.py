@@ -31,7 +31,7 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
+from .launch import wrap_triton
 
 from .scalars import float_bits, from_bits
 
@@ -108,9 +108,9 @@ def _philox_normals(seed, offset_lo, offset_hi, n, chunk, acc_like, BLOCK: tl.co
 @triton.jit(do_not_specialize=["chunks", "numel", "C", "S", "T", "has_uncond", "guidance_bits", "clip_mode",
                                "clip_bits", "seed", "offset_lo", "offset_hi"])
 def _sampler_step_kernel(model_ptr, sample_ptr, uncond_ptr, noise_ptr, t_ptr, coef_ptr, threshold_ptr, prev_ptr,
-                         x0_ptr, chunks, numel, C, S, T, has_uncond, guidance_bits, clip_mode, clip_bits, seed,
-                         offset_lo, offset_hi, NOISE: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                         BLOCK: tl.constexpr):
+                         x0_ptr, chunks, numel, C, S, T, has_uncond, guidance_bits: tl.int64, clip_mode,
+                         clip_bits: tl.int64, seed: tl.int64, offset_lo: tl.int64, offset_hi: tl.int64,
+                         NOISE: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     n, chunk, mask, mem = _element_offsets(pid, chunks, numel, C, S, BLOCK, CHANNELS_LAST)
     # The coefficient row of this sample: clamped so that no timestep reads outside the table.
@@ -167,7 +167,8 @@ def _training_inputs_kernel(x0_ptr, noise_ptr, t_ptr, coef_ptr, noisy_ptr, veloc
 
 
 @triton.jit(do_not_specialize=["chunks", "numel", "seed", "offset_lo", "offset_hi"])
-def _philox_uint32_kernel(out_ptr, chunks, numel, seed, offset_lo, offset_hi, BLOCK: tl.constexpr):
+def _philox_uint32_kernel(out_ptr, chunks, numel, seed: tl.int64, offset_lo: tl.int64, offset_hi: tl.int64,
+                          BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     n = pid // chunks
     chunk = pid % chunks
@@ -290,11 +291,6 @@ def aot_specs() -> list[tuple]:
                 const = {"NOISE": noise, "CHANNELS_LAST": channels_last, "BLOCK": BLOCK}
                 label = f"sampler_step_{ty}_noise{noise}_{'cl' if channels_last else 'contig'}"
                 specs.append((label, _sampler_step_kernel, sig, const, {"num_warps": NUM_WARPS}))
-                # What the JIT compiles for the defaults (clip_range=None and guidance 0.0 are the int 0; a small
-                # seed and offset fit in i32): every int argument typed i32.
-                small = {**sig, **{k: "i32" for k in ("guidance_bits", "clip_bits", "seed", "offset_lo",
-                                                      "offset_hi")}}
-                specs.append((label + "_i32args", _sampler_step_kernel, small, const, {"num_warps": NUM_WARPS}))
         for channels_last in (False, True):
             sig = {
                 "x0_ptr": f"*{ty}", "noise_ptr": f"*{ty}", "t_ptr": "*i64", "coef_ptr": f"*{acc}",
@@ -307,6 +303,4 @@ def aot_specs() -> list[tuple]:
     sig = {"out_ptr": "*i64", "chunks": "i32", "numel": "i32", "seed": "i64", "offset_lo": "i64", "offset_hi": "i64",
            "BLOCK": "constexpr"}
     specs.append(("philox_uint32", _philox_uint32_kernel, sig, {"BLOCK": BLOCK}, {"num_warps": NUM_WARPS}))
-    small = {**sig, "seed": "i32", "offset_lo": "i32", "offset_hi": "i32"}
-    specs.append(("philox_uint32_i32args", _philox_uint32_kernel, small, {"BLOCK": BLOCK}, {"num_warps": NUM_WARPS}))
     return specs

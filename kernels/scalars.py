@@ -3,8 +3,10 @@
 Triton passes a Python float as float32, which would round guidance scales, clip ranges, centres and scales for the
 float64 kernels. So a launcher passes `float_bits(value)`, the int64 bit pattern of the float, and the kernel calls
 `from_bits(arg)` to get the float64 back. The JIT types an int argument by its value (i32 when it fits, as the
-pattern of 0.0 does, else i64): `from_bits` widens to int64 first (sign extension keeps the 64-bit pattern of every
-value that fits in i32), so both typings compile to the same float, and the AOT specs list both.
+pattern of 0.0 does, else i64), so every such parameter is annotated `tl.int64` (as are Philox seeds and offsets):
+the JIT then types it i64 whatever the value, one compiled variant, the one the AOT specs list
+(tests/test_triton_launch_types.py holds the specs to the launches). `from_bits` still widens to int64 first, so
+the interpreter, which passes Python ints unannotated, computes the same float.
 """
 from __future__ import annotations
 

@@ -586,6 +586,19 @@ def test_philox_noise_is_keyed_on_sample_and_step(cls, kwargs):
         s.step(m, t, x, philox_seed=1, generator=torch.Generator(), **kwargs)
 
 
+@pytest.mark.parametrize("cls", [DDIMScheduler, DDPMScheduler])
+def test_philox_offset_of_a_device_timestep_is_never_read_back(cls, monkeypatch):
+    """A 0-d device timestep without philox_offset used to be read with .item(): a host sync per step, and an error
+    inside a CUDA-graph capture. It is refused with a message naming philox_offset, before anything reads it (a
+    meta tensor stands in for a CUDA one: reading it back raises, so any read would show)."""
+    s = cls()
+    s.set_timesteps(10)
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("the timestep was read back to the host"))
+    with pytest.raises(ValueError, match="philox_offset .*must be given when timestep is a meta tensor"):
+        s._philox_offset(torch.tensor(700, device="meta"), None)
+    assert s._philox_offset(torch.tensor(700, device="meta"), 2) == 2
+
+
 @pytest.mark.parametrize("limit", [40, 10])  # chunks of samples; then samples larger than torch.quantile takes
 def test_thresholding_beyond_torch_quantile_limit(monkeypatch, limit):
     import gencore.diffusion.schedulers as schedulers

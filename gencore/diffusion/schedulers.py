@@ -557,6 +557,11 @@ class _DiscreteScheduler:
             return _int("philox_offset", philox_offset, 0)
         if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
             raise ValueError("philox_offset (the step counter) must be given when timestep is a per-sample tensor")
+        if isinstance(timestep, torch.Tensor) and (timestep.device.type != "cpu" or torch.compiler.is_compiling()):
+            # Looking the step up would read the timestep back to the host: a sync per step, and an error inside a
+            # CUDA-graph capture. gencore.diffusion.sample passes the step counter itself.
+            raise ValueError(f"philox_offset (the step counter) must be given when timestep is a {timestep.device} "
+                             "tensor: finding it from the timestep would synchronise with the device")
         return self._position[self._host_timestep(timestep)]
 
     @staticmethod
