@@ -694,3 +694,31 @@ def test_step_on_every_backend(backend, dtype, cls, options, step_kwargs):
     assert got.prev_sample.dtype == dtype
     assert_close(got.prev_sample, ref.prev_sample, msg=backend)
     assert_close(got.pred_original_sample, ref.pred_original_sample, msg=backend)
+
+
+@pytest.mark.parametrize("cls_name", ["DDIMScheduler", "DDPMScheduler"])
+def test_zero_terminal_snr_epsilon_step_is_clipped_like_diffusers(cls_name):
+    """alphas_cumprod[T-1] = 0 with epsilon prediction: x0 = (x - eps) / 0. diffusers gets +-inf and clips it to the
+    range; gencore's table used 1/0 = inf in two coefficients, and inf*x - inf*eps gave an all-NaN step."""
+    d = diffusers()
+    kw = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=True)
+    cls = {"DDIMScheduler": DDIMScheduler, "DDPMScheduler": DDPMScheduler}[cls_name]
+    ours, theirs = cls(**kw), getattr(d, cls_name)(**kw)
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    assert float(ours.alphas_cumprod[-1]) == 0.0 and int(ours.timesteps[0]) == 999
+    x, m = rand(*SHAPE, seed=1), rand(*SHAPE, seed=2)
+    noise = rand(*SHAPE, seed=3)
+    extra = {"variance_noise": noise} if cls_name == "DDIMScheduler" else {}
+    got = ours.step(m, 999, x, **extra) if extra else ours.step(m, 999, x, generator=torch.Generator().manual_seed(4))
+    want = theirs.step(m, 999, x, **extra) if extra else theirs.step(m, 999, x,
+                                                                     generator=torch.Generator().manual_seed(4))
+    assert torch.isfinite(got.prev_sample).all()
+    assert torch.equal(got.pred_original_sample, want.pred_original_sample)  # +-1: the sign of x - eps
+    close32(got.prev_sample, want.prev_sample)
+    # Thresholding takes the same limit (diffusers' quantile of inf gives NaN there): x0 = sign(x - eps) * max.
+    t = cls(**dict(kw, clip_sample=False, thresholding=True, sample_max_value=2.0))
+    t.set_timesteps(10)
+    x0 = t.step(m, 999, x, **extra).pred_original_sample if extra else t.step(
+        m, 999, x, generator=torch.Generator().manual_seed(4)).pred_original_sample
+    assert torch.equal(x0, torch.sign(x - m))

@@ -20,6 +20,10 @@ What differs, on purpose:
     eta=0 inverts add_noise exactly along any schedule. With "leading" spacing the results are diffusers'.
   * DDPM's variance_type="fixed_large_log": diffusers takes the square root of log(beta_t) < 0 and returns NaN;
     gencore uses the intended log-variance log(beta_t), i.e. the same noise as "fixed_large".
+  * Epsilon prediction at zero terminal SNR (rescale_betas_zero_snr, alphas_cumprod = 0 at t = T-1): x0 = (x - eps)
+    / 0. With clipping both give the clipped +-inf, i.e. the same step; with thresholding diffusers' quantile of
+    inf is NaN and gencore's x0 is sign(x - eps) * sample_max_value / s as the limit; with neither, diffusers returns
+    inf and gencore 2**64 (x - eps). Zero terminal SNR is meant for v_prediction, where nothing is infinite.
   * The sigmoid beta schedule is accepted by DDIMScheduler too (diffusers' DDIM has only the other three).
   * step() accepts a timestep per sample (an int64 tensor of shape (N,)), classifier-free guidance
     (model_output_uncond, guidance_scale), and in-kernel Philox noise (philox_seed), all in one fused pass.
@@ -57,6 +61,9 @@ LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 X0_FROM_SAMPLE, X0_FROM_MODEL, EPS_FROM_SAMPLE, EPS_FROM_MODEL, EPS_FROM_X0 = 0, 1, 2, 3, 4
 PREV_FROM_X0, PREV_FROM_SAMPLE, PREV_FROM_EPS, NOISE_STD = 5, 6, 7, 8
 NUM_COEFS = 9
+
+# 1 / sqrt(alphas_cumprod) where alphas_cumprod = 0 (zero terminal SNR, epsilon prediction): see _x0_eps_columns.
+ZERO_SNR_INV_SQRT_ABAR = 2.0**64
 
 # diffusers clamps the DDPM posterior variance below at 1e-20 before its square root or log.
 MIN_POSTERIOR_VARIANCE = 1e-20
@@ -390,7 +397,11 @@ class _DiscreteScheduler:
         zero, one = np.zeros_like(a_t), np.ones_like(a_t)
         pred = self._config["prediction_type"]
         if pred == "epsilon":  # x0 = (x - sqrt(1-abar) eps) / sqrt(abar)
-            cols = (1.0 / sa, -sb / sa, zero, one)
+            # At zero terminal SNR (abar = 0) that is (x - eps) / 0: diffusers gets +-inf and clips it to the range,
+            # while inf * x - inf * eps would be NaN here. So 1/0 is taken as 2**64 (a power of two: x0 = 2**64
+            # (x - eps) keeps the sign exactly), which clipping and thresholding bring to diffusers' values.
+            inv_sa = np.divide(1.0, sa, out=np.full_like(sa, ZERO_SNR_INV_SQRT_ABAR), where=sa > 0)
+            cols = (inv_sa, -sb * inv_sa, zero, one)
         elif pred == "sample":  # eps = (x - sqrt(abar) x0) / sqrt(1-abar), from x0 before clipping (as diffusers)
             cols = (zero, one, 1.0 / sb, -sa / sb)
         else:  # v = sqrt(abar) eps - sqrt(1-abar) x0
@@ -840,8 +851,10 @@ class DDIMScheduler(_DiscreteScheduler):
     def _default_variant(self):
         return (0.0, False)
 
-    def _variant(self, eta: float = 0.0, use_clipped_model_output: bool = False):
-        return (_float("eta", eta, low=0.0), _bool("use_clipped_model_output", use_clipped_model_output))
+    def _variant(self, eta: float = 0.0, use_clipped_model_output: bool | None = False):
+        # None is diffusers' "not given" (DDIMPipeline passes it through): its step reads it as False.
+        use_clipped = False if use_clipped_model_output is None else use_clipped_model_output
+        return (_float("eta", eta, low=0.0), _bool("use_clipped_model_output", use_clipped))
 
     def _rows(self, variant, t, a_t, a_prev):
         eta, use_clipped = variant
@@ -860,7 +873,7 @@ class DDIMScheduler(_DiscreteScheduler):
                               axis=1)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
-             use_clipped_model_output: bool = False, generator: torch.Generator | None = None,
+             use_clipped_model_output: bool | None = False, generator: torch.Generator | None = None,
              variance_noise: torch.Tensor | None = None, return_dict: bool = True, *,
              model_output_uncond: torch.Tensor | None = None, guidance_scale: float = 1.0,
              philox_seed: int | None = None, philox_offset: int | None = None):
@@ -872,7 +885,8 @@ class DDIMScheduler(_DiscreteScheduler):
                 each on the schedule set by set_timesteps.
             sample: x_t, (N, ...), float16/bfloat16/float32/float64.
             eta: the noise weight, >= 0: 0 is deterministic DDIM, 1 is DDPM-like.
-            use_clipped_model_output: re-derive epsilon from the clipped x_0 (matters only when clipping bites).
+            use_clipped_model_output: re-derive epsilon from the clipped x_0 (matters only when clipping bites);
+                None, as diffusers' pipelines pass it, means False.
             generator: torch.Generator (or a list, one per sample) for the noise when eta > 0.
             variance_noise: the standard normal noise to use instead of drawing it (shaped like sample).
             return_dict: False returns (prev_sample, pred_original_sample).
