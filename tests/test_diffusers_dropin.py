@@ -41,3 +41,27 @@ def test_pipeline_with_gencore_scheduler_gives_diffusers_pictures(unet, pipeline
     got = _images(pipe, num_inference_steps=10)
     assert got.shape == expected.shape == (2, 8, 8, 1)
     assert abs(got - expected).max() <= atol
+
+
+@pytest.mark.parametrize("ours,theirs", [(DDIMScheduler, "DDIMScheduler"), (DDPMScheduler, "DDPMScheduler")])
+def test_step_output_and_previous_timestep_read_like_diffusers(ours, theirs):
+    """diffusers' step output is an ordered dict (out["prev_sample"], out[0], keys, iteration over keys), and
+    previous_timestep of a scheduled tensor timestep is a tensor: code written against diffusers reads gencore's."""
+    a, b = ours(), getattr(diffusers, theirs)()
+    a.set_timesteps(10)
+    b.set_timesteps(10)
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    got = a.step(x, a.timesteps[1], x, generator=torch.Generator().manual_seed(1))
+    want = b.step(x, b.timesteps[1], x, generator=torch.Generator().manual_seed(1))
+    assert list(got.keys())[:2] == list(want.keys())[:2] == list(got)
+    for key in got.keys():
+        assert torch.allclose(got[key], want[key], atol=1e-5) and got[key] is getattr(got, key)
+    assert got[0] is got.prev_sample and len(got.to_tuple()) == 2 and "prev_sample" in got
+    with pytest.raises(KeyError):
+        got["prev"]
+    p = a.previous_timestep(a.timesteps[3])
+    assert isinstance(p, torch.Tensor) and int(p) == int(a.timesteps[4])
+    assert a.previous_timestep(a.timesteps[-1]).item() == -1 and a.previous_timestep(int(a.timesteps[3])) == int(p)
+    if hasattr(b, "previous_timestep"):  # diffusers' DDIM has none
+        q = b.previous_timestep(b.timesteps[3])
+        assert isinstance(q, torch.Tensor) and int(q) == int(p)

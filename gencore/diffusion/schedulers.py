@@ -22,7 +22,7 @@ What differs, on purpose:
     gencore uses the intended log-variance log(beta_t), i.e. the same noise as "fixed_large".
   * Epsilon prediction at zero terminal SNR (rescale_betas_zero_snr, alphas_cumprod = 0 at t = T-1): x0 = (x - eps)
     / 0. With clipping both give the clipped +-inf, i.e. the same step; with thresholding diffusers' quantile of
-    inf is NaN and gencore's x0 is sign(x - eps) * sample_max_value / s as the limit; with neither, diffusers returns
+    inf is NaN and gencore's thresholded x0 is the limit, sign(x - eps); with neither, diffusers returns
     inf and gencore 2**64 (x - eps). Zero terminal SNR is meant for v_prediction, where nothing is infinite.
   * The sigmoid beta schedule is accepted by DDIMScheduler too (diffusers' DDIM has only the other three).
   * step() accepts a timestep per sample (an int64 tensor of shape (N,)), classifier-free guidance
@@ -108,11 +108,35 @@ class SchedulerOutput:
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor
 
+    # diffusers' BaseOutput is an ordered dict whose fields are also attributes and positions: out["prev_sample"],
+    # out[0], out.keys(), and iteration over the keys. The same here, without importing diffusers.
     def to_tuple(self) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.prev_sample, self.pred_original_sample)
 
-    def __getitem__(self, index):  # out[0], as diffusers' BaseOutput allows
-        return self.to_tuple()[index]
+    def keys(self):
+        return ("prev_sample", "pred_original_sample")
+
+    def values(self):
+        return self.to_tuple()
+
+    def items(self):
+        return tuple(zip(self.keys(), self.values()))
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return 2
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys()
 
 
 DDPMSchedulerOutput = SchedulerOutput
@@ -359,10 +383,13 @@ class _DiscreteScheduler:
         self._table(self._default_variant(), _device(device), torch.float32)
         self._valid_mask(_device(device))
 
-    def previous_timestep(self, timestep: int) -> int:
-        """The timestep the schedule visits after `timestep` (-1 after the last one)."""
-        t = self._host_timestep(timestep)
-        return int(self._prev[t])
+    def previous_timestep(self, timestep):
+        """The timestep the schedule visits after `timestep` (-1 after the last one): a 0-d int64 tensor on the
+        timestep's device for a tensor timestep (as diffusers returns), an int for an int."""
+        prev = int(self._prev[self._host_timestep(timestep)])
+        if isinstance(timestep, torch.Tensor):
+            return torch.tensor(prev, dtype=torch.int64, device=timestep.device)
+        return prev
 
     def _host_timestep(self, timestep) -> int:
         if isinstance(timestep, torch.Tensor):
