@@ -65,3 +65,72 @@ def test_step_output_and_previous_timestep_read_like_diffusers(ours, theirs):
     if hasattr(b, "previous_timestep"):  # diffusers' DDIM has none
         q = b.previous_timestep(b.timesteps[3])
         assert isinstance(q, torch.Tensor) and int(q) == int(p)
+
+
+@pytest.mark.parametrize("ours,theirs", [(DDIMScheduler, "DDIMScheduler"), (DDPMScheduler, "DDPMScheduler")])
+def test_scheduler_config_files_are_shared_with_diffusers(tmp_path, ours, theirs):
+    """save_pretrained writes diffusers' scheduler_config.json: diffusers' class reads gencore's file, and gencore's
+    from_pretrained reads diffusers' (the folder layout of a pipeline: subfolder="scheduler")."""
+    a = ours(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", timestep_spacing="trailing")
+    a.save_pretrained(tmp_path / "gencore" / "scheduler")
+    b = getattr(diffusers, theirs).from_pretrained(tmp_path / "gencore", subfolder="scheduler")
+    for key in a._fields:
+        assert b.config[key] == a.config[key], key
+    b.save_pretrained(tmp_path / "diffusers")
+    c = ours.from_pretrained(tmp_path / "diffusers")
+    assert type(c) is ours and dict(c.config) == dict(a.config)
+    c2, unused = ours.from_config(b.config, return_unused_kwargs=True, not_an_option=3, steps_offset=1)
+    assert unused == {"not_an_option": 3} and c2.config.steps_offset == 1
+    with pytest.raises(TypeError, match="not_an_option"):
+        ours.from_config(b.config, not_an_option=3)
+    with pytest.raises(FileNotFoundError, match="scheduler_config.json"):
+        ours.from_pretrained(tmp_path / "nowhere")
+    assert ours in a.compatibles and DDIMScheduler in a.compatibles and DDPMScheduler in a.compatibles
+
+
+def test_config_rewrites_by_pipelines_take_effect():
+    """Stable Diffusion's pipelines fix old configs by assigning scheduler._internal_dict = FrozenDict(new) (22
+    pipelines do this or call register_to_config). gencore builds its tables from the config, so the change
+    rebuilds the scheduler: a steps_offset or clip_sample written that way must change the steps, keeping the
+    inference schedule already set."""
+    from diffusers.configuration_utils import FrozenDict
+
+    s = DDIMScheduler()
+    s.set_timesteps(10)
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 3
+    eps = torch.zeros_like(x)  # x0 = x / sqrt(abar_900), far outside [-1, 1]: clipping bites
+    clipped = s.step(eps, 900, x).prev_sample
+    new = dict(s.config)
+    new["clip_sample"] = False
+    s._internal_dict = FrozenDict(new)
+    assert s.config.clip_sample is False and s.num_inference_steps == 10
+    unclipped = s.step(eps, 900, x).prev_sample
+    reference = DDIMScheduler(clip_sample=False)
+    reference.set_timesteps(10)
+    assert torch.equal(unclipped, reference.step(eps, 900, x).prev_sample) and not torch.equal(unclipped, clipped)
+    s.register_to_config(steps_offset=1)
+    assert s.timesteps.tolist() == reference.timesteps.tolist()  # the schedule set before is kept
+    s.set_timesteps(10)
+    assert s.timesteps[0] == 901
+    with pytest.raises(TypeError, match="no configuration fields"):
+        s.register_to_config(not_a_field=1)
+
+
+def test_pipeline_with_gencore_scheduler_saves_and_loads_back(unet, tmp_path):
+    """Without help diffusers saves a non-diffusers scheduler as [null, null]; after register_with_diffusers() the
+    pipeline folder holds gencore's scheduler, and from_pretrained gives it back, drawing the same pictures."""
+    import json
+
+    from gencore.diffusion import register_with_diffusers
+
+    pipe = diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler())
+    pipe.scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
+    pipe.set_progress_bar_config(disable=True)
+    register_with_diffusers()
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["scheduler"] == ["gencore.diffusion.schedulers", "DDPMScheduler"]
+    loaded = diffusers.DDPMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.scheduler) is DDPMScheduler and dict(loaded.scheduler.config) == dict(pipe.scheduler.config)
+    assert abs(_images(loaded, num_inference_steps=5) - _images(pipe, num_inference_steps=5)).max() < 1e-5

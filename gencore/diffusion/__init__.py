@@ -8,12 +8,14 @@ sampling loop and the training loss.
 """
 from .losses import LOSS_TYPES, min_snr_weights, training_loss
 from .sampling import sample
+from .scheduler_config import SchedulerConfig, SchedulerMixin, register_with_diffusers
 from .schedulers import (PREDICTION_TYPES, TIMESTEP_SPACINGS, VARIANCE_TYPES, DDIMScheduler, DDIMSchedulerOutput,
-                         DDPMScheduler, DDPMSchedulerOutput, SchedulerConfig, SchedulerOutput)
+                         DDPMScheduler, DDPMSchedulerOutput, SchedulerOutput)
 from .schedules import BETA_SCHEDULES, cosine_betas, make_betas, rescale_zero_terminal_snr
 
 __all__ = [
     "BETA_SCHEDULES", "DDIMScheduler", "DDIMSchedulerOutput", "DDPMScheduler", "DDPMSchedulerOutput", "LOSS_TYPES",
-    "PREDICTION_TYPES", "SchedulerConfig", "SchedulerOutput", "TIMESTEP_SPACINGS", "VARIANCE_TYPES", "cosine_betas",
-    "make_betas", "min_snr_weights", "rescale_zero_terminal_snr", "sample", "training_loss",
+    "PREDICTION_TYPES", "SchedulerConfig", "SchedulerMixin", "SchedulerOutput", "TIMESTEP_SPACINGS", "VARIANCE_TYPES",
+    "cosine_betas", "make_betas", "min_snr_weights", "register_with_diffusers", "rescale_zero_terminal_snr", "sample",
+    "training_loss",
 ]

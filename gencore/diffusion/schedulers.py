@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .scheduler_config import SchedulerConfig, SchedulerMixin
 from .schedules import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
 
 from ..ops.sampler_step import sampler_step
@@ -70,31 +71,7 @@ MIN_POSTERIOR_VARIANCE = 1e-20
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Config and output
-
-
-class SchedulerConfig(dict):
-    """A scheduler's configuration: a read-only dict with attribute access (``config.num_train_timesteps``).
-
-    ``_class_name`` names the scheduler class, as in diffusers' scheduler_config.json, so the dict can be saved as
-    one; from_config ignores it (and every other key it does not know).
-    """
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"scheduler config has no field {name!r}") from None
-
-    def _read_only(self, *args, **kwargs):
-        raise TypeError("a scheduler config is read-only; make a new scheduler with "
-                        "Scheduler.from_config(scheduler.config, name=value)")
-
-    __setitem__ = __delitem__ = __setattr__ = __delattr__ = _read_only
-    clear = pop = popitem = setdefault = update = _read_only
-
-    def __reduce__(self):
-        return (SchedulerConfig, (dict(self),))
+# Output
 
 
 @dataclass
@@ -228,12 +205,12 @@ def _coef_dtype(dtype: torch.dtype) -> torch.dtype:
 # The shared machinery
 
 
-class _DiscreteScheduler:
+class _DiscreteScheduler(SchedulerMixin):
     """Betas, config, timestep schedule, coefficient tables and the fused step shared by DDPM and DDIM."""
 
     order = 1
     init_noise_sigma = 1.0
-    _fields: tuple[str, ...] = ()
+    _compatibles = ("DDPMScheduler", "DDIMScheduler")
 
     # -- construction and config -------------------------------------------------------------------------------
 
@@ -274,32 +251,6 @@ class _DiscreteScheduler:
         self.num_inference_steps = None
         self.custom_timesteps = False
         self._use_schedule(np.arange(v["num_train_timesteps"] - 1, -1, -1, dtype=np.int64), device=None)
-
-    @property
-    def config(self) -> SchedulerConfig:
-        """The configuration (read-only dict with attribute access); ``type(s).from_config(s.config)`` rebuilds s."""
-        return self._config
-
-    @classmethod
-    def from_config(cls, config=None, **changes):
-        """Build a scheduler from a config dict (or anything with a ``.config``), e.g. a diffusers scheduler's.
-
-        Keys this scheduler does not take (``_class_name``, ``_diffusers_version``, another scheduler's options such
-        as ``skip_prk_steps``) are ignored; the values of the keys it takes are validated. ``changes`` override
-        the config (and must be arguments of the constructor).
-        """
-        if config is None:
-            config = {}
-        if not isinstance(config, Mapping) and hasattr(config, "config"):
-            config = config.config
-        if not isinstance(config, Mapping):
-            raise TypeError(f"config must be a dict (or have a .config dict), got {type(config).__name__}")
-        unknown = sorted(set(changes) - set(cls._fields))
-        if unknown:
-            raise TypeError(f"{cls.__name__}.from_config got unknown arguments: {', '.join(unknown)}")
-        kwargs = {k: config[k] for k in cls._fields if k in config}
-        kwargs.update(changes)
-        return cls(**kwargs)
 
     def __len__(self) -> int:
         return self._config["num_train_timesteps"]

@@ -1,0 +1,208 @@
+"""A scheduler's configuration, and what diffusers expects of a scheduler's configuration, without diffusers.
+
+gencore's schedulers take diffusers' constructor arguments; this module gives them diffusers' configuration API as
+well, so that code and pipelines written for diffusers' schedulers hold gencore's:
+
+    scheduler = gencore.diffusion.DDIMScheduler.from_config(pipe.scheduler.config)    # any diffusers config
+    scheduler.save_pretrained("run/scheduler")        # scheduler_config.json, readable by diffusers' classes too
+    scheduler = gencore.diffusion.DDIMScheduler.from_pretrained("run", subfolder="scheduler")
+    scheduler.register_to_config(steps_offset=1)      # what Stable Diffusion's pipelines do to an old config
+
+A configuration change (register_to_config, or assigning ``_internal_dict`` as diffusers' pipelines do) rebuilds the
+scheduler from the new values: gencore builds its tables from the configuration, so an edited configuration that
+the tables did not follow would be silently ignored.
+
+Saving a whole pipeline: diffusers' ``DiffusionPipeline.save_pretrained`` saves only components whose class derives
+from one of diffusers' own base classes, so it writes ``"scheduler": [null, null]`` for any other scheduler. After
+``gencore.diffusion.register_with_diffusers()`` it saves gencore's schedulers (model_index.json names
+``gencore.diffusion.schedulers``), and ``from_pretrained`` of that folder loads them back as gencore's classes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+
+CONFIG_NAME = "scheduler_config.json"
+
+
+class SchedulerConfig(dict):
+    """A scheduler's configuration: a read-only dict with attribute access (``config.num_train_timesteps``).
+
+    ``_class_name`` names the scheduler class, as in diffusers' scheduler_config.json, so the dict can be saved as
+    one; from_config ignores it (and every other key it does not know).
+    """
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"scheduler config has no field {name!r}") from None
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("a scheduler config is read-only; use scheduler.register_to_config(name=value), or make a "
+                        "new scheduler with Scheduler.from_config(scheduler.config, name=value)")
+
+    __setitem__ = __delitem__ = __setattr__ = __delattr__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self):
+        return (SchedulerConfig, (dict(self),))
+
+
+def _as_mapping(config) -> Mapping:
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping) and hasattr(config, "config"):
+        config = config.config
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict (or have a .config dict), got {type(config).__name__}")
+    return config
+
+
+class SchedulerMixin:
+    """diffusers' scheduler configuration API for a class whose constructor arguments are ``_fields``.
+
+    (The name is diffusers' own: its pipeline loader finds a component's loading methods through a base class of
+    that name in the component's module.)
+    """
+
+    config_name = CONFIG_NAME
+    _fields: tuple[str, ...] = ()
+    _compatibles: tuple[str, ...] = ()  # names of the gencore.diffusion classes that take the same config
+    _config: SchedulerConfig
+
+    @property
+    def config(self) -> SchedulerConfig:
+        """The configuration (read-only dict with attribute access); ``type(s).from_config(s.config)`` rebuilds s."""
+        return self._config
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs: bool = False, **changes):
+        """Build a scheduler from a config dict (or anything with a ``.config``), e.g. a diffusers scheduler's.
+
+        Keys this scheduler does not take (``_class_name``, ``_diffusers_version``, another scheduler's options such
+        as ``skip_prk_steps``) are ignored, as diffusers does; the values of the keys it takes are validated.
+        ``changes`` override the config. A change that is not a constructor argument is an error (a misspelt
+        option must not pass silently), unless ``return_unused_kwargs`` asks for them back: then the result is
+        ``(scheduler, unused)`` as in diffusers.
+        """
+        config = _as_mapping(config)
+        unused = {k: v for k, v in changes.items() if k not in cls._fields}
+        if unused and not return_unused_kwargs:
+            raise TypeError(f"{cls.__name__}.from_config got unknown arguments: {', '.join(sorted(unused))}")
+        kwargs = {k: config[k] for k in cls._fields if k in config}
+        kwargs.update({k: v for k, v in changes.items() if k in cls._fields})
+        scheduler = cls(**kwargs)
+        return (scheduler, unused) if return_unused_kwargs else scheduler
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path, subfolder: str | None = None) -> dict:
+        """The dict in ``<path>[/<subfolder>]/scheduler_config.json`` (a local folder or the file itself)."""
+        path = os.fspath(pretrained_model_name_or_path)
+        if subfolder:
+            path = os.path.join(path, subfolder)
+        if not path.endswith(".json"):
+            path = os.path.join(path, cls.config_name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no scheduler configuration at {path} (gencore reads local folders only; "
+                                    "download a hub repository first)")
+        with open(path, encoding="utf-8") as f:
+            try:
+                config = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} is not a JSON scheduler configuration: {exc}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} holds a {type(config).__name__}, not a scheduler configuration object")
+        return config
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder: str | None = None,
+                        return_unused_kwargs: bool = False, **kwargs):
+        """A scheduler from a saved ``scheduler_config.json`` (gencore's or diffusers'), with ``kwargs`` overriding.
+
+        diffusers' download options (cache_dir, revision, ...) have no meaning for a local folder and are ignored.
+        """
+        hub_options = {"cache_dir", "force_download", "proxies", "local_files_only", "token", "revision",
+                       "use_auth_token", "resume_download"}
+        changes = {k: v for k, v in kwargs.items() if k not in hub_options}
+        config = cls.load_config(pretrained_model_name_or_path, subfolder=subfolder)
+        return cls.from_config(config, return_unused_kwargs=return_unused_kwargs, **changes)
+
+    def save_config(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
+        """Write ``<save_directory>/scheduler_config.json`` (diffusers' format: the constructor arguments and
+        ``_class_name``), creating the folder. A file is written beside and renamed in, so a crash leaves the old
+        file or the new one, never half of one."""
+        if push_to_hub:
+            raise NotImplementedError("gencore does not upload to a hub: push the saved folder yourself")
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory {save_directory} is a file, not a folder")
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, self.config_name)
+        config = dict(self._config)
+        config["_gencore_version"] = sys.modules["gencore"].__version__
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    save_pretrained = save_config
+
+    def register_to_config(self, **changes) -> None:
+        """Change configuration values and rebuild the scheduler from them (keeping its inference schedule)."""
+        unknown = sorted(set(changes) - set(self._fields))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no configuration fields {', '.join(unknown)}")
+        values = {k: self._config[k] for k in self._fields}
+        values.update(changes)
+        schedule = self._inference_schedule()
+        type(self).__init__(self, **values)
+        if schedule is not None:
+            self.set_timesteps(timesteps=schedule[0], device=schedule[1])
+
+    def _inference_schedule(self):
+        """(timesteps, device) of the schedule set by set_timesteps, or None: what register_to_config restores."""
+        if getattr(self, "num_inference_steps", None) is None:
+            return None
+        return [int(t) for t in self.timesteps.tolist()], self.timesteps.device
+
+    @property
+    def _internal_dict(self) -> SchedulerConfig:
+        # diffusers' ConfigMixin keeps the configuration here, and pipelines assign a new FrozenDict to it.
+        return self._config
+
+    @_internal_dict.setter
+    def _internal_dict(self, config) -> None:
+        config = _as_mapping(config)
+        self.register_to_config(**{k: config[k] for k in self._fields if k in config and config[k] != self._config[k]})
+
+    @property
+    def compatibles(self) -> list[type]:
+        """The gencore.diffusion scheduler classes that take this one's configuration (itself included)."""
+        import gencore.diffusion as module
+
+        return [type(self)] + [getattr(module, name) for name in self._compatibles
+                               if name != type(self).__name__ and hasattr(module, name)]
+
+
+def register_with_diffusers() -> None:
+    """Let diffusers' ``DiffusionPipeline.save_pretrained`` save gencore's schedulers (and ``from_pretrained``
+    load them back as gencore's classes, once gencore.diffusion is imported).
+
+    diffusers saves a component only if its class derives from a base class listed in its loader's table of
+    libraries; this adds gencore's scheduler modules to that table (a documented extension point would be better;
+    diffusers has none). Importing gencore never imports diffusers: call this after importing diffusers.
+    """
+    try:
+        from diffusers.pipelines import pipeline_loading_utils
+    except ImportError as exc:
+        raise ImportError(f"register_with_diffusers needs diffusers: {exc}") from None
+    from . import schedulers
+
+    for module in (schedulers,):
+        pipeline_loading_utils.LOADABLE_CLASSES.setdefault(
+            module.__name__, {"SchedulerMixin": ["save_pretrained", "from_pretrained"]})
