@@ -46,11 +46,12 @@ TORCH_LIBRARY(gencore, m) {
         "Tensor? scale_shift, Tensor mean, Tensor rstd, int num_groups, bool silu) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
-  // One fused DDPM/DDIM update (gencore/reference/sampler_step.py): returns (prev_sample, pred_original_sample).
-  // coefs: (T, 9) gathered per sample by timesteps (N,); z = noise, else Philox(philox_seed, philox_offset), else 0.
+  // One fused DDPM/DDIM/DPM-Solver++ update (gencore/reference/sampler_step.py): returns (prev_sample,
+  // pred_original_sample). coefs: (T, 11) gathered per sample by timesteps (N,); z = noise, else Philox(philox_seed,
+  // philox_offset), else 0; history1/2: a multistep solver's earlier x0 (absent: 0).
   m.def("sampler_step(Tensor model_output, Tensor sample, Tensor timesteps, Tensor coefs, "
         "Tensor? model_output_uncond, float guidance_scale, float? clip_range, Tensor? threshold, Tensor? noise, "
-        "int? philox_seed, int philox_offset) -> (Tensor, Tensor)");
+        "int? philox_seed, int philox_offset, Tensor? history1=None, Tensor? history2=None) -> (Tensor, Tensor)");
   // noisy = c0 x0 + c1 noise with coefs (T, 2); returns (noisy, velocity = c0 noise - c1 x0), the velocity a
   // 0-element tensor unless velocity=True.
   m.def("diffusion_training_inputs(Tensor x0, Tensor noise, Tensor timesteps, Tensor coefs, bool velocity) "

@@ -29,7 +29,6 @@ using at::vec::Vectorized;
 
 constexpr int64_t kChunk = 2048;              // elements per work item: a multiple of 4 and of every vector width
 constexpr int64_t kGrainElements = 1 << 15;   // below ~32K elements a second thread costs more than it saves
-constexpr int kNumCoefs = 9;
 
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -179,6 +178,8 @@ struct StepSpan {
   const scalar_t* model_output;
   const scalar_t* uncond;  // classifier-free guidance only
   const scalar_t* noise;   // Noise::kTensor only
+  const scalar_t* history1;  // kHistory only: a multistep solver's earlier x0 ...
+  const scalar_t* history2;  // ... (history1 again, with a zero coefficient, when only one is given)
   scalar_t* prev;
   scalar_t* x0;
 };
@@ -189,9 +190,9 @@ struct StepSpan {
 template <typename acc_t>
 struct StepCoefs {
   using Vec = Vectorized<acc_t>;
-  Vec x0_from_sample, x0_from_model, noise_std, fold_x0, fold_x, fold_m, guidance, lo, hi;
+  Vec x0_from_sample, x0_from_model, noise_std, fold_x0, fold_x, fold_m, guidance, lo, hi, from_h1, from_h2;
 
-  StepCoefs(const acc_t* c, acc_t guidance_scale, acc_t bound)
+  StepCoefs(const acc_t* c, acc_t guidance_scale, acc_t bound, bool has_history2)
       : x0_from_sample(c[0]),
         x0_from_model(c[1]),
         noise_std(c[8]),
@@ -200,11 +201,13 @@ struct StepCoefs {
         fold_m(static_cast<acc_t>(double(c[7]) * double(c[3]))),
         guidance(guidance_scale),
         lo(-bound),
-        hi(bound) {}
+        hi(bound),
+        from_h1(c[9]),
+        from_h2(has_history2 ? c[10] : acc_t(0)) {}
 };
 
 // Elements [0, len) of one chunk; z holds the chunk's Philox normals (Noise::kPhilox).
-template <typename scalar_t, bool kGuided, Clip kClip, Noise kNoise, typename acc_t = acc_type<scalar_t>>
+template <typename scalar_t, bool kGuided, Clip kClip, Noise kNoise, bool kHistory, typename acc_t = acc_type<scalar_t>>
 void sampler_step_span(const StepSpan<scalar_t> p, const StepCoefs<acc_t>& c, const acc_t* z, int64_t len) {
   using Vec = Vectorized<acc_t>;
   const auto step = [&](int64_t i, int64_t count) {
@@ -221,6 +224,10 @@ void sampler_step_span(const StepSpan<scalar_t> p, const StepCoefs<acc_t>& c, co
       x0 = at::vec::clamp(x0, c.lo, c.hi);
     }
     Vec out = at::vec::fmadd(c.fold_x0, x0, at::vec::fmadd(c.fold_x, x, c.fold_m * m));
+    if constexpr (kHistory) {
+      out = at::vec::fmadd(c.from_h1, load<acc_t>(p.history1 + i, count), out);
+      out = at::vec::fmadd(c.from_h2, load<acc_t>(p.history2 + i, count), out);
+    }
     if constexpr (kNoise == Noise::kTensor) {
       out = at::vec::fmadd(c.noise_std, load<acc_t>(p.noise + i, count), out);
     } else if constexpr (kNoise == Noise::kPhilox) {
@@ -234,12 +241,14 @@ void sampler_step_span(const StepSpan<scalar_t> p, const StepCoefs<acc_t>& c, co
   if (i < len) step(i, len - i);
 }
 
-template <typename scalar_t, bool kGuided, Clip kClip, Noise kNoise>
+template <typename scalar_t, bool kGuided, Clip kClip, Noise kNoise, bool kHistory>
 void sampler_step_loop(const at::Tensor& model_output, const at::Tensor& sample, const at::Tensor& timesteps,
                        const at::Tensor& coefs, const c10::optional<at::Tensor>& uncond, double guidance_scale,
                        c10::optional<double> clip_range, const c10::optional<at::Tensor>& threshold,
                        const c10::optional<at::Tensor>& noise, c10::optional<int64_t> philox_seed,
-                       int64_t philox_offset, bool channels_last, at::Tensor& prev, at::Tensor& x0_out) {
+                       int64_t philox_offset, const c10::optional<at::Tensor>& history1,
+                       const c10::optional<at::Tensor>& history2, bool channels_last, at::Tensor& prev,
+                       at::Tensor& x0_out) {
   using acc_t = acc_type<scalar_t>;
   const int64_t num_samples = sample.size(0);
   const int64_t numel = sample.numel() / num_samples;
@@ -248,7 +257,11 @@ void sampler_step_loop(const at::Tensor& model_output, const at::Tensor& sample,
   const StepSpan<scalar_t> whole{sample.const_data_ptr<scalar_t>(), model_output.const_data_ptr<scalar_t>(),
                                  kGuided ? uncond->const_data_ptr<scalar_t>() : nullptr,
                                  kNoise == Noise::kTensor ? noise->const_data_ptr<scalar_t>() : nullptr,
+                                 kHistory ? history1->const_data_ptr<scalar_t>() : nullptr,
+                                 kHistory ? (history2.has_value() ? *history2 : *history1).const_data_ptr<scalar_t>()
+                                          : nullptr,
                                  prev.mutable_data_ptr<scalar_t>(), x0_out.mutable_data_ptr<scalar_t>()};
+  const bool has_history2 = history2.has_value();
   const acc_t* th_ptr = kClip == Clip::kThreshold ? threshold->const_data_ptr<acc_t>() : nullptr;
   const int64_t* t_ptr = timesteps.const_data_ptr<int64_t>();
   const acc_t* coef_ptr = coefs.const_data_ptr<acc_t>();
@@ -258,8 +271,8 @@ void sampler_step_loop(const at::Tensor& model_output, const at::Tensor& sample,
   const acc_t g_scale = static_cast<acc_t>(guidance_scale);
 
   for_each_chunk(num_samples, numel, [&](int64_t n, int64_t start, int64_t len) {
-    const StepCoefs<acc_t> c(coef_ptr + t_ptr[n] * kNumCoefs, g_scale,
-                             kClip == Clip::kThreshold ? th_ptr[n] : clip_value);
+    const StepCoefs<acc_t> c(coef_ptr + t_ptr[n] * ss::kNumCoefs, g_scale,
+                             kClip == Clip::kThreshold ? th_ptr[n] : clip_value, has_history2);
     alignas(64) acc_t z_buf[kNoise == Noise::kPhilox ? kChunk : 1];
     if constexpr (kNoise == Noise::kPhilox) {
       if (channels_last) {
@@ -271,22 +284,28 @@ void sampler_step_loop(const at::Tensor& model_output, const at::Tensor& sample,
     const int64_t base = n * numel + start;
     const StepSpan<scalar_t> span{whole.sample + base, whole.model_output + base,
                                   kGuided ? whole.uncond + base : nullptr,
-                                  kNoise == Noise::kTensor ? whole.noise + base : nullptr, whole.prev + base,
-                                  whole.x0 + base};
-    sampler_step_span<scalar_t, kGuided, kClip, kNoise>(span, c, z_buf, len);
+                                  kNoise == Noise::kTensor ? whole.noise + base : nullptr,
+                                  kHistory ? whole.history1 + base : nullptr,
+                                  kHistory ? whole.history2 + base : nullptr, whole.prev + base, whole.x0 + base};
+    sampler_step_span<scalar_t, kGuided, kClip, kNoise, kHistory>(span, c, z_buf, len);
   });
 }
 
 // Picks the loop instantiation of this call's mode.
 template <typename scalar_t, typename... Args>
-void sampler_step_kernel(bool guided, Clip clip, Noise noise, Args&&... args) {
-  const auto with_noise = [&](auto guided_c, auto clip_c) {
+void sampler_step_kernel(bool guided, Clip clip, Noise noise, bool history, Args&&... args) {
+  const auto with_history = [&](auto guided_c, auto clip_c, auto noise_c) {
     constexpr bool g = decltype(guided_c)::value;
     constexpr Clip c = decltype(clip_c)::value;
+    constexpr Noise z = decltype(noise_c)::value;
+    if (history) return sampler_step_loop<scalar_t, g, c, z, true>(args...);
+    return sampler_step_loop<scalar_t, g, c, z, false>(args...);
+  };
+  const auto with_noise = [&](auto guided_c, auto clip_c) {
     switch (noise) {
-      case Noise::kNone: return sampler_step_loop<scalar_t, g, c, Noise::kNone>(args...);
-      case Noise::kTensor: return sampler_step_loop<scalar_t, g, c, Noise::kTensor>(args...);
-      case Noise::kPhilox: return sampler_step_loop<scalar_t, g, c, Noise::kPhilox>(args...);
+      case Noise::kNone: return with_history(guided_c, clip_c, std::integral_constant<Noise, Noise::kNone>{});
+      case Noise::kTensor: return with_history(guided_c, clip_c, std::integral_constant<Noise, Noise::kTensor>{});
+      case Noise::kPhilox: return with_history(guided_c, clip_c, std::integral_constant<Noise, Noise::kPhilox>{});
     }
   };
   const auto with_clip = [&](auto guided_c) {
@@ -307,16 +326,19 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
     const at::Tensor& model_output_in, const at::Tensor& sample_in, const at::Tensor& timesteps,
     const at::Tensor& coefs_in, const c10::optional<at::Tensor>& uncond_in, double guidance_scale,
     c10::optional<double> clip_range, const c10::optional<at::Tensor>& threshold_in,
-    const c10::optional<at::Tensor>& noise_in, c10::optional<int64_t> philox_seed, int64_t philox_offset) {
-  ss::check_step(model_output_in, sample_in, timesteps, coefs_in, kNumCoefs, uncond_in, clip_range, threshold_in,
-                 noise_in, philox_seed, philox_offset, c10::DeviceType::CPU);
+    const c10::optional<at::Tensor>& noise_in, c10::optional<int64_t> philox_seed, int64_t philox_offset,
+    const c10::optional<at::Tensor>& history1_in, const c10::optional<at::Tensor>& history2_in) {
+  ss::check_step(model_output_in, sample_in, timesteps, coefs_in, ss::kNumCoefs, uncond_in, clip_range, threshold_in,
+                 noise_in, philox_seed, philox_offset, history1_in, history2_in, c10::DeviceType::CPU);
   const auto ts = checked_timesteps(timesteps, coefs_in);
   const bool channels_last = ss::is_channels_last(sample_in);
   const auto sample = ss::in_layout(sample_in, channels_last);
   const auto model_output = ss::in_layout(model_output_in, channels_last);
   const auto coefs = coefs_in.contiguous();
-  c10::optional<at::Tensor> uncond, noise, threshold;
+  c10::optional<at::Tensor> uncond, noise, threshold, history1, history2;
   if (uncond_in.has_value()) uncond = ss::in_layout(*uncond_in, channels_last);
+  if (history1_in.has_value()) history1 = ss::in_layout(*history1_in, channels_last);
+  if (history2_in.has_value()) history2 = ss::in_layout(*history2_in, channels_last);
   if (noise_in.has_value()) noise = ss::in_layout(*noise_in, channels_last);
   if (threshold_in.has_value()) threshold = threshold_in->to(coefs.scalar_type()).contiguous();
   auto prev = output_like(sample, channels_last);
@@ -324,9 +346,9 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
   const Clip clip = threshold.has_value() ? Clip::kThreshold : clip_range.has_value() ? Clip::kRange : Clip::kNone;
   const Noise noise_kind = noise.has_value() ? Noise::kTensor : philox_seed.has_value() ? Noise::kPhilox : Noise::kNone;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sample.scalar_type(), "sampler_step_cpu", [&] {
-    sampler_step_kernel<scalar_t>(uncond.has_value(), clip, noise_kind, model_output, sample, ts, coefs, uncond,
-                                  guidance_scale, clip_range, threshold, noise, philox_seed, philox_offset,
-                                  channels_last, prev, x0);
+    sampler_step_kernel<scalar_t>(uncond.has_value(), clip, noise_kind, history1.has_value(), model_output, sample,
+                                  ts, coefs, uncond, guidance_scale, clip_range, threshold, noise, philox_seed,
+                                  philox_offset, history1, history2, channels_last, prev, x0);
   });
   return {prev, x0};
 }

@@ -11,6 +11,9 @@
 namespace gencore {
 namespace ss {
 
+// Columns of sampler_step's coefficient table (gencore/reference/sampler_step.py, COEF_COLUMNS).
+constexpr int64_t kNumCoefs = 11;
+
 // Channels innermost (channels_last or its 3-D/5-D analogue): the kernels read the sample as (N, S, C).
 inline bool is_channels_last(const at::Tensor& t) {
   return t.dim() >= 3 && !t.is_contiguous() && t.movedim(1, -1).is_contiguous();
@@ -67,9 +70,15 @@ inline void check_step(const at::Tensor& model_output, const at::Tensor& sample,
                        const at::Tensor& coefs, int64_t columns, const std::optional<at::Tensor>& uncond,
                        std::optional<double> clip_range, const std::optional<at::Tensor>& threshold,
                        const std::optional<at::Tensor>& noise, std::optional<int64_t> philox_seed,
-                       int64_t philox_offset, c10::DeviceType device) {
+                       int64_t philox_offset, const std::optional<at::Tensor>& history1,
+                       const std::optional<at::Tensor>& history2, c10::DeviceType device) {
   check_table(sample, timesteps, coefs, columns, "sample", device);
   check_like(model_output, sample, "model_output", "sample");
+  if (history1.has_value()) check_like(*history1, sample, "history1", "sample");
+  if (history2.has_value()) {
+    TORCH_CHECK(history1.has_value(), "history2 is given without history1 (a history fills history1 first)");
+    check_like(*history2, sample, "history2", "sample");
+  }
   if (uncond.has_value()) check_like(*uncond, sample, "model_output_uncond", "sample");
   if (noise.has_value()) {
     check_like(*noise, sample, "noise", "sample");

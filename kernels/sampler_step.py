@@ -38,7 +38,8 @@ from .scalars import float_bits, from_bits
 # Elements per program: 8 per thread at 4 warps; one program = 256 Philox counter groups.
 BLOCK = 1024
 NUM_WARPS = 4
-NUM_COEFS = 9
+# Columns of the coefficient table (gencore/reference/sampler_step.py, COEF_COLUMNS).
+NUM_COEFS: tl.constexpr = tl.constexpr(11)
 # Box-Muller uniforms: 24-bit words scaled by 2^-24 (exact in float32).
 UNIFORM_SCALE: tl.constexpr = tl.constexpr(2.0 ** -24)
 TWO_PI: tl.constexpr = tl.constexpr(2.0 * math.pi)
@@ -106,17 +107,17 @@ def _philox_normals(seed, offset_lo, offset_hi, n, chunk, acc_like, BLOCK: tl.co
 
 
 @triton.jit(do_not_specialize=["chunks", "numel", "C", "S", "T", "has_uncond", "guidance_bits", "clip_mode",
-                               "clip_bits", "seed", "offset_lo", "offset_hi"])
-def _sampler_step_kernel(model_ptr, sample_ptr, uncond_ptr, noise_ptr, t_ptr, coef_ptr, threshold_ptr, prev_ptr,
-                         x0_ptr, chunks, numel, C, S, T, has_uncond, guidance_bits: tl.int64, clip_mode,
-                         clip_bits: tl.int64, seed: tl.int64, offset_lo: tl.int64, offset_hi: tl.int64,
+                               "clip_bits", "seed", "offset_lo", "offset_hi", "history"])
+def _sampler_step_kernel(model_ptr, sample_ptr, uncond_ptr, noise_ptr, h1_ptr, h2_ptr, t_ptr, coef_ptr, threshold_ptr,
+                         prev_ptr, x0_ptr, chunks, numel, C, S, T, has_uncond, guidance_bits: tl.int64, clip_mode,
+                         clip_bits: tl.int64, seed: tl.int64, offset_lo: tl.int64, offset_hi: tl.int64, history,
                          NOISE: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     n, chunk, mask, mem = _element_offsets(pid, chunks, numel, C, S, BLOCK, CHANNELS_LAST)
     # The coefficient row of this sample: clamped so that no timestep reads outside the table.
     t = tl.load(t_ptr + n)
     t = tl.minimum(tl.maximum(t, 0), T - 1)
-    row = coef_ptr + t * 9
+    row = coef_ptr + t * NUM_COEFS
     c0 = tl.load(row + 0)
     c1 = tl.load(row + 1)
     c2 = tl.load(row + 2)
@@ -146,6 +147,10 @@ def _sampler_step_kernel(model_ptr, sample_ptr, uncond_ptr, noise_ptr, t_ptr, co
         prev += c8 * tl.load(noise_ptr + mem, mask=mask, other=0.0).to(c0.dtype)
     elif NOISE == 2:
         prev += c8 * _philox_normals(seed, offset_lo, offset_hi, n, chunk, c0, BLOCK)
+    if history >= 1:  # a multistep solver's previous x0 (history 2: and the one before)
+        prev += tl.load(row + 9) * tl.load(h1_ptr + mem, mask=mask, other=0.0).to(c0.dtype)
+        if history >= 2:
+            prev += tl.load(row + 10) * tl.load(h2_ptr + mem, mask=mask, other=0.0).to(c0.dtype)
     tl.store(prev_ptr + mem, prev.to(prev_ptr.dtype.element_ty), mask=mask)
     tl.store(x0_ptr + mem, x0.to(x0_ptr.dtype.element_ty), mask=mask)
 
@@ -203,13 +208,15 @@ def _dims(x: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def sampler_step(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale, clip_range, threshold,
-                 noise, philox_seed, philox_offset):
+                 noise, philox_seed, philox_offset, history1=None, history2=None):
     """Launcher of gencore::sampler_step_triton (arguments as the C++ schema; checks are the public op's)."""
     channels_last = _is_channels_last(sample)
     sample = _in_layout(sample, channels_last)
     model_output = _in_layout(model_output, channels_last)
     uncond = None if model_output_uncond is None else _in_layout(model_output_uncond, channels_last)
     noise = None if noise is None else _in_layout(noise, channels_last)
+    history1 = None if history1 is None else _in_layout(history1, channels_last)
+    history2 = None if history2 is None else _in_layout(history2, channels_last)
     coefs = coefs.contiguous()
     timesteps = timesteps.contiguous()  # the kernel reads timesteps[n] at t_ptr + n (an expanded view has stride 0)
     threshold = None if threshold is None else threshold.to(coefs.dtype).contiguous()
@@ -224,11 +231,12 @@ def sampler_step(model_output, sample, timesteps, coefs, model_output_uncond, gu
     offset = int(philox_offset)
     # Absent optional tensors are never read (their branch is not taken); any valid pointer stands in for them.
     wrap_triton(_sampler_step_kernel)[(n * chunks,)](
-        model_output, sample, sample if uncond is None else uncond, sample if noise is None else noise, timesteps,
+        model_output, sample, sample if uncond is None else uncond, sample if noise is None else noise,
+        sample if history1 is None else history1, sample if history2 is None else history2, timesteps,
         coefs, coefs if threshold is None else threshold, prev, x0, chunks, numel, c, s, coefs.shape[0],
         int(uncond is not None), float_bits(guidance_scale), clip_mode, float_bits(clip_range),
         0 if philox_seed is None else int(philox_seed), offset & 0xFFFFFFFF, offset >> 32,
-        NOISE=mode, CHANNELS_LAST=channels_last, BLOCK=BLOCK, num_warps=NUM_WARPS)
+        (history1 is not None) + (history2 is not None), NOISE=mode, CHANNELS_LAST=channels_last, BLOCK=BLOCK, num_warps=NUM_WARPS)
     return prev, x0
 
 
@@ -282,10 +290,10 @@ def aot_specs() -> list[tuple]:
             for channels_last in (False, True):
                 sig = {
                     "model_ptr": f"*{ty}", "sample_ptr": f"*{ty}", "uncond_ptr": f"*{ty}", "noise_ptr": f"*{ty}",
-                    "t_ptr": "*i64", "coef_ptr": f"*{acc}", "threshold_ptr": f"*{acc}", "prev_ptr": f"*{ty}",
+                    "h1_ptr": f"*{ty}", "h2_ptr": f"*{ty}", "t_ptr": "*i64", "coef_ptr": f"*{acc}", "threshold_ptr": f"*{acc}", "prev_ptr": f"*{ty}",
                     "x0_ptr": f"*{ty}", "chunks": "i32", "numel": "i32", "C": "i32", "S": "i32", "T": "i32",
                     "has_uncond": "i32", "guidance_bits": "i64", "clip_mode": "i32", "clip_bits": "i64",
-                    "seed": "i64", "offset_lo": "i64", "offset_hi": "i64",
+                    "seed": "i64", "offset_lo": "i64", "offset_hi": "i64", "history": "i32",
                     "NOISE": "constexpr", "CHANNELS_LAST": "constexpr", "BLOCK": "constexpr",
                 }
                 const = {"NOISE": noise, "CHANNELS_LAST": channels_last, "BLOCK": BLOCK}

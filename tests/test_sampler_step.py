@@ -51,7 +51,7 @@ def _coefs(rows, dtype, device, gen, columns=NUM_COEFS):
     return c.to(dtype).to(device)
 
 
-def _make(shape, dtype, device, *, uncond=False, clip="none", noise="none", seed=0):
+def _make(shape, dtype, device, *, uncond=False, clip="none", noise="none", history=0, seed=0):
     gen = _gen(seed)
     n = shape[0]
     acc = torch.float64 if dtype == torch.float64 else torch.float32
@@ -74,6 +74,8 @@ def _make(shape, dtype, device, *, uncond=False, clip="none", noise="none", seed
     elif noise == "philox":
         kw["philox_seed"] = 1234 + seed
         kw["philox_offset"] = 7
+    for k in range(1, history + 1):  # a multistep solver's earlier x0
+        kw[f"history{k}"] = _rand(shape, dtype, device, gen)
     return args, kw
 
 
@@ -97,15 +99,19 @@ def _check(backend, args, kw, dtype):
 def test_matches_reference(backend, dtype, shape):
     args, kw = _make(shape, dtype, device_for(backend), uncond=True, clip="clip", noise="philox")
     _check(backend, args, kw, dtype)
+    args, kw = _make(shape, dtype, device_for(backend), clip="threshold", noise="tensor", history=2, seed=1)
+    _check(backend, args, kw, dtype)
 
 
-OPTIONS = list(itertools.product([False, True], ["none", "clip", "threshold"], ["none", "tensor", "philox"]))
+OPTIONS = list(itertools.product([False, True], ["none", "clip", "threshold"], ["none", "tensor", "philox"], [0, 1, 2]))
 
 
 @pytest.mark.parametrize("backend", ALL)
-@pytest.mark.parametrize("uncond,clip,noise", OPTIONS, ids=[f"uncond{u}-{c}-noise_{z}" for u, c, z in OPTIONS])
-def test_options(backend, uncond, clip, noise):
-    args, kw = _make((3, 2, 5, 7), torch.float32, device_for(backend), uncond=uncond, clip=clip, noise=noise)
+@pytest.mark.parametrize("uncond,clip,noise,history", OPTIONS,
+                         ids=[f"uncond{u}-{c}-noise_{z}-history{h}" for u, c, z, h in OPTIONS])
+def test_options(backend, uncond, clip, noise, history):
+    args, kw = _make((3, 2, 5, 7), torch.float32, device_for(backend), uncond=uncond, clip=clip, noise=noise,
+                     history=history)
     prev, x0 = _check(backend, args, kw, torch.float32)
     if clip == "clip":
         assert x0.abs().max() <= 1.0
@@ -154,15 +160,25 @@ def test_formula_by_hand(backend):
     m = torch.tensor([[1.0, 0.25, -1.0]], device=dev)
     u = torch.tensor([[0.0, 0.5, 1.0]], device=dev)
     z = torch.tensor([[1.0, -1.0, 2.0]], device=dev)
-    c = torch.tensor([[0.5, 2.0, 1.0, -1.0, 0.5, 3.0, 0.25, -2.0, 0.1]], device=dev)
-    prev, x0 = sampler_step(m, x, torch.zeros(1, dtype=torch.long, device=dev), c, model_output_uncond=u,
-                            guidance_scale=2.0, clip_range=2.5, noise=z, backend=backend)
+    h1 = torch.tensor([[2.0, 0.5, -4.0]], device=dev)
+    h2 = torch.tensor([[-1.0, 8.0, 0.25]], device=dev)
+    c = torch.tensor([[0.5, 2.0, 1.0, -1.0, 0.5, 3.0, 0.25, -2.0, 0.1, 0.75, -0.5]], device=dev)
+    t0 = torch.zeros(1, dtype=torch.long, device=dev)
+    prev, x0 = sampler_step(m, x, t0, c, model_output_uncond=u, guidance_scale=2.0, clip_range=2.5, noise=z,
+                            backend=backend)
     mm = u + 2.0 * (m - u)
     xx = (0.5 * x + 2.0 * mm).clamp(-2.5, 2.5)
     eps = 1.0 * x - 1.0 * mm + 0.5 * xx
     expected = 3.0 * xx + 0.25 * x - 2.0 * eps + 0.1 * z
     torch.testing.assert_close(x0, xx)
     torch.testing.assert_close(prev, expected)
+    # A multistep history: the columns 9 and 10 weigh history1 and history2; an absent history counts as 0.
+    prev, _ = sampler_step(m, x, t0, c, model_output_uncond=u, guidance_scale=2.0, clip_range=2.5, noise=z,
+                           history1=h1, backend=backend)
+    torch.testing.assert_close(prev, expected + 0.75 * h1)
+    prev, _ = sampler_step(m, x, t0, c, model_output_uncond=u, guidance_scale=2.0, clip_range=2.5, noise=z,
+                           history1=h1, history2=h2, backend=backend)
+    torch.testing.assert_close(prev, expected + 0.75 * h1 - 0.5 * h2)
 
 
 @pytest.mark.parametrize("backend", ALL)
@@ -199,15 +215,16 @@ def _channels_innermost(t):
 @pytest.mark.parametrize("noise", ["philox", "tensor"])
 def test_layouts(backend, shape, noise):
     """Every layout gives the same numbers (Philox is keyed on the logical element), channels-last stays so."""
-    args, kw = _make(shape, torch.float32, device_for(backend), uncond=True, clip="clip", noise=noise)
+    args, kw = _make(shape, torch.float32, device_for(backend), uncond=True, clip="clip", noise=noise, history=2)
     ref_prev, ref_x0 = sampler_step_ref(**args, **kw, upcast=True)
     for name, sample in _layouts(args["sample"]):
         # The other inputs keep their own (contiguous) layout or take the sample's: both must work.
         for other_name, other in [("contiguous", lambda t: t), ("same", lambda t: dict(_layouts(t))[name])]:
             a = dict(args, sample=sample, model_output=other(args["model_output"]))
             k = dict(kw, model_output_uncond=other(kw["model_output_uncond"]))
-            if "noise" in k:
-                k["noise"] = other(k["noise"])
+            for key in ("noise", "history1", "history2"):
+                if key in k:
+                    k[key] = other(k[key])
             prev, x0 = sampler_step(**a, **k, backend=backend)
             assert_close(prev, ref_prev, torch.float32, msg=f"{backend} {name} (others {other_name})")
             assert_close(x0, ref_x0, torch.float32, msg=f"{backend} {name} (others {other_name})")
@@ -552,6 +569,10 @@ def test_bad_input_sampler_step(backend):
         (ValueError, "noise", lambda: call(noise=x[:1])),
         (TypeError, "noise", lambda: call(noise=x.half())),
         (ValueError, "noise or philox_seed", lambda: call(noise=x, philox_seed=1)),
+        (ValueError, "history1", lambda: call(history1=x[:1])),
+        (TypeError, "history1", lambda: call(history1=x.half())),
+        (ValueError, "history2 is given without history1", lambda: call(history2=x)),
+        (ValueError, "history2", lambda: call(history1=x, history2=x[:, :2])),
         (ValueError, "philox_seed", lambda: call(philox_seed=-1)),
         (ValueError, "philox_seed", lambda: call(philox_seed=2 ** 63)),
         (TypeError, "philox_seed", lambda: call(philox_seed=1.5)),

@@ -39,7 +39,7 @@ def emu():
     so = build_emulation("sampler_step", DRIVER, SOURCES)
     i64, u64, vp, ci, cd = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     so.gencore_emulation_sampler_step.argtypes = ([ci, i64, i64, i64, i64, ci] + [vp] * 6 + [i64, vp, cd, ci, cd, ci,
-                                                                                          u64, u64, vp, vp])
+                                                                                          u64, u64, vp, vp, vp, vp])
     so.gencore_emulation_training_inputs.argtypes = [ci, i64, i64, i64, i64, ci] + [vp] * 4 + [i64, vp, vp]
     so.gencore_emulation_philox_uint32.argtypes = [vp, i64, i64, u64, u64]
     return so
@@ -67,17 +67,19 @@ def _dims(x):
 
 
 def emulated_step(emu, model_output, sample, timesteps, coefs, *, model_output_uncond=None, guidance_scale=1.0,
-                  clip_range=None, threshold=None, noise=None, philox_seed=None, philox_offset=0):
+                  clip_range=None, threshold=None, noise=None, philox_seed=None, philox_offset=0, history1=None,
+                  history2=None):
     cl = _is_channels_last(sample)
     sample = sample if cl else sample.contiguous()
-    model_output, uncond, noise = (_in_layout(t, cl) for t in (model_output, model_output_uncond, noise))
+    model_output, uncond, noise, history1, history2 = (
+        _in_layout(t, cl) for t in (model_output, model_output_uncond, noise, history1, history2))
     threshold = None if threshold is None else threshold.to(coefs.dtype).contiguous()
     prev, x0 = torch.empty_like(sample), torch.empty_like(sample)
     rc = emu.gencore_emulation_sampler_step(
         KIND[sample.dtype], *_dims(sample), _ptr(model_output), _ptr(sample), _ptr(uncond), _ptr(noise),
         _ptr(timesteps), _ptr(coefs.contiguous()), coefs.shape[0], _ptr(threshold), float(guidance_scale),
         int(clip_range is not None), float(clip_range or 1.0), int(philox_seed is not None), int(philox_seed or 0),
-        int(philox_offset), _ptr(prev), _ptr(x0))
+        int(philox_offset), _ptr(prev), _ptr(x0), _ptr(history1), _ptr(history2))
     assert rc == 0, f"launcher returned cudaError {rc}"
     return prev, x0
 
@@ -91,7 +93,8 @@ def _make(shape, dtype, *, seed=0, T=10):
 
     args = dict(model_output=rnd(), sample=rnd(), timesteps=torch.randint(0, T, (shape[0],), generator=gen),
                 coefs=(torch.rand(T, NUM_COEFS, generator=gen, dtype=torch.float64) * 2.4 - 1.2).to(acc))
-    extra = dict(model_output_uncond=rnd(), noise=rnd(), threshold=torch.rand(shape[0], generator=gen) + 0.5)
+    extra = dict(model_output_uncond=rnd(), noise=rnd(), threshold=torch.rand(shape[0], generator=gen) + 0.5,
+                 history1=rnd(), history2=rnd())
     return args, extra
 
 
@@ -110,6 +113,8 @@ def test_step_matches_reference(emu, dtype, shape):
     for kw in [dict(philox_seed=2 ** 40 + 5, philox_offset=2 ** 33 + 1, clip_range=1.0,
                     model_output_uncond=extra["model_output_uncond"], guidance_scale=3.5),
                dict(noise=extra["noise"], threshold=extra["threshold"]),
+               dict(history1=extra["history1"], history2=extra["history2"], threshold=extra["threshold"]),
+               dict(history1=extra["history1"], noise=extra["noise"]),
                dict()]:
         prev, x0 = emulated_step(emu, **args, **kw)
         ref_prev, ref_x0 = sampler_step_ref(**args, **kw, upcast=True)
@@ -121,7 +126,8 @@ def test_step_matches_reference(emu, dtype, shape):
 def test_step_channels_last(emu, memory_format):
     shape = (2, 3, 5, 6) if memory_format == torch.channels_last else (2, 3, 4, 5, 3)
     args, extra = _make(shape, torch.float32)
-    kw = dict(philox_seed=7, philox_offset=3, model_output_uncond=extra["model_output_uncond"], guidance_scale=2.0)
+    kw = dict(philox_seed=7, philox_offset=3, model_output_uncond=extra["model_output_uncond"], guidance_scale=2.0,
+              history1=extra["history1"], history2=extra["history2"])
     ref_prev, ref_x0 = sampler_step_ref(**args, **kw, upcast=True)
     cl = {k: (v.contiguous(memory_format=memory_format) if v.dim() >= 4 else v) for k, v in args.items()}
     prev, x0 = emulated_step(emu, **cl, **kw)

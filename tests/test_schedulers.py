@@ -431,7 +431,8 @@ def test_coefficient_table_is_built_by_set_timesteps():
     s = DDIMScheduler()
     s.set_timesteps(5)
     table = s.coefficient_table()
-    assert table.shape == (1000, 9) and table.dtype == torch.float32
+    assert table.shape == (1000, 11) and table.dtype == torch.float32
+    assert bool((table[s.timesteps, 9:] == 0).all())  # DDIM is a one-step method: no history
     on = s.timesteps
     assert bool(torch.isfinite(table[on]).all())
     off = torch.ones(1000, dtype=torch.bool)

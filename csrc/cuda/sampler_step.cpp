@@ -22,7 +22,7 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 namespace sk = gencore::cuda;
 
-constexpr int64_t kNumCoefs = 9;
+static_assert(ss::kNumCoefs == sk::kNumCoefs, "the binding and the kernels must agree on the table's columns");
 
 sk::SamplerDtype sampler_dtype(at::ScalarType t, const char* name) {
   switch (t) {
@@ -54,9 +54,10 @@ std::tuple<Tensor, Tensor> sampler_step_cuda(const Tensor& model_output_in, cons
                                              const OptTensor& uncond_in, double guidance_scale,
                                              std::optional<double> clip_range, const OptTensor& threshold_in,
                                              const OptTensor& noise_in, std::optional<int64_t> philox_seed,
-                                             int64_t philox_offset) {
-  ss::check_step(model_output_in, sample_in, timesteps_in, coefs_in, kNumCoefs, uncond_in, clip_range, threshold_in,
-                 noise_in, philox_seed, philox_offset, c10::DeviceType::CUDA);
+                                             int64_t philox_offset, const OptTensor& history1_in,
+                                             const OptTensor& history2_in) {
+  ss::check_step(model_output_in, sample_in, timesteps_in, coefs_in, ss::kNumCoefs, uncond_in, clip_range,
+                 threshold_in, noise_in, philox_seed, philox_offset, history1_in, history2_in, c10::DeviceType::CUDA);
   sampler_dtype(sample_in.scalar_type(), "sample");
 
   c10::cuda::CUDAGuard guard(sample_in.device());
@@ -65,8 +66,10 @@ std::tuple<Tensor, Tensor> sampler_step_cuda(const Tensor& model_output_in, cons
   const Tensor model_output = ss::in_layout(model_output_in, channels_last);
   const Tensor timesteps = timesteps_in.contiguous();
   const Tensor coefs = coefs_in.contiguous();
-  OptTensor uncond, noise, threshold;
+  OptTensor uncond, noise, threshold, history1, history2;
   if (uncond_in.has_value()) uncond = ss::in_layout(*uncond_in, channels_last);
+  if (history1_in.has_value()) history1 = ss::in_layout(*history1_in, channels_last);
+  if (history2_in.has_value()) history2 = ss::in_layout(*history2_in, channels_last);
   if (noise_in.has_value()) noise = ss::in_layout(*noise_in, channels_last);
   if (threshold_in.has_value()) threshold = threshold_in->to(coefs.scalar_type()).contiguous();
   // empty_like keeps a dense sample's strides: contiguous stays contiguous, channels-last stays channels-last.
@@ -80,6 +83,8 @@ std::tuple<Tensor, Tensor> sampler_step_cuda(const Tensor& model_output_in, cons
   a.sample = sample.const_data_ptr();
   a.uncond = uncond.has_value() ? uncond->const_data_ptr() : nullptr;
   a.noise = noise.has_value() ? noise->const_data_ptr() : nullptr;
+  a.history1 = history1.has_value() ? history1->const_data_ptr() : nullptr;
+  a.history2 = history2.has_value() ? history2->const_data_ptr() : nullptr;
   a.timesteps = timesteps.const_data_ptr<int64_t>();
   a.coefs = coefs.const_data_ptr();
   a.T = coefs.size(0);

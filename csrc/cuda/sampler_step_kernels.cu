@@ -24,8 +24,6 @@ namespace gencore {
 namespace cuda {
 namespace {
 
-constexpr int kNumCoefs = 9;
-
 // Four elements as one aligned vector access (the caller guarantees 4-element alignment).
 template <typename T>
 struct alignas(4 * sizeof(T)) Pack4 {
@@ -140,6 +138,7 @@ __global__ void __launch_bounds__(kThreads) sampler_step_kernel(SamplerStepArgs 
     const int64_t g = item - n * groups;
     const A* c = coefs + clamped_row(a.timesteps, n, a.T) * kNumCoefs;
     const A c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3], c4 = c[4], c5 = c[5], c6 = c[6], c7 = c[7], c8 = c[8];
+    const A c9 = a.history1 ? c[9] : A(0), c10 = a.history2 ? c[10] : A(0);
     const GroupIO<T, VEC, CHANNELS_LAST> io(n, 4 * g, a.dims);
     A x[4], m[4], z[4] = {A(0), A(0), A(0), A(0)};
     io.load(a.sample, x);
@@ -155,6 +154,9 @@ __global__ void __launch_bounds__(kThreads) sampler_step_kernel(SamplerStepArgs 
     } else if (a.philox) {
       philox_normals(a.seed, a.offset, n, g, z);
     }
+    A h1[4] = {A(0), A(0), A(0), A(0)}, h2[4] = {A(0), A(0), A(0), A(0)};
+    if (a.history1) io.load(a.history1, h1);
+    if (a.history2) io.load(a.history2, h2);
     A prev[4], x0[4];
     const A s = threshold ? threshold[n] : A(0);
 #pragma unroll
@@ -166,7 +168,7 @@ __global__ void __launch_bounds__(kThreads) sampler_step_kernel(SamplerStepArgs 
         p0 = fmin(fmax(p0, -clip), clip);
       }
       const A eps = c2 * x[j] + c3 * m[j] + c4 * p0;
-      prev[j] = c5 * p0 + c6 * x[j] + c7 * eps + c8 * z[j];
+      prev[j] = c5 * p0 + c6 * x[j] + c7 * eps + c8 * z[j] + c9 * h1[j] + c10 * h2[j];
       x0[j] = p0;
     }
     io.store(a.prev, prev);
@@ -241,8 +243,8 @@ cudaError_t dispatch_layout(const Args& a, const void* const* ptrs, int num_ptrs
 template <typename T>
 cudaError_t sampler_step_typed(const SamplerStepArgs& a, cudaStream_t stream) {
   const int64_t items = a.dims.N * ((a.dims.numel + 3) / 4);
-  const void* ptrs[] = {a.model_output, a.sample, a.uncond, a.noise, a.prev, a.x0};
-  return dispatch_layout<T>(a, ptrs, 6, [&](auto vec, auto channels_last) {
+  const void* ptrs[] = {a.model_output, a.sample, a.uncond, a.noise, a.history1, a.history2, a.prev, a.x0};
+  return dispatch_layout<T>(a, ptrs, 8, [&](auto vec, auto channels_last) {
     return launch(sampler_step_kernel<T, decltype(vec)::value, decltype(channels_last)::value>, blocks_for(items),
                   stream, a);
   });

@@ -20,6 +20,9 @@ namespace cuda {
 // which is also the type of the coefficient table and of the threshold vector.
 enum class SamplerDtype : int { Float16 = 0, BFloat16 = 1, Float32 = 2, Float64 = 3 };
 
+// Columns of sampler_step's coefficient table (gencore/reference/sampler_step.py, COEF_COLUMNS).
+constexpr int kNumCoefs = 11;
+
 // Samples viewed as (N, numel) with numel = C * S logical elements each (C = size(1), 1 for 1-D samples):
 //   channels_last == false: logical element e of sample n at n * numel + e            (contiguous)
 //   channels_last == true : element e = c * S + s at n * numel + s * C + c              (channels innermost)
@@ -35,8 +38,10 @@ struct SamplerStepArgs {
   const void* sample = nullptr;
   const void* uncond = nullptr;        // model_output_uncond, or nullptr (no guidance)
   const void* noise = nullptr;         // or nullptr
+  const void* history1 = nullptr;      // a multistep solver's earlier x0, or nullptr (0) ...
+  const void* history2 = nullptr;      // ... the one before (only with history1)
   const int64_t* timesteps = nullptr;  // (N,)
-  const void* coefs = nullptr;         // (T, 9) contiguous, float (double for Float64)
+  const void* coefs = nullptr;         // (T, kNumCoefs) contiguous, float (double for Float64)
   int64_t T = 0;
   const void* threshold = nullptr;     // (N,) float (double for Float64), or nullptr
   double guidance_scale = 1.0;

@@ -46,7 +46,7 @@ def _alphas_cumprod() -> torch.Tensor:
 
 
 def ddim_table(eta: float, dtype: torch.dtype = torch.float32, device="cpu") -> torch.Tensor:
-    """The (T, 9) coefficient table of DDIM with epsilon prediction ("leading" spacing, set_alpha_to_one=True), one
+    """The (T, 11) coefficient table of DDIM with epsilon prediction ("leading" spacing, set_alpha_to_one=True), one
     row per training timestep: what gencore's DDIMScheduler builds, written out here so the benchmark stands alone."""
     abar = _alphas_cumprod()
     t = torch.arange(NUM_TRAIN_TIMESTEPS)

@@ -30,7 +30,7 @@ What differs, on purpose:
   * Unknown configuration *values* (a misspelt prediction_type, say) raise ValueError at construction, not at the
     first step.
 
-How a step runs: set_timesteps builds a coefficient table (T, 9) on the device (see gencore.ops.sampler_step for
+How a step runs: set_timesteps builds a coefficient table (T, 11) on the device (see gencore.ops.sampler_step for
 the columns), one row per training timestep, for the schedule in use. step() gathers each sample's row inside the
 fused op, so it never reads a value back to the host: a sampling loop on CUDA can be captured in a CUDA graph once
 the tables it uses exist (a new eta or use_clipped_model_output value builds its table on its first step) and the
@@ -52,16 +52,17 @@ from .scheduler_config import SchedulerConfig, SchedulerMixin
 from .schedules import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
 
 from ..ops.sampler_step import sampler_step
+from ..reference.sampler_step import NUM_COEFS
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 
-# Columns of the coefficient table (the contract of gencore.ops.sampler_step).
+# Columns of the coefficient table (the contract of gencore.ops.sampler_step; DDPM/DDIM leave the history columns,
+# 9 and 10, at zero).
 X0_FROM_SAMPLE, X0_FROM_MODEL, EPS_FROM_SAMPLE, EPS_FROM_MODEL, EPS_FROM_X0 = 0, 1, 2, 3, 4
 PREV_FROM_X0, PREV_FROM_SAMPLE, PREV_FROM_EPS, NOISE_STD = 5, 6, 7, 8
-NUM_COEFS = 9
 
 # 1 / sqrt(alphas_cumprod) where alphas_cumprod = 0 (zero terminal SNR, epsilon prediction): see _x0_eps_columns.
 ZERO_SNR_INV_SQRT_ABAR = 2.0**64
@@ -326,7 +327,7 @@ class _DiscreteScheduler(SchedulerMixin):
         prev = np.full(T, -2, dtype=np.int64)  # -2: not on the schedule; -1: the last step (to x_0)
         prev[ts] = np.append(ts[1:], -1)
         self._prev = prev
-        self._host_tables: dict = {}  # variant -> float64 (T, 9) numpy table
+        self._host_tables: dict = {}  # variant -> float64 (T, 11) numpy table
         self._device_tables: dict = {}  # (variant, device, dtype) -> tensor
         self._valid: dict = {}  # device -> bool (T,) tensor: timestep is on the schedule
         self._aux_tables: dict = {}
@@ -395,8 +396,10 @@ class _DiscreteScheduler(SchedulerMixin):
             a_t = self._abar[ts]
             a_prev = np.where(prev >= 0, self._abar[np.maximum(prev, 0)], self._final_alpha_cumprod())
             table = np.full((T, NUM_COEFS), np.nan, dtype=np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):  # zero terminal SNR: inf, as in diffusers
-                table[ts] = self._rows(variant, ts, a_t, a_prev)
+            table[ts] = 0.0  # the history columns: DDPM and DDIM are one-step methods
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rows = self._rows(variant, ts, a_t, a_prev)
+            table[ts, :rows.shape[1]] = rows
             self._host_tables[variant] = table
         return table
 

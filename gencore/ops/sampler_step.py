@@ -93,7 +93,7 @@ def _check_real(name: str, value) -> float:
 
 
 def check_sampler_step_args(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale, clip_range,
-                            threshold, noise, philox_seed, philox_offset) -> None:
+                            threshold, noise, philox_seed, philox_offset, history1=None, history2=None) -> None:
     check_float_tensor("sample", sample, min_dim=1)
     _check_same("model_output", model_output, sample, "sample")
     n = sample.shape[0]
@@ -118,15 +118,20 @@ def check_sampler_step_args(model_output, sample, timesteps, coefs, model_output
         _check_same("noise", noise, sample, "sample")
         if philox_seed is not None:
             raise ValueError("give either noise or philox_seed, not both")
+    if history1 is not None:
+        _check_same("history1", history1, sample, "sample")
+    if history2 is not None:
+        if history1 is None:
+            raise ValueError("history2 is given without history1 (a multistep history fills history1 first)")
+        _check_same("history2", history2, sample, "sample")
     if philox_seed is not None:
         check_philox_args(philox_seed, philox_offset, n, sample[0].numel())
     elif isinstance(philox_offset, bool) or not isinstance(philox_offset, int):
         raise TypeError(f"philox_offset must be an int, got {type(philox_offset).__name__}")
-    if torch.is_grad_enabled() and (model_output.requires_grad or sample.requires_grad or (
-            model_output_uncond is not None and model_output_uncond.requires_grad) or (
-            noise is not None and noise.requires_grad)):
-        for name, t in (("model_output", model_output), ("sample", sample), ("model_output_uncond",
-                        model_output_uncond), ("noise", noise)):
+    inputs = (("model_output", model_output), ("sample", sample), ("model_output_uncond", model_output_uncond),
+              ("noise", noise), ("history1", history1), ("history2", history2))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for _, t in inputs):
+        for name, t in inputs:
             if t is not None and t.requires_grad:
                 raise RuntimeError(f"sampler_step is an inference op and does not support autograd, but {name} "
                                    f"requires grad: call it under torch.no_grad() or pass {name}.detach()")
@@ -158,9 +163,10 @@ def _assert_timesteps_in_range(timesteps: torch.Tensor, num_rows: int) -> None:
 
 
 def _sampler_step_fake(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale, clip_range,
-                       threshold, noise, philox_seed, philox_offset):
+                       threshold, noise, philox_seed, philox_offset, history1=None, history2=None):
     check_fake_devices("sample", sample, model_output=model_output, timesteps=timesteps, coefs=coefs,
-                       model_output_uncond=model_output_uncond, threshold=threshold, noise=noise)
+                       model_output_uncond=model_output_uncond, threshold=threshold, noise=noise, history1=history1,
+                       history2=history2)
     return output_like(sample), output_like(sample)
 
 
@@ -232,9 +238,10 @@ def _register_triton_ops() -> None:
     def sampler_step_triton(model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
                             coefs: torch.Tensor, model_output_uncond: torch.Tensor | None, guidance_scale: float,
                             clip_range: float | None, threshold: torch.Tensor | None, noise: torch.Tensor | None,
-                            philox_seed: int | None, philox_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+                            philox_seed: int | None, philox_offset: int, history1: torch.Tensor | None = None,
+                            history2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return tk.sampler_step(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale,
-                               clip_range, threshold, noise, philox_seed, philox_offset)
+                               clip_range, threshold, noise, philox_seed, philox_offset, history1, history2)
 
     @triton_op("gencore::diffusion_training_inputs_triton", mutates_args=())
     def diffusion_training_inputs_triton(x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
@@ -269,9 +276,12 @@ def sampler_step(
     noise: torch.Tensor | None = None,
     philox_seed: int | None = None,
     philox_offset: int = 0,
+    history1: torch.Tensor | None = None,
+    history2: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One fused DDPM/DDIM update: guidance, x0 and epsilon, clipping, posterior mean and noise in a single pass.
+    """One fused DDPM/DDIM/DPM-Solver++ update: guidance, x0 and epsilon, clipping, posterior mean, a multistep
+    history and noise in a single pass.
 
     Per element of sample n, with c = coefs[timesteps[n]] (math in float32; float64 for float64 samples):
 
@@ -279,7 +289,7 @@ def sampler_step(
         x0   = c0 * sample + c1 * m
         x0   = clamp(x0, -threshold[n], threshold[n]) / threshold[n]  if threshold, elif clip_range: clamp(x0, +-clip)
         eps  = c2 * sample + c3 * m + c4 * x0
-        prev = c5 * x0 + c6 * sample + c7 * eps + c8 * z
+        prev = c5 * x0 + c6 * sample + c7 * eps + c8 * z + c9 * history1 + c10 * history2
 
     Args:
         model_output: (N, *) the model's prediction (epsilon, x0 or v: the scheduler encodes which in coefs);
@@ -288,9 +298,10 @@ def sampler_step(
             read in place; other strides are copied first.
         timesteps: (N,) int64 on sample's device: each sample's row of coefs (different per sample allowed). Out of
             [0, T): IndexError on CPU; on CUDA a device-side assert (no host sync), the kernels clamp the index.
-        coefs: (T, 9) float32 (float64 for float64 samples) on sample's device; columns x0_from_sample,
+        coefs: (T, 11) float32 (float64 for float64 samples) on sample's device; columns x0_from_sample,
             x0_from_model, eps_from_sample, eps_from_model, eps_from_x0, prev_from_x0, prev_from_sample,
-            prev_from_eps, noise_std (gencore.reference.sampler_step.COEF_COLUMNS). Built by the schedulers.
+            prev_from_eps, noise_std, prev_from_history1, prev_from_history2
+            (gencore.reference.sampler_step.COEF_COLUMNS). Built by the schedulers.
         model_output_uncond: (N, *) unconditional prediction for classifier-free guidance, or None.
         guidance_scale: the guidance weight (used only with model_output_uncond).
         clip_range: clamp x0 to [-clip_range, clip_range] (diffusers' clip_sample), or None.
@@ -301,6 +312,8 @@ def sampler_step(
             (seed, sample index, offset = the step counter, element index), so a sample's noise does not depend on
             the batch size, the layout or the backend (definition: gencore.reference.philox). Exclusive with noise.
             With neither, z = 0.
+        history1, history2: (N, *) a multistep solver's earlier x0 predictions (DPM-Solver++: the previous step's,
+            and the one before), like sample; or None (0). history2 needs history1.
         backend: "reference", "cpu" (CPU tensors), "cuda" (CUDA tensors), "triton" (CUDA tensors; CPU tensors under
             TRITON_INTERPRET=1), "auto", or None to use gencore.use_backend / set_backend / GENCORE_BACKEND / auto.
 
@@ -311,12 +324,13 @@ def sampler_step(
     Not differentiable (an inference op): inputs that require grad raise while grad mode is on.
     """
     check_sampler_step_args(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale, clip_range,
-                            threshold, noise, philox_seed, philox_offset)
+                            threshold, noise, philox_seed, philox_offset, history1, history2)
     name = backends.resolve(backend, sample.device, IMPLEMENTED)
     if name == "reference":
         return sampler_step_ref(model_output, sample, timesteps, coefs, model_output_uncond=model_output_uncond,
                                 guidance_scale=guidance_scale, clip_range=clip_range, threshold=threshold,
-                                noise=noise, philox_seed=philox_seed, philox_offset=philox_offset)
+                                noise=noise, philox_seed=philox_seed, philox_offset=philox_offset,
+                                history1=history1, history2=history2)
     channels_last = is_channels_last(sample)
     sample = _in_layout(sample, channels_last)
     model_output = _in_layout(model_output, channels_last)
@@ -324,13 +338,18 @@ def sampler_step(
         model_output_uncond = _in_layout(model_output_uncond, channels_last)
     if noise is not None:
         noise = _in_layout(noise, channels_last)
+    if history1 is not None:
+        history1 = _in_layout(history1, channels_last)
+    if history2 is not None:
+        history2 = _in_layout(history2, channels_last)
     if threshold is not None:
         threshold = threshold.to(coefs.dtype).contiguous()
     if name != "cpu":  # the CPU kernel checks the range itself, naming the offending sample
         _assert_timesteps_in_range(timesteps, coefs.shape[0])
     op = torch.ops.gencore.sampler_step_triton if name == "triton" else torch.ops.gencore.sampler_step
     return op.default(model_output, sample, timesteps, coefs.contiguous(), model_output_uncond, float(guidance_scale),
-                      None if clip_range is None else float(clip_range), threshold, noise, philox_seed, philox_offset)
+                      None if clip_range is None else float(clip_range), threshold, noise, philox_seed, philox_offset,
+                      history1, history2)
 
 
 def diffusion_training_inputs(

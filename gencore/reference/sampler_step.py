@@ -1,6 +1,6 @@
 """Pure-PyTorch twins of the fused diffusion ops: the truth every backend is tested against.
 
-sampler_step, per element of sample n with c = coefs[timesteps[n]] (the 9 columns named in COEF_COLUMNS):
+sampler_step, per element of sample n with c = coefs[timesteps[n]] (the 11 columns named in COEF_COLUMNS):
 
     m    = uncond + guidance_scale * (model_output - uncond)      if model_output_uncond is given, else model_output
     x0   = c0 * sample + c1 * m                                    (x0_from_sample, x0_from_model)
@@ -8,8 +8,15 @@ sampler_step, per element of sample n with c = coefs[timesteps[n]] (the 9 column
            clamp(x0, -clip_range, clip_range)                      elif clip_range is not None
     eps  = c2 * sample + c3 * m + c4 * x0                          (eps_from_sample, eps_from_model, eps_from_x0)
     prev = c5 * x0 + c6 * sample + c7 * eps + c8 * z               (prev_from_x0, prev_from_sample, prev_from_eps,
-                                                                    noise_std)
+           + c9 * h1 + c10 * h2                                     noise_std, prev_from_history1, _history2)
     z    = noise if given; else Philox normals (gencore.reference.philox) if philox_seed is given; else 0.
+    h1, h2 = history1, history2: earlier x0 of a multistep solver (DPM-Solver++: the two previous steps' x0); a
+           history that is not given counts as 0.
+
+A row is any linear step of this form: DDPM and DDIM leave c9 = c10 = 0; DPM-Solver++ (gencore.diffusion.
+DPMSolverMultistepScheduler) uses c0, c1 for its data prediction, c6 for the sample, c5, c9, c10 for the current and
+two previous predictions, c8 for the SDE variant's noise, and leaves c2..c4, c7 = 0. The rows of coefs are whatever
+the scheduler indexes them by: the timestep for DDPM/DDIM, the step index for DPM-Solver++.
 
 diffusion_training_inputs, with c = coefs[timesteps[n]] = (sqrt(abar_t), sqrt(1 - abar_t)):
 
@@ -26,7 +33,8 @@ import torch
 from .philox import philox_normal
 
 COEF_COLUMNS = ("x0_from_sample", "x0_from_model", "eps_from_sample", "eps_from_model", "eps_from_x0",
-                "prev_from_x0", "prev_from_sample", "prev_from_eps", "noise_std")
+                "prev_from_x0", "prev_from_sample", "prev_from_eps", "noise_std", "prev_from_history1",
+                "prev_from_history2")
 NUM_COEFS = len(COEF_COLUMNS)
 TRAINING_COEF_COLUMNS = ("sqrt_alpha_bar", "sqrt_one_minus_alpha_bar")
 TARGETS = ("epsilon", "sample", "v_prediction")
@@ -69,6 +77,8 @@ def sampler_step_ref(
     noise: torch.Tensor | None = None,
     philox_seed: int | None = None,
     philox_offset: int = 0,
+    history1: torch.Tensor | None = None,
+    history2: torch.Tensor | None = None,
     upcast: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference sampler step: returns (prev_sample, pred_original_sample) as the module doc defines them.
@@ -91,6 +101,10 @@ def sampler_step_ref(
         x0 = x0.clamp(-clip_range, clip_range)
     eps = c[2] * x + c[3] * m + c[4] * x0
     prev = c[5] * x0 + c[6] * x + c[7] * eps
+    if history1 is not None:
+        prev = prev + c[9] * history1.to(dt)
+    if history2 is not None:
+        prev = prev + c[10] * history2.to(dt)
     if noise is not None:
         prev = prev + c[8] * noise.to(dt)
     elif philox_seed is not None:

@@ -24,7 +24,8 @@ int gencore_emulation_sampler_step(int dtype, int64_t N, int64_t numel, int64_t 
                                    const void* model_output, const void* sample, const void* uncond,
                                    const void* noise, const int64_t* timesteps, const void* coefs, int64_t T,
                                    const void* threshold, double guidance_scale, int clip, double clip_range,
-                                   int philox, uint64_t seed, uint64_t offset, void* prev, void* x0) {
+                                   int philox, uint64_t seed, uint64_t offset, void* prev, void* x0,
+                                   const void* history1, const void* history2) {
   gencore::cuda::SamplerStepArgs a;
   a.dtype = static_cast<gencore::cuda::SamplerDtype>(dtype);
   a.dims = dims(N, numel, C, S, channels_last);
@@ -32,6 +33,8 @@ int gencore_emulation_sampler_step(int dtype, int64_t N, int64_t numel, int64_t 
   a.sample = sample;
   a.uncond = uncond;
   a.noise = noise;
+  a.history1 = history1;
+  a.history2 = history2;
   a.timesteps = timesteps;
   a.coefs = coefs;
   a.T = T;
