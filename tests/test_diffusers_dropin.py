@@ -134,3 +134,18 @@ def test_pipeline_with_gencore_scheduler_saves_and_loads_back(unet, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded.scheduler) is DDPMScheduler and dict(loaded.scheduler.config) == dict(pipe.scheduler.config)
     assert abs(_images(loaded, num_inference_steps=5) - _images(pipe, num_inference_steps=5)).max() < 1e-5
+
+
+def test_defaults_travel_between_scheduler_classes_as_in_diffusers():
+    """diffusers' config records which fields were left at their default (_use_default_values), and a class built
+    from another's config takes its own defaults for them: Euler from a DDIM config gets Euler's "linspace", not
+    DDIM's "leading". gencore's configs carry the key, and gencore's from_config honours it."""
+    for source in (DDIMScheduler(), diffusers.DDIMScheduler()):
+        euler = diffusers.EulerDiscreteScheduler.from_config(source.config)
+        assert euler.config.timestep_spacing == "linspace"
+        assert "timestep_spacing" in source.config["_use_default_values"]
+    ours = DDIMScheduler.from_config(diffusers.EulerDiscreteScheduler().config)
+    theirs = diffusers.DDIMScheduler.from_config(diffusers.EulerDiscreteScheduler().config)
+    assert ours.config.timestep_spacing == theirs.config.timestep_spacing == "leading"
+    explicit = DDIMScheduler(timestep_spacing="trailing")
+    assert diffusers.EulerDiscreteScheduler.from_config(explicit.config).config.timestep_spacing == "trailing"

@@ -19,6 +19,7 @@ from one of diffusers' own base classes, so it writes ``"scheduler": [null, null
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -51,6 +52,13 @@ class SchedulerConfig(dict):
         return (SchedulerConfig, (dict(self),))
 
 
+def _same(a, b) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
 def _as_mapping(config) -> Mapping:
     if config is None:
         return {}
@@ -71,7 +79,19 @@ class SchedulerMixin:
     config_name = CONFIG_NAME
     _fields: tuple[str, ...] = ()
     _compatibles: tuple[str, ...] = ()  # names of the gencore.diffusion classes that take the same config
+    _deprecated_kwargs: list[str] = []  # diffusers' ConfigMixin reads it; gencore has none
     _config: SchedulerConfig
+
+    def _store_config(self, values: Mapping) -> None:
+        """Keep the validated constructor values as the configuration, with diffusers' two bookkeeping keys:
+        _class_name, and _use_default_values (the fields left at their default: another scheduler class built
+        from this config takes its own defaults for them, as diffusers does; a value passed equal to its default
+        counts as a default)."""
+        defaults = {name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        untouched = [k for k in self._fields if k in defaults and _same(values[k], defaults[k])]
+        self._config = SchedulerConfig(_class_name=type(self).__name__, _use_default_values=untouched,
+                                       **{k: values[k] for k in self._fields})
 
     @property
     def config(self) -> SchedulerConfig:
@@ -89,6 +109,8 @@ class SchedulerMixin:
         ``(scheduler, unused)`` as in diffusers.
         """
         config = _as_mapping(config)
+        defaulted = set(config.get("_use_default_values", ()))  # the source's defaults: take ours instead
+        config = {k: v for k, v in config.items() if k not in defaulted}
         unused = {k: v for k, v in changes.items() if k not in cls._fields}
         if unused and not return_unused_kwargs:
             raise TypeError(f"{cls.__name__}.from_config got unknown arguments: {', '.join(sorted(unused))}")

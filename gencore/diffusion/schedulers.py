@@ -8,8 +8,14 @@
 
 What is the same as diffusers' DDPMScheduler / DDIMScheduler (0.30 .. 0.42): the constructor's argument names, order
 and defaults; betas and alphas_cumprod bit for bit; set_timesteps' three spacings and steps_offset; step()'s
-arguments and its output's prev_sample / pred_original_sample; add_noise, get_velocity, scale_model_input; numbers
-equal to float32 rounding (tests/test_schedulers.py holds them to diffusers).
+arguments and its output's prev_sample / pred_original_sample; add_noise, get_velocity, scale_model_input; the
+configuration API (gencore/diffusion/scheduler_config.py). Numbers: gencore computes each step's coefficients in
+float64 from diffusers' float32 alphas_cumprod and rounds them once; diffusers computes them in float32, which at
+small t (1 - abar_t / abar_{t-1}) is up to 2e-4 relative off. So steps agree to float32 rounding except there: a
+whole 1000-step DDPM loop ends 5e-5 relative apart (tests/test_schedulers.py holds the steps to diffusers run in
+float64). diffusers' own scheduler tests (tests/schedulers/test_scheduler_ddpm.py, _ddim.py, run on these classes)
+pass except where a difference below applies, that loop sum (0.021 off on 388, their tolerance 0.01), and
+diffusers' private _get_variance.
 
 What differs, on purpose:
   * DDIM's previous timestep. diffusers steps from t to t - num_train_timesteps // num_inference_steps, which is the
@@ -27,8 +33,13 @@ What differs, on purpose:
   * The sigmoid beta schedule is accepted by DDIMScheduler too (diffusers' DDIM has only the other three).
   * step() accepts a timestep per sample (an int64 tensor of shape (N,)), classifier-free guidance
     (model_output_uncond, guidance_scale), and in-kernel Philox noise (philox_seed), all in one fused pass.
-  * Unknown configuration *values* (a misspelt prediction_type, say) raise ValueError at construction, not at the
-    first step.
+  * Unknown configuration *values* (a misspelt prediction_type, or variance_type="other", which diffusers' DDPM
+    silently treats as fixed_small) raise ValueError at construction, not at the first step; trained_betas must
+    have num_train_timesteps entries (diffusers takes any length and fails later); register_to_config takes only
+    constructor fields (diffusers stores any name), and config fields are not also attributes (diffusers' deprecated
+    scheduler.beta_start fallback).
+  * A timestep off the schedule in use is refused (ValueError) instead of stepped from: the previous-timestep rule
+    above needs the schedule, and a step from an unscheduled timestep is almost always a bug in the loop.
 
 How a step runs: set_timesteps builds a coefficient table (T, 11) on the device (see gencore.ops.sampler_step for
 the columns), one row per training timestep, for the schedule in use. step() gathers each sample's row inside the
@@ -48,7 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .scheduler_config import SchedulerConfig, SchedulerMixin
+from .scheduler_config import SchedulerMixin
 from .schedules import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
 
 from ..ops.sampler_step import sampler_step
@@ -237,7 +248,7 @@ class _DiscreteScheduler(SchedulerMixin):
             if isinstance(tb, torch.Tensor):
                 tb = tb.detach().cpu().to(torch.float64).numpy()
             v["trained_betas"] = [float(b) for b in np.asarray(tb, dtype=np.float64).reshape(-1)]
-        self._config = SchedulerConfig(_class_name=type(self).__name__, **v)
+        self._store_config(v)
 
         betas = make_betas(v["num_train_timesteps"], v["beta_start"], v["beta_end"], v["beta_schedule"], tb)
         if v["rescale_betas_zero_snr"]:
