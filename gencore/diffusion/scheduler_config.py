@@ -19,6 +19,7 @@ from one of diffusers' own base classes, so it writes ``"scheduler": [null, null
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -52,13 +53,6 @@ class SchedulerConfig(dict):
         return (SchedulerConfig, (dict(self),))
 
 
-def _same(a, b) -> bool:
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except (TypeError, ValueError):
-        return False
-
-
 def _as_mapping(config) -> Mapping:
     if config is None:
         return {}
@@ -82,16 +76,34 @@ class SchedulerMixin:
     _deprecated_kwargs: list[str] = []  # diffusers' ConfigMixin reads it; gencore has none
     _config: SchedulerConfig
 
+    def __init_subclass__(cls, **kwargs):
+        # Record which constructor arguments a call passed (diffusers' register_to_config decorator does the same):
+        # the others are "default values", which another scheduler class built from this config replaces with
+        # its own defaults.
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kw):
+            self._passed_fields = set(signature.bind_partial(self, *args, **kw).arguments) - {"self"}
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init
+
     def _store_config(self, values: Mapping) -> None:
-        """Keep the validated constructor values as the configuration, with diffusers' two bookkeeping keys:
-        _class_name, and _use_default_values (the fields left at their default: another scheduler class built
-        from this config takes its own defaults for them, as diffusers does; a value passed equal to its default
-        counts as a default)."""
-        defaults = {name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()
-                    if p.default is not inspect.Parameter.empty}
-        untouched = [k for k in self._fields if k in defaults and _same(values[k], defaults[k])]
-        self._config = SchedulerConfig(_class_name=type(self).__name__, _use_default_values=untouched,
-                                       **{k: values[k] for k in self._fields})
+        """Keep the validated constructor values as the configuration, with diffusers' bookkeeping keys:
+        _class_name, and (when some were not passed) _use_default_values, the fields left at their default."""
+        passed = getattr(self, "_passed_fields", set(self._fields))
+        config = {"_class_name": type(self).__name__}
+        defaulted = [k for k in self._fields if k not in passed]
+        if defaulted:
+            config["_use_default_values"] = defaulted
+        config.update({k: values[k] for k in self._fields})
+        config.update(getattr(self, "_hidden_config", {}))
+        self._config = SchedulerConfig(config)
 
     @property
     def config(self) -> SchedulerConfig:
@@ -117,6 +129,12 @@ class SchedulerMixin:
         kwargs = {k: config[k] for k in cls._fields if k in config}
         kwargs.update({k: v for k, v in changes.items() if k in cls._fields})
         scheduler = cls(**kwargs)
+        # Another class's options ride along in the config (diffusers keeps them too), so that a DDPM config
+        # through DDIM and back keeps its variance_type.
+        hidden = {k: v for k, v in config.items() if not k.startswith("_") and k not in cls._fields}
+        if hidden:
+            scheduler._hidden_config = hidden
+            scheduler._config = SchedulerConfig({**scheduler._config, **hidden})
         return (scheduler, unused) if return_unused_kwargs else scheduler
 
     @classmethod
@@ -162,7 +180,7 @@ class SchedulerMixin:
             raise ValueError(f"save_directory {save_directory} is a file, not a folder")
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, self.config_name)
-        config = dict(self._config)
+        config = {k: v for k, v in self._config.items() if k != "_use_default_values"}  # as diffusers writes
         config["_gencore_version"] = sys.modules["gencore"].__version__
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -181,8 +199,9 @@ class SchedulerMixin:
             raise TypeError(f"{type(self).__name__} has no configuration fields {', '.join(unknown)}")
         values = {k: self._config[k] for k in self._fields}
         values.update(changes)
+        defaulted = set(self._config.get("_use_default_values", ())) - set(changes)
         schedule = self._inference_schedule()
-        type(self).__init__(self, **values)
+        type(self).__init__(self, **{k: v for k, v in values.items() if k not in defaulted})
         if schedule is not None:
             self.set_timesteps(timesteps=schedule[0], device=schedule[1])
 

@@ -13,9 +13,10 @@ configuration API (gencore/diffusion/scheduler_config.py). Numbers: gencore comp
 float64 from diffusers' float32 alphas_cumprod and rounds them once; diffusers computes them in float32, which at
 small t (1 - abar_t / abar_{t-1}) is up to 2e-4 relative off. So steps agree to float32 rounding except there: a
 whole 1000-step DDPM loop ends 5e-5 relative apart (tests/test_schedulers.py holds the steps to diffusers run in
-float64). diffusers' own scheduler tests (tests/schedulers/test_scheduler_ddpm.py, _ddim.py, run on these classes)
-pass except where a difference below applies, that loop sum (0.021 off on 388, their tolerance 0.01), and
-diffusers' private _get_variance.
+float64). diffusers' own scheduler tests (tests/schedulers/test_scheduler_ddpm.py and _ddim.py with their common
+tests, run on these classes): 62 of 75 pass; the 13 others are the differences below (off-schedule timesteps 5,
+unknown values and trained_betas 3, register_to_config of non-fields 2), that loop sum (0.021 off on 388, their
+tolerance 0.01), and diffusers' private _get_variance (2).
 
 What differs, on purpose:
   * DDIM's previous timestep. diffusers steps from t to t - num_train_timesteps // num_inference_steps, which is the
