@@ -6,6 +6,7 @@ sampling loop and the training loss.
     loss = training_loss(model, x0, scheduler, loss_type="l2", snr_gamma=5.0)        # training
     images = sample(model, scheduler, (16, 1, 28, 28), 50, eta=0.0, generator=g)      # sampling
 """
+from .dpm_solver import DPMSolverMultistepScheduler
 from .losses import LOSS_TYPES, min_snr_weights, training_loss
 from .sampling import sample
 from .scheduler_config import SchedulerConfig, SchedulerMixin, register_with_diffusers
@@ -14,7 +15,7 @@ from .schedulers import (PREDICTION_TYPES, TIMESTEP_SPACINGS, VARIANCE_TYPES, DD
 from .schedules import BETA_SCHEDULES, cosine_betas, make_betas, rescale_zero_terminal_snr
 
 __all__ = [
-    "BETA_SCHEDULES", "DDIMScheduler", "DDIMSchedulerOutput", "DDPMScheduler", "DDPMSchedulerOutput", "LOSS_TYPES",
+    "BETA_SCHEDULES", "DDIMScheduler", "DPMSolverMultistepScheduler", "DDIMSchedulerOutput", "DDPMScheduler", "DDPMSchedulerOutput", "LOSS_TYPES",
     "PREDICTION_TYPES", "SchedulerConfig", "SchedulerMixin", "SchedulerOutput", "TIMESTEP_SPACINGS", "VARIANCE_TYPES",
     "cosine_betas", "make_betas", "min_snr_weights", "register_with_diffusers", "rescale_zero_terminal_snr", "sample",
     "training_loss",

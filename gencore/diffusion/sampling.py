@@ -1,4 +1,5 @@
-"""The sampling loop for DDPM and DDIM: noise -> sample, with guidance, a progress bar, callbacks and intermediates."""
+"""The sampling loop for DDPM, DDIM and DPM-Solver++: noise -> sample, with guidance, a progress bar, callbacks and
+intermediates."""
 from __future__ import annotations
 
 import numbers
@@ -7,7 +8,10 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .dpm_solver import DPMSolverMultistepScheduler
 from .schedulers import DDIMScheduler, SchedulerOutput, _DiscreteScheduler, _randn
+
+SCHEDULERS = (_DiscreteScheduler, DPMSolverMultistepScheduler)
 
 
 def _model_device(model) -> torch.device:
@@ -54,7 +58,7 @@ def intermediate_timesteps(timesteps: Sequence[int], every: int) -> list[int | N
 @torch.no_grad()
 def sample(
     model: Callable,
-    scheduler: _DiscreteScheduler,
+    scheduler: _DiscreteScheduler | DPMSolverMultistepScheduler,
     shape_or_noise: Sequence[int] | torch.Tensor,
     num_inference_steps: int | None = None,
     *,
@@ -78,9 +82,10 @@ def sample(
             int64 tensor (B,); returns the prediction the scheduler's prediction_type expects (a tensor, or an
             object with .sample such as diffusers' UNet2DOutput). Run under torch.no_grad; put it in eval mode
             yourself.
-        scheduler: a DDPMScheduler or DDIMScheduler (its set_timesteps is called here).
+        scheduler: a DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler (its set_timesteps is called here).
         shape_or_noise: the shape (N, C, H, W) of the batch to generate, or the initial noise x_T itself.
-        num_inference_steps: the number of steps (default: num_train_timesteps for DDPM, 50 for DDIM).
+        num_inference_steps: the number of steps (default: num_train_timesteps for DDPM, 50 for DDIM, 20 for
+            DPM-Solver++).
         eta: DDIM's noise weight (default 0.0, deterministic); DDPM takes none.
         use_clipped_model_output: DDIM only. None (the default) re-derives epsilon from the clipped or thresholded
             x_0 whenever the scheduler clips or thresholds, so that every x_{t-1} is built from one consistent
@@ -110,11 +115,12 @@ def sample(
     Returns:
         The samples x_0, (N, ...) tensor; with return_intermediates, (samples, list of tensors).
     """
-    if not isinstance(scheduler, _DiscreteScheduler):
-        raise TypeError(f"scheduler must be a gencore DDPMScheduler or DDIMScheduler, got {type(scheduler).__name__}")
+    if not isinstance(scheduler, SCHEDULERS):
+        raise TypeError("scheduler must be a gencore DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler, "
+                        f"got {type(scheduler).__name__}")
     is_ddim = isinstance(scheduler, DDIMScheduler)
     if eta is not None and not is_ddim:
-        raise ValueError("eta is a DDIM option; DDPMScheduler takes none")
+        raise ValueError(f"eta is a DDIM option; {type(scheduler).__name__} takes none")
     if isinstance(return_intermediates, bool):
         every = 1 if return_intermediates else 0
     elif isinstance(return_intermediates, numbers.Integral) and return_intermediates > 0:
@@ -147,7 +153,8 @@ def sample(
         raise ValueError("guidance_scale != 1 needs class_labels (classifier-free guidance on class labels)")
 
     if num_inference_steps is None:
-        num_inference_steps = 50 if is_ddim else len(scheduler)
+        num_inference_steps = 50 if is_ddim else 20 if isinstance(scheduler, DPMSolverMultistepScheduler) else len(
+            scheduler)
     scheduler.set_timesteps(num_inference_steps, device=device)
     schedule = scheduler.timesteps.tolist()  # host copy: the loop never reads the device
     step_kwargs = {}
@@ -156,8 +163,8 @@ def sample(
             use_clipped_model_output = bool(scheduler.config.clip_sample or scheduler.config.thresholding)
         step_kwargs = {"eta": 0.0 if eta is None else eta, "use_clipped_model_output": use_clipped_model_output}
     elif use_clipped_model_output is not None:
-        raise ValueError("use_clipped_model_output is a DDIM option; DDPMScheduler's step is built from x_0 and "
-                         "x_t only and takes none")
+        raise ValueError(f"use_clipped_model_output is a DDIM option; {type(scheduler).__name__}'s step is built "
+                         "from x_0 and x_t only and takes none")
     if philox_seed is None:
         step_kwargs["generator"] = generator
 

@@ -530,7 +530,7 @@ class _DiscreteScheduler(SchedulerMixin):
             m = u + guidance_scale * (m - u)
         x0 = c[:, X0_FROM_SAMPLE].reshape(view) * sample.to(compute) + c[:, X0_FROM_MODEL].reshape(view) * m
         s = _per_sample_quantile(x0.abs().reshape(sample.shape[0], -1), cfg["dynamic_thresholding_ratio"])
-        return torch.clamp(s, min=1, max=cfg["sample_max_value"]).to(torch.float32)
+        return torch.clamp(s, min=1, max=cfg["sample_max_value"])  # in the compute dtype: float64 stays exact
 
     def _fused_step(self, model_output, sample, ts, coefs, *, noise, uncond, guidance_scale, philox_seed,
                     philox_offset, return_dict):

@@ -1,0 +1,532 @@
+"""DPM-Solver++ (Lu et al. 2022), the multistep solver diffusers' users sample with in 10-25 steps, on the fused step.
+
+    from gencore.diffusion import DPMSolverMultistepScheduler, sample
+    scheduler = DPMSolverMultistepScheduler.from_config(ddpm_scheduler.config, use_karras_sigmas=True)
+    images = sample(model, scheduler, (16, 1, 28, 28), 20)       # 20 model calls
+
+diffusers' DPMSolverMultistepScheduler: its constructor's names and defaults, set_timesteps (the three spacings,
+Karras, Lu and exponential sigmas, lambda_min_clipped, final_sigmas_type), and step() (the order schedule with
+lower_order_final / euler_at_final, the history of data predictions, the SDE variant's noise), equal to diffusers'
+numbers to float rounding (tests/test_dpm_solver.py, in float64).
+
+The math, in the notation every row below is built in. sigma_i = sigmas[i] = sqrt((1 - abar) / abar) at step i,
+alpha = 1 / sqrt(sigma^2 + 1) and s = sigma * alpha (the VP process's signal and noise scales), lambda = log(alpha / s),
+h = lambda_t - lambda_s0 for the step from s0 = step i to t = step i + 1, and h_0, h_1 the two steps before it. The
+data prediction of the model output m at s0 is x0 = a x + b m (epsilon: a = 1/alpha_s0, b = -s_s0/alpha_s0; v: a =
+alpha_s0, b = -s_s0; sample: a = 0, b = 1), thresholded if asked. With D0 = x0, the previous predictions x0_1, x0_2,
+r0 = h_0 / h, r1 = h_1 / h, phi = e^{-h} - 1:
+
+    order 1  D1 = D2 = 0 (DDIM);    order 2  D1 = (x0 - x0_1) / r0;
+    order 3  D1_0 = (x0 - x0_1) / r0, D1_1 = (x0_1 - x0_2) / r1, D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1),
+             D2 = (D1_0 - D1_1) / (r0 + r1)
+    dpmsolver++:      x_t = (s_t / s_s0) x - alpha_t phi D0 + w1 D1 - alpha_t ((phi + h) / h^2 - 0.5) D2,
+                      w1 = -0.5 alpha_t phi (midpoint; order 3 always uses the heun weight) or alpha_t (phi / h + 1)
+    sde-dpmsolver++:  x_t = (s_t / s_s0) e^{-h} x + alpha_t (1 - e^{-2h}) D0 + w1 D1
+                      + alpha_t ((1 - e^{-2h} - 2h) / (2h)^2 - 0.5) D2 + s_t sqrt(1 - e^{-2h}) z,
+                      w1 = 0.5 alpha_t (1 - e^{-2h}) (midpoint) or alpha_t ((1 - e^{-2h}) / (-2h) + 1) (heun)
+
+Every step is linear in (x, x0, x0_1, x0_2, z): one row of gencore.ops.sampler_step's table (x0_from_sample = a,
+x0_from_model = b, prev_from_sample, prev_from_x0, prev_from_history1 / 2 for x0_1 / x0_2, noise_std), computed in
+float64 from diffusers' float32 sigmas at set_timesteps and rounded once, so a step is one fused pass over x, the
+model output and the history, reading its row on the device. Rows are indexed by step, not by timestep: a Karras
+schedule can visit a timestep twice.
+
+What differs from diffusers, on purpose (each raises rather than running something else):
+  * algorithm_type "dpmsolver" / "sde-dpmsolver" (deprecated in diffusers), use_beta_sigmas, use_flow_sigmas,
+    flow_prediction and use_dynamic_shifting are not implemented: NotImplementedError naming the option.
+  * variance_type "learned"/"learned_range": diffusers keeps model_output[:, :3] (three channels); gencore keeps the
+    first half of the channels, the prediction of a model that outputs 2C channels.
+  * A loop that starts at the schedule's first timestep starts at step 0 even when that timestep repeats (cosine
+    betas with Karras sigmas): diffusers takes the repeat's second step there and fails with an IndexError at the
+    end of the loop.
+  * step() also takes classifier-free guidance (model_output_uncond, guidance_scale), in-kernel Philox noise
+    (philox_seed) for the SDE variant, and a timestep per sample (an (N,) tensor: each sample's row is found on the
+    device; every sample must have been stepped from the first step, so that its history is its own).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..ops.sampler_step import sampler_step
+from ..reference.sampler_step import COEF_COLUMNS, NUM_COEFS
+from .scheduler_config import SchedulerMixin
+from .schedulers import (PREDICTION_TYPES, TIMESTEP_SPACINGS, SchedulerOutput, _bool, _choice, _coef_dtype, _device,
+                         _float, _int, _per_sample_quantile, _randn)
+from .schedules import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
+
+ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
+SOLVER_TYPES = ("midpoint", "heun")
+FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+
+_COLUMN = {name: i for i, name in enumerate(COEF_COLUMNS)}
+
+
+class DPMSolverMultistepScheduler(SchedulerMixin):
+    """DPM-Solver++ and its SDE variant, multistep, orders 1-3 (diffusers' names, order and defaults).
+
+    Parameters: num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas (the noise schedule, as
+    DDPMScheduler's); solver_order (2; 3 for unconditional sampling), prediction_type, thresholding,
+    dynamic_thresholding_ratio, sample_max_value; algorithm_type ("dpmsolver++" or "sde-dpmsolver++"),
+    solver_type ("midpoint" or "heun"), lower_order_final, euler_at_final (first-order final steps, steadier below
+    15 steps); use_karras_sigmas, use_exponential_sigmas, use_lu_lambdas (the step spacing in sigma / lambda);
+    final_sigmas_type ("zero": the last step lands on x0; "sigma_min"); lambda_min_clipped (drops the noisiest
+    timesteps, for the cosine schedule); variance_type; timestep_spacing ("linspace"), steps_offset;
+    rescale_betas_zero_snr. The options listed in the module doc as not implemented must keep their defaults.
+    """
+
+    order = 1
+    init_noise_sigma = 1.0
+    _compatibles = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
+    _fields = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "solver_order",
+               "prediction_type", "thresholding", "dynamic_thresholding_ratio", "sample_max_value", "algorithm_type",
+               "solver_type", "lower_order_final", "euler_at_final", "use_karras_sigmas", "use_exponential_sigmas",
+               "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas", "flow_shift", "final_sigmas_type",
+               "lambda_min_clipped", "variance_type", "timestep_spacing", "steps_offset", "rescale_betas_zero_snr",
+               "use_dynamic_shifting", "time_shift_type")
+
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", trained_betas=None, solver_order: int = 2,
+                 prediction_type: str = "epsilon", thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
+                 sample_max_value: float = 1.0, algorithm_type: str = "dpmsolver++", solver_type: str = "midpoint",
+                 lower_order_final: bool = True, euler_at_final: bool = False, use_karras_sigmas: bool = False,
+                 use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False, use_lu_lambdas: bool = False,
+                 use_flow_sigmas: bool = False, flow_shift: float = 1.0, final_sigmas_type: str = "zero",
+                 lambda_min_clipped: float = -float("inf"), variance_type: str | None = None,
+                 timestep_spacing: str = "linspace", steps_offset: int = 0, rescale_betas_zero_snr: bool = False,
+                 use_dynamic_shifting: bool = False, time_shift_type: str = "exponential"):
+        v = {k: v for k, v in locals().items() if k in self._fields}
+        v["num_train_timesteps"] = _int("num_train_timesteps", num_train_timesteps, 1)
+        v["beta_start"] = _float("beta_start", beta_start)
+        v["beta_end"] = _float("beta_end", beta_end)
+        _choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+        v["solver_order"] = _int("solver_order", solver_order, 1)
+        if v["solver_order"] > 3:
+            raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
+        if prediction_type == "flow_prediction":
+            raise NotImplementedError("prediction_type='flow_prediction' (flow matching) is not implemented")
+        _choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        if algorithm_type == "deis":  # diffusers maps it to dpmsolver++ too
+            v["algorithm_type"] = algorithm_type = "dpmsolver++"
+        if algorithm_type in ("dpmsolver", "sde-dpmsolver"):
+            raise NotImplementedError(f"algorithm_type={algorithm_type!r} (deprecated in diffusers) is not "
+                                      f"implemented; use one of {', '.join(map(repr, ALGORITHM_TYPES))}")
+        _choice("algorithm_type", algorithm_type, ALGORITHM_TYPES)
+        if solver_type in ("logrho", "bh1", "bh2"):  # diffusers' mapping
+            v["solver_type"] = solver_type = "midpoint"
+        _choice("solver_type", solver_type, SOLVER_TYPES)
+        for name in ("thresholding", "lower_order_final", "euler_at_final", "use_karras_sigmas",
+                     "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas",
+                     "rescale_betas_zero_snr", "use_dynamic_shifting"):
+            v[name] = _bool(name, v[name])
+        for name in ("use_beta_sigmas", "use_flow_sigmas", "use_dynamic_shifting"):
+            if v[name]:
+                raise NotImplementedError(f"{name}=True is not implemented by gencore's DPMSolverMultistepScheduler")
+        if v["use_karras_sigmas"] + v["use_exponential_sigmas"] + v["use_lu_lambdas"] > 1:
+            raise ValueError("use at most one of use_karras_sigmas, use_exponential_sigmas and use_lu_lambdas")
+        v["dynamic_thresholding_ratio"] = _float("dynamic_thresholding_ratio", dynamic_thresholding_ratio,
+                                                 low=0.0, high=1.0)
+        v["sample_max_value"] = _float("sample_max_value", sample_max_value, positive=True)
+        v["flow_shift"] = _float("flow_shift", flow_shift)
+        _choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
+        if isinstance(lambda_min_clipped, bool) or not isinstance(lambda_min_clipped, numbers.Real) or math.isnan(
+                lambda_min_clipped):
+            raise TypeError(f"lambda_min_clipped must be a float (-inf: no clipping), got {lambda_min_clipped!r}")
+        v["lambda_min_clipped"] = float(lambda_min_clipped)
+        _choice("variance_type", variance_type, (None, "learned", "learned_range"))
+        _choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
+        v["steps_offset"] = _int("steps_offset", steps_offset, 0)
+        _choice("time_shift_type", time_shift_type, ("exponential",))
+        tb = trained_betas
+        if tb is not None:
+            if isinstance(tb, torch.Tensor):
+                tb = tb.detach().cpu().to(torch.float64).numpy()
+            v["trained_betas"] = tb = [float(b) for b in np.asarray(tb, dtype=np.float64).reshape(-1)]
+        self._store_config(v)
+
+        betas = make_betas(v["num_train_timesteps"], v["beta_start"], v["beta_end"], beta_schedule, tb)
+        if v["rescale_betas_zero_snr"]:
+            betas = rescale_zero_terminal_snr(betas)
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        if v["rescale_betas_zero_snr"]:
+            self.alphas_cumprod[-1] = 2.0**-24  # as diffusers: near 0 without being 0, so the first sigma is finite
+        # diffusers' float32 tables: the sigma schedule starts from them, so the timesteps it picks are its own.
+        self.alpha_t = torch.sqrt(self.alphas_cumprod)
+        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
+        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5
+        self.num_inference_steps = None
+        self.timesteps = torch.from_numpy(np.arange(v["num_train_timesteps"] - 1, -1, -1, dtype=np.int64))
+        self.model_outputs: list[torch.Tensor | None] = [None] * v["solver_order"]
+        self.lower_order_nums = 0
+        self._step_index = None
+        self._begin_index = None
+        self._tables: dict = {}
+
+    def __len__(self) -> int:
+        return self._config["num_train_timesteps"]
+
+    def __repr__(self) -> str:
+        changed = [k for k in self._fields if k not in self._config.get("_use_default_values", ()) and
+                   k != "trained_betas"]
+        return f"{type(self).__name__}({', '.join(f'{k}={self._config[k]!r}' for k in changed)})"
+
+    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The model input: the sample itself (DPM-Solver++ needs no input scaling)."""
+        return sample
+
+    # -- the schedule ---------------------------------------------------------------------------------------------
+
+    @property
+    def step_index(self) -> int | None:
+        """The index of the next step (None until the first step of a schedule)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the next loop at step `begin_index` (image-to-image): its first step is then first order."""
+        self._begin_index = _int("begin_index", begin_index, 0)
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, mu: float | None = None,
+                      timesteps: Sequence[int] | None = None) -> None:
+        """The inference schedule: `num_inference_steps` timesteps (diffusers' spacing and sigma options), or the
+        explicit `timesteps`; the coefficient table for it is built on `device`."""
+        cfg = self._config
+        T = cfg["num_train_timesteps"]
+        if mu is not None:
+            raise NotImplementedError("mu (dynamic shifting) is not implemented")
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("set_timesteps takes exactly one of num_inference_steps and timesteps")
+        special = [k for k in ("use_karras_sigmas", "use_lu_lambdas", "use_exponential_sigmas") if cfg[k]]
+        if timesteps is not None and special:
+            raise ValueError(f"timesteps cannot be given with {special[0]}=True (the sigmas choose the timesteps)")
+        # diffusers' float32 training sigmas and their float32 logs: the schedules start from them, so that the
+        # timesteps chosen (rounded, or truncated) are diffusers' own.
+        base = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()
+        log_base = np.log(base)
+        if timesteps is not None:
+            ts = np.asarray([int(t) for t in timesteps], dtype=np.int64)
+            if ts.size == 0 or ts.min() < 0 or ts.max() >= T:
+                raise ValueError(f"timesteps must be a non-empty list in [0, {T}), got {list(timesteps)}")
+            n = len(ts)
+        else:
+            n = _int("num_inference_steps", num_inference_steps, 1)
+            if n > T:
+                raise ValueError(f"num_inference_steps ({n}) cannot be larger than num_train_timesteps ({T})")
+            ts = self._spaced_timesteps(n)
+        if cfg["use_karras_sigmas"]:  # uniform in sigma^(1/7), Karras et al. (2022)
+            sigmas = _ramp(float(base[0]), float(base[-1]), n, rho=7.0)
+            ts = self._round(_sigma_to_t(sigmas, log_base))
+        elif cfg["use_lu_lambdas"]:  # uniform in log sigma (Lu et al. 2022), rounded timesteps
+            sigmas = np.exp(_ramp(float(log_base[0]), float(log_base[-1]), n, rho=1.0))
+            ts = self._round(_sigma_to_t(sigmas, log_base))
+        elif cfg["use_exponential_sigmas"]:  # uniform in log sigma, truncated timesteps
+            sigmas = np.exp(np.linspace(math.log(base[-1]), math.log(base[0]), n))
+            ts = _sigma_to_t(sigmas, log_base)
+        else:
+            sigmas = np.interp(ts, np.arange(len(base)), base)
+        if cfg["final_sigmas_type"] == "sigma_min":
+            last = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
+        else:
+            last = 0.0
+        self.sigmas = torch.from_numpy(np.append(sigmas, last).astype(np.float32))
+        self.timesteps = torch.from_numpy(np.asarray(ts)).to(device=device, dtype=torch.int64)
+        self.num_inference_steps = len(self.timesteps)
+        self.model_outputs = [None] * cfg["solver_order"]
+        self.lower_order_nums = 0
+        self._step_index = None
+        self._begin_index = None
+        self._tables = {}
+        self._table(_device(device), torch.float32, 0)
+
+    def _spaced_timesteps(self, n: int) -> np.ndarray:
+        cfg, T = self._config, self._config["num_train_timesteps"]
+        # The noisiest timesteps whose lambda lies below lambda_min_clipped are left out (cosine schedule).
+        clipped = int(torch.searchsorted(torch.flip(self.lambda_t, [0]), cfg["lambda_min_clipped"]))
+        last = T - clipped
+        spacing = cfg["timestep_spacing"]
+        if spacing == "linspace":
+            return np.linspace(0, last - 1, n + 1).round()[::-1][:-1].copy().astype(np.int64)
+        if spacing == "leading":
+            ratio = last // (n + 1)
+            return (np.arange(0, n + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64) + cfg["steps_offset"]
+        ratio = T / n  # trailing
+        return np.arange(last, 0, -ratio).round().copy().astype(np.int64) - 1
+
+    def _round(self, t: np.ndarray) -> np.ndarray:
+        # diffusers rounds the timesteps of these sigma schedules except for the cosine betas (then truncates).
+        return t if self._config["beta_schedule"] == "squaredcos_cap_v2" else t.round()
+
+    # -- the coefficient table ------------------------------------------------------------------------------------
+
+    def _orders(self, begin: int) -> list[int]:
+        """The order of each step of a loop that starts at step `begin` (diffusers' step(): lower orders first
+        and, for short schedules or a zero final sigma, at the end)."""
+        cfg, n = self._config, self.num_inference_steps
+        orders = [1] * n
+        for i in range(begin, n):
+            taken = min(i - begin, cfg["solver_order"])  # diffusers' lower_order_nums before step i
+            final = i == n - 1 and (cfg["euler_at_final"] or (cfg["lower_order_final"] and n < 15)
+                                    or cfg["final_sigmas_type"] == "zero")
+            second = i == n - 2 and cfg["lower_order_final"] and n < 15
+            if cfg["solver_order"] == 1 or taken < 1 or final:
+                orders[i] = 1
+            elif cfg["solver_order"] == 2 or taken < 2 or second:
+                orders[i] = 2
+            else:
+                orders[i] = 3
+        return orders
+
+    def _host_table(self, begin: int) -> np.ndarray:
+        """(num_inference_steps, NUM_COEFS) float64 rows, one per step, for a loop starting at `begin`."""
+        cfg, n = self._config, self.num_inference_steps
+        sig = self.sigmas.numpy().astype(np.float64)
+        alpha = 1.0 / np.sqrt(sig**2 + 1.0)
+        s = sig * alpha
+        with np.errstate(divide="ignore"):
+            lam = np.log(alpha) - np.log(s)  # +inf at a zero final sigma
+        table = np.zeros((n, NUM_COEFS))
+        col = _COLUMN
+        for i, order in enumerate(self._orders(begin)):
+            a_s, s_s, a_t, s_t = alpha[i], s[i], alpha[i + 1], s[i + 1]
+            pred = cfg["prediction_type"]
+            a, b = {"epsilon": (1.0 / a_s, -s_s / a_s), "sample": (0.0, 1.0), "v_prediction": (a_s, -s_s)}[pred]
+            h = lam[i + 1] - lam[i]
+            with np.errstate(over="ignore", invalid="ignore"):
+                weights, x_coef, noise_std = self._update_weights(order, h, a_t, s_t, s_s, lam, i)
+            # D = (D0, D1, D2) as combinations of (x0, x0_1, x0_2).
+            D = np.zeros((3, 3))
+            D[0, 0] = 1.0
+            if order >= 2:
+                r0 = (lam[i] - lam[i - 1]) / h
+                d1_0 = np.array([1.0, -1.0, 0.0]) / r0
+                if order == 2:
+                    D[1] = d1_0
+                else:
+                    r1 = (lam[i - 1] - lam[i - 2]) / h
+                    d1_1 = np.array([0.0, 1.0, -1.0]) / r1
+                    D[1] = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+                    D[2] = (d1_0 - d1_1) / (r0 + r1)
+            on_x0 = weights @ D  # weights of x0, x0_1, x0_2
+            row = table[i]
+            row[col["x0_from_sample"]], row[col["x0_from_model"]] = a, b
+            row[col["prev_from_sample"]] = x_coef
+            row[col["prev_from_x0"]] = on_x0[0]
+            row[col["prev_from_history1"]] = on_x0[1]
+            row[col["prev_from_history2"]] = on_x0[2]
+            row[col["noise_std"]] = noise_std
+        return table
+
+    def _update_weights(self, order, h, a_t, s_t, s_s, lam, i):
+        """(weights of D0, D1, D2; coefficient of x; noise std) of one step (the formulas in the module doc)."""
+        cfg = self._config
+        heun = cfg["solver_type"] == "heun" or order == 3
+        if cfg["algorithm_type"] == "dpmsolver++":
+            phi = math.expm1(-h) if np.isfinite(h) else -1.0
+            w0 = -a_t * phi
+            w1 = a_t * (phi / h + 1.0) if heun else -0.5 * a_t * phi
+            w2 = -a_t * ((phi + h) / h**2 - 0.5) if order == 3 else 0.0
+            return np.array([w0, w1 if order >= 2 else 0.0, w2]), s_t / s_s, 0.0
+        one_minus = -math.expm1(-2.0 * h) if np.isfinite(h) else 1.0  # 1 - e^{-2h}
+        w0 = a_t * one_minus
+        w1 = a_t * (one_minus / (-2.0 * h) + 1.0) if heun else 0.5 * a_t * one_minus
+        w2 = a_t * ((one_minus - 2.0 * h) / (2.0 * h) ** 2 - 0.5) if order == 3 else 0.0
+        x_coef = s_t / s_s * (math.exp(-h) if np.isfinite(h) else 0.0)
+        return np.array([w0, w1 if order >= 2 else 0.0, w2]), x_coef, s_t * math.sqrt(one_minus)
+
+    def _table(self, device: torch.device, dtype: torch.dtype, begin: int) -> torch.Tensor:
+        key = (device, dtype, begin)
+        table = self._tables.get(key)
+        if table is None:
+            table = torch.from_numpy(self._host_table(begin)).to(device=device, dtype=dtype)
+            self._tables[key] = table
+        return table
+
+    def coefficient_table(self, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The (num_inference_steps, 11) table gencore.ops.sampler_step reads, one row per step (see the module
+        doc), for a loop from the first step (or set_begin_index's)."""
+        if self.num_inference_steps is None:
+            raise RuntimeError("call set_timesteps first")
+        return self._table(_device(device), dtype, self._begin_index or 0)
+
+    # -- stepping -------------------------------------------------------------------------------------------------
+
+    def index_for_timestep(self, timestep, schedule_timesteps: torch.Tensor | None = None) -> int:
+        """The step at `timestep` in the schedule. diffusers' rule, but for the first timestep: a repeated timestep
+        means its second step (a loop that starts mid-schedule, image-to-image), one off the schedule the last step.
+        The schedule's own first timestep is step 0 even when repeated: diffusers starts such a loop (cosine betas
+        with Karras sigmas, 10 steps: 998, 998, ...) at step 1 and runs off the end of its sigmas."""
+        schedule = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        t = int(timestep.item()) if isinstance(timestep, torch.Tensor) else int(timestep)
+        hits = (schedule.cpu() == t).nonzero().flatten().tolist()
+        if not hits:
+            return len(schedule) - 1
+        if hits[0] == 0:
+            return 0
+        return hits[1] if len(hits) > 1 else hits[0]
+
+    def _rows(self, timestep, sample: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Each sample's row of the table (an (N,) int64 tensor on sample's device) and the step index."""
+        n = sample.shape[0]
+        if isinstance(timestep, torch.Tensor) and timestep.dim() == 1 and timestep.numel() == n and n > 1:
+            schedule = self.timesteps.to(sample.device)
+            if len(set(self.timesteps.tolist())) != len(self.timesteps):
+                raise ValueError("per-sample timesteps need a schedule that visits each timestep once (this one "
+                                 "repeats some: use one timestep for the batch)")
+            hit = timestep.to(sample.device).reshape(-1, 1) == schedule.reshape(1, -1)
+            rows = hit.to(torch.int64).argmax(dim=1)  # found on the device: no host read per step
+            if self._step_index is None:
+                self._step_index = self._begin_index or 0
+            return rows, self._step_index
+        if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
+            raise ValueError(f"timestep must be an int, a 0-d tensor or a tensor of shape ({n},); got shape "
+                             f"{tuple(timestep.shape)}")
+        if self._step_index is None:
+            if self._begin_index is not None:
+                self._step_index = self._begin_index
+            else:  # the first step of a loop: one host read, as in diffusers
+                self._step_index = self.index_for_timestep(timestep.reshape(()) if isinstance(
+                    timestep, torch.Tensor) else timestep)
+        return torch.full((n,), self._step_index, dtype=torch.int64, device=sample.device), self._step_index
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+             generator: torch.Generator | None = None, variance_noise: torch.Tensor | None = None,
+             return_dict: bool = True, *, model_output_uncond: torch.Tensor | None = None,
+             guidance_scale: float = 1.0, philox_seed: int | None = None, philox_offset: int | None = None):
+        """One multistep DPM-Solver++ step (fused: gencore.ops.sampler_step with the history of predictions).
+
+        Args (diffusers'): model_output, timestep (an int or 0-d tensor on the schedule; or one per sample, an (N,)
+        tensor), sample, generator / variance_noise (the SDE variant's noise), return_dict. gencore's:
+        model_output_uncond and guidance_scale (classifier-free guidance in the step), philox_seed /
+        philox_offset (in-kernel noise for the SDE variant; philox_offset defaults to the step index).
+
+        Returns: SchedulerOutput(prev_sample, pred_original_sample = this step's data prediction), or the tuple.
+        """
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        cfg = self._config
+        if not isinstance(sample, torch.Tensor) or not sample.dtype.is_floating_point:
+            raise TypeError("sample must be a floating-point tensor")
+        if not isinstance(model_output, torch.Tensor) or model_output.device != sample.device:
+            raise ValueError("model_output must be a tensor on sample's device")
+        if cfg["variance_type"] is not None and model_output.dim() >= 2 and model_output.shape[1] == 2 * \
+                sample.shape[1]:
+            model_output = model_output[:, :sample.shape[1]]  # the prediction; the variance half is unused
+            if model_output_uncond is not None:
+                model_output_uncond = model_output_uncond[:, :sample.shape[1]]
+        if model_output.shape != sample.shape:
+            raise ValueError(f"model_output has shape {tuple(model_output.shape)} but sample has shape "
+                             f"{tuple(sample.shape)}")
+        rows, index = self._rows(timestep, sample)
+        if index >= self.num_inference_steps:
+            raise ValueError(f"the schedule's {self.num_inference_steps} steps are done; call set_timesteps again")
+        coefs = self._table(sample.device, _coef_dtype(sample.dtype), self._begin_index or 0)
+        model_output = model_output.to(sample.dtype)
+        if model_output_uncond is not None:
+            model_output_uncond = model_output_uncond.to(sample.dtype)
+        noise, offset = None, 0
+        if cfg["algorithm_type"] == "sde-dpmsolver++":
+            if philox_seed is not None:
+                if variance_noise is not None or generator is not None:
+                    raise ValueError("philox_seed draws the noise in the kernel: do not also pass "
+                                     "generator/variance_noise")
+                offset = index if philox_offset is None else _int("philox_offset", philox_offset, 0)
+            elif variance_noise is not None:
+                if not isinstance(variance_noise, torch.Tensor) or variance_noise.shape != sample.shape:
+                    raise ValueError(f"variance_noise must be a tensor shaped like sample {tuple(sample.shape)}")
+                noise = variance_noise.to(device=sample.device, dtype=sample.dtype)
+            else:
+                noise = _randn(sample.shape, generator, sample.device, sample.dtype)
+        else:
+            philox_seed = None
+        threshold = None
+        if cfg["thresholding"]:
+            threshold = self._threshold(model_output, sample, rows, coefs, model_output_uncond, guidance_scale)
+        if isinstance(timestep, torch.Tensor) and timestep.dim() == 1 and sample.shape[0] > 1:
+            order = self._config["solver_order"]  # rows of any order: every kept history (weighed 0 where unused)
+        else:
+            order = self._orders(self._begin_index or 0)[index]
+        history1 = self.model_outputs[-1] if order >= 2 else None
+        history2 = self.model_outputs[-2] if order >= 3 else None
+        for h in (history1, history2):
+            if h is not None and h.shape != sample.shape:
+                raise ValueError("the solver's history does not match this sample's shape: call set_timesteps "
+                                 "before a new loop")
+        history1, history2 = _present(history1, history2)
+        prev, x0 = sampler_step(model_output, sample, rows, coefs, model_output_uncond=model_output_uncond,
+                                guidance_scale=float(guidance_scale), threshold=threshold, noise=noise,
+                                philox_seed=philox_seed, philox_offset=offset, history1=history1,
+                                history2=history2)
+        self.model_outputs = self.model_outputs[1:] + [x0]
+        self.lower_order_nums = min(self.lower_order_nums + 1, cfg["solver_order"])
+        self._step_index = index + 1
+        out = SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+        return out if return_dict else out.to_tuple()
+
+    def _threshold(self, model_output, sample, rows, coefs, uncond, guidance_scale) -> torch.Tensor:
+        """Dynamic thresholding's per-sample level s = clamp(quantile(|x0|, ratio), 1, sample_max_value)."""
+        cfg = self._config
+        compute = _coef_dtype(sample.dtype)
+        view = (-1,) + (1,) * (sample.dim() - 1)
+        c = coefs[rows].to(compute)
+        m = model_output.to(compute)
+        if uncond is not None:
+            u = uncond.to(compute)
+            m = u + guidance_scale * (m - u)
+        x0 = (c[:, _COLUMN["x0_from_sample"]].reshape(view) * sample.to(compute)
+              + c[:, _COLUMN["x0_from_model"]].reshape(view) * m)
+        s = _per_sample_quantile(x0.abs().reshape(sample.shape[0], -1), cfg["dynamic_thresholding_ratio"])
+        return torch.clamp(s, min=1, max=cfg["sample_max_value"])  # in the compute dtype: float64 stays exact
+
+    # -- the forward process --------------------------------------------------------------------------------------
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """x_t = alpha x0 + s noise at the sigma of each timestep's step (diffusers' rule for this scheduler: the
+        schedule's sigmas, so that image-to-image starts where the loop's first step expects)."""
+        if not isinstance(timesteps, torch.Tensor):
+            timesteps = torch.tensor([int(timesteps)] * original_samples.shape[0])
+        timesteps = timesteps.reshape(-1)
+        if self._begin_index is not None:
+            index = [self._begin_index] * timesteps.numel()
+        elif self._step_index is not None:
+            index = [self._step_index] * timesteps.numel()
+        else:
+            index = [self.index_for_timestep(t) for t in timesteps.cpu()]
+        sig = self.sigmas.to(torch.float64)[index]
+        alpha = 1.0 / torch.sqrt(sig**2 + 1)
+        view = (-1,) + (1,) * (original_samples.dim() - 1)
+        a = alpha.reshape(view).to(original_samples.device, original_samples.dtype)
+        s = (sig * alpha).reshape(view).to(original_samples.device, original_samples.dtype)
+        return a * original_samples + s * noise
+
+
+def _present(history1, history2):
+    """sampler_step takes history2 only beside history1."""
+    if history1 is None:
+        return None, None
+    return history1, history2
+
+
+def _ramp(low: float, high: float, n: int, rho: float) -> np.ndarray:
+    """n values from high to low, uniform in value^(1/rho) (rho = 7: Karras et al.'s sigmas; rho = 1: uniform)."""
+    lo, hi = low ** (1 / rho), high ** (1 / rho)
+    return (hi + np.linspace(0, 1, n) * (lo - hi)) ** rho
+
+
+def _sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
+    """The fractional timestep of each sigma: linear interpolation of log sigma in the training schedule."""
+    log_sigma = np.log(np.maximum(sigmas, 1e-10))
+    above = (log_sigma[None, :] - log_sigmas[:, None]) >= 0
+    low = np.cumsum(above, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high = low + 1
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high]), 0, 1)
+    return ((1 - w) * low + w * high).reshape(sigmas.shape)
