@@ -88,6 +88,12 @@ def test_train_resume_sample(capsys, tmp_path):
 
     images = load_file(tensors)["images"]
     assert images.shape == (5, 1, 28, 28) and images.dtype == torch.float32 and images.abs().max() <= 1
+    # DPM-Solver++ from the same checkpoint (its default of 20 steps; 3 here)
+    code, out, err = run(capsys, "sample", "--checkpoint", run_dir, "--n", "3", "--sampler", "dpm++", "--steps", "3",
+                         "--out", tensors, "--progressive")
+    assert code == 0, err
+    images = load_file(tensors)["images"]
+    assert images.shape == (3, 1, 28, 28) and torch.isfinite(images).all()
     code, _, err = run(capsys, "sample", "--checkpoint", run_dir, "--out", str(tmp_path / "s.jpg"))
     assert code == 2 and "--out must end in .png or .safetensors" in err and "Traceback" not in err
 

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..training.ddpm import DEFAULT_STEPS, SAMPLERS
 from ._args import non_negative_float, positive_int, resolve_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -36,9 +37,11 @@ def add_parser(sub, name):
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0, help="sampling seed for --checkpoint")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim",
-                   help="diffusion sampler for --checkpoint (default ddim)")
-    p.add_argument("--steps", type=positive_int, default=50, help="diffusion sampling steps for --checkpoint (default 50)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="diffusion sampler for --checkpoint: ddim, dpm++ (DPM-Solver++: as good in 20 steps as ddim "
+                        "in 50), ddpm")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="diffusion sampling steps for --checkpoint (default: 50 for ddim, 20 for dpm++, 1000 for ddpm)")
     p.add_argument("--eta", type=non_negative_float, default=0.0, help="DDIM eta for --checkpoint (default 0)")
     p.add_argument("--guidance-scale", type=non_negative_float, default=1.0,
                    help="classifier-free guidance scale for a class-conditional DDPM checkpoint (default 1)")
@@ -198,7 +201,8 @@ def evaluate(real, fake, *, device="cpu", batch_size: int = 500, splits: int = 1
 
 
 def run(args) -> int:
-
+    if args.steps is None:
+        args.steps = DEFAULT_STEPS[args.sampler]
     device = str(resolve_device(args.device))
     for name in ("n", "batch_size", "splits", "k"):
         if getattr(args, name) < 1:
