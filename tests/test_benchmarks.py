@@ -42,3 +42,14 @@ def test_group_norm_silu_cases_cover_providers_and_modes():
     ref = next(c for c in cs if c.provider == "reference" and c.mode == "forward+backward")
     grads = ref.setup()()
     assert len(grads) == 4
+
+
+def test_every_quick_sampler_step_case_runs():
+    """Each case's setup and one call, without timing: a case that no longer matches the op (the coefficient table
+    grew to 11 columns and the DDIM case still built 9) must fail here, not in a user's `gencore bench`."""
+    from gencore.benchmarks.sampler_step import MODES, cases
+
+    cs = [c for c in cases("cpu", quick=True) if c.provider != "torch_compile"]  # compiling is bench's business
+    assert {c.mode for c in cs} == set(MODES)
+    for case in cs:
+        case.setup()()

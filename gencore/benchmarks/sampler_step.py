@@ -1,4 +1,5 @@
-"""Benchmark cases of gencore.ops.sampler_step: one DDIM update step (epsilon prediction, clip_sample=True).
+"""Benchmark cases of gencore.ops.sampler_step: one DDIM update step (epsilon prediction, clip_sample=True), and one
+DPM-Solver++ 2M step (the multistep update: the previous step's data prediction is a third input).
 
 Providers: reference (eager PyTorch twin), torch_compile (the twin under torch.compile), diffusers (diffusers'
 DDIMScheduler.step() configured the same way, where diffusers is installed), cpu / cuda / triton (gencore's
@@ -9,12 +10,14 @@ Modes, all at the same timestep t = 500 of a 50-step schedule out of 1000 (linea
     "ddim eta=1 noise"    stochastic DDIM with the variance noise given as a tensor (diffusers: variance_noise=).
     "ddim eta=1 philox"   stochastic DDIM drawing its own noise: gencore's in-kernel Philox (reference: the Philox
                           twin in plain PyTorch) against diffusers drawing randn from a generator inside step().
+    "dpm++ 2M"            step 10 of 20 of DPM-Solver++ 2M (second order: reads the previous data prediction);
+                          diffusers: DPMSolverMultistepScheduler.step() with its history set to the same tensor.
 
 Shapes: (64, 1, 28, 28) MNIST, (16, 4, 64, 64) an SD latent batch, (4, 3, 256, 256) pixel space; float32 on CPU,
 float16 on CUDA. quick=True: one small shape (CI smoke runs and `gencore bench --quick`).
 
 Bytes moved: reads model_output and sample, writes prev_sample and pred_original_sample (4 x numel), plus the noise
-read in "eta=1 noise" (5 x). The coefficient table and timesteps are negligible.
+read in "eta=1 noise" or the history in "dpm++ 2M" (5 x). The coefficient table and timesteps are negligible.
 """
 from __future__ import annotations
 
@@ -23,12 +26,14 @@ import math
 
 import torch
 
+from ..reference.sampler_step import NUM_COEFS
 from . import Case, memcpy_case
 
 OP = "sampler_step"
 SHAPES = [(64, 1, 28, 28), (16, 4, 64, 64), (4, 3, 256, 256)]
 QUICK_SHAPES = [(2, 4, 16, 16)]
-MODES = ("ddim eta=0", "ddim eta=1 noise", "ddim eta=1 philox")
+MODES = ("ddim eta=0", "ddim eta=1 noise", "ddim eta=1 philox", "dpm++ 2M")
+DPM_STEPS, DPM_INDEX = 20, 10
 NUM_TRAIN_TIMESTEPS = 1000
 NUM_INFERENCE_STEPS = 50
 TIMESTEP = 500
@@ -56,7 +61,7 @@ def ddim_table(eta: float, dtype: torch.dtype = torch.float32, device="cpu") -> 
     beta_t = 1 - abar_t
     variance = (1 - abar_prev) / beta_t * (1 - abar_t / abar_prev)
     sigma = eta * variance.sqrt()
-    table = torch.zeros(NUM_TRAIN_TIMESTEPS, 9, dtype=torch.float64)
+    table = torch.zeros(NUM_TRAIN_TIMESTEPS, NUM_COEFS, dtype=torch.float64)
     table[:, 0] = 1 / abar_t.sqrt()                 # x0 = (x - sqrt(1 - abar) eps) / sqrt(abar)
     table[:, 1] = -(beta_t.sqrt()) / abar_t.sqrt()
     table[:, 3] = 1.0                               # eps = model_output
@@ -106,11 +111,46 @@ def _diffusers_scheduler(device):
     return scheduler
 
 
+def _dpm_setup(provider: str, sample, model_output, history):
+    """One DPM-Solver++ 2M step at step DPM_INDEX of DPM_STEPS (second order)."""
+    if provider == "diffusers":
+        from diffusers import DPMSolverMultistepScheduler
+
+        scheduler = DPMSolverMultistepScheduler()
+        scheduler.set_timesteps(DPM_STEPS, device=sample.device)
+        t = scheduler.timesteps[DPM_INDEX]
+        scheduler.lower_order_nums = 2
+
+        def diffusers_step():  # its state rewound so that every call is the same second-order step
+            scheduler._step_index = DPM_INDEX
+            scheduler.model_outputs = [None, history]
+            return scheduler.step(model_output, t, sample, return_dict=False)
+        return diffusers_step
+    from ..diffusion import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler()
+    scheduler.set_timesteps(DPM_STEPS)
+    acc = torch.float64 if sample.dtype == torch.float64 else torch.float32
+    coefs = scheduler.coefficient_table(sample.device, acc)
+    rows = torch.full((sample.shape[0],), DPM_INDEX, dtype=torch.long, device=sample.device)
+    if provider == "reference":
+        from ..reference.sampler_step import sampler_step_ref
+        return lambda: sampler_step_ref(model_output, sample, rows, coefs, history1=history)
+    if provider == "torch_compile":
+        compiled = _compiled_reference()
+        return lambda: compiled(model_output, sample, rows, coefs, history1=history)
+    from ..ops import sampler_step
+    return lambda: sampler_step(model_output, sample, rows, coefs, history1=history, backend=provider)
+
+
 def _setup(provider: str, shape, dtype: torch.dtype, device: str, mode: str):
     def setup():
         gen = torch.Generator().manual_seed(0)
         sample = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
         model_output = torch.randn(shape, generator=gen).to(device=device, dtype=dtype)
+        if mode.startswith("dpm++"):
+            return _dpm_setup(provider, sample, model_output,
+                              torch.randn(shape, generator=gen).to(device=device, dtype=dtype))
         noise = torch.randn(shape, generator=gen).to(device=device, dtype=dtype) if mode.endswith("noise") else None
         eta = _eta(mode)
         philox = mode.endswith("philox")
@@ -149,7 +189,7 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
         label = "(" + ",".join(map(str, shape)) + ")"
         numel_bytes = math.prod(shape) * dtype.itemsize
         for mode in MODES:
-            nbytes = (5 if mode.endswith("noise") else 4) * numel_bytes
+            nbytes = (5 if mode.endswith("noise") or mode.startswith("dpm++") else 4) * numel_bytes
             for provider in _providers(device, mode):
                 out.append(Case(OP, provider, label, dname, mode, nbytes, _setup(provider, shape, dtype, device,
                                                                                      mode)))

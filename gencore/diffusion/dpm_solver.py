@@ -55,8 +55,8 @@ import torch
 from ..ops.sampler_step import sampler_step
 from ..reference.sampler_step import COEF_COLUMNS, NUM_COEFS
 from .scheduler_config import SchedulerMixin
-from .schedulers import (PREDICTION_TYPES, TIMESTEP_SPACINGS, SchedulerOutput, _bool, _choice, _coef_dtype, _device,
-                         _float, _int, _per_sample_quantile, _randn)
+from .schedulers import (LEARNED_VARIANCE_TYPES, PREDICTION_TYPES, TIMESTEP_SPACINGS, VARIANCE_TYPES, SchedulerOutput,
+                         _bool, _choice, _coef_dtype, _device, _float, _int, _per_sample_quantile, _randn)
 from .schedules import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
 
 ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
@@ -137,7 +137,9 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
                 lambda_min_clipped):
             raise TypeError(f"lambda_min_clipped must be a float (-inf: no clipping), got {lambda_min_clipped!r}")
         v["lambda_min_clipped"] = float(lambda_min_clipped)
-        _choice("variance_type", variance_type, (None, "learned", "learned_range"))
+        # A DDPM config's fixed variances mean nothing to an ODE solver (diffusers ignores them too); a learned one
+        # means the model outputs 2C channels, of which the solver uses the prediction.
+        _choice("variance_type", variance_type, (None,) + VARIANCE_TYPES)
         _choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
         v["steps_offset"] = _int("steps_offset", steps_offset, 0)
         _choice("time_shift_type", time_shift_type, ("exponential",))
@@ -418,8 +420,8 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
             raise TypeError("sample must be a floating-point tensor")
         if not isinstance(model_output, torch.Tensor) or model_output.device != sample.device:
             raise ValueError("model_output must be a tensor on sample's device")
-        if cfg["variance_type"] is not None and model_output.dim() >= 2 and model_output.shape[1] == 2 * \
-                sample.shape[1]:
+        learned = cfg["variance_type"] in LEARNED_VARIANCE_TYPES
+        if learned and model_output.dim() >= 2 and model_output.shape[1] == 2 * sample.shape[1]:
             model_output = model_output[:, :sample.shape[1]]  # the prediction; the variance half is unused
             if model_output_uncond is not None:
                 model_output_uncond = model_output_uncond[:, :sample.shape[1]]
