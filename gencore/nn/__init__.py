@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..ops.group_norm_silu import group_norm_silu
+from .diffusers_blocks import fuse_resnet_block, has_closing_norm_pair
 
 __all__ = ["GroupNorm", "GroupNormSiLU", "convert"]
 
@@ -96,12 +97,19 @@ def convert(module: nn.Module) -> nn.Module:
 
     Inside every nn.Sequential, a torch.nn.GroupNorm immediately followed by nn.SiLU becomes GroupNormSiLU +
     nn.Identity (indices, and so state_dict keys, stay the same); every other torch.nn.GroupNorm becomes
-    gencore.nn.GroupNorm. Parameters are shared, not copied. Returns the module (a new one only when `module`
-    itself is a GroupNorm).
+    gencore.nn.GroupNorm. diffusers' models (recognised by class; diffusers is not imported): every ResnetBlock2D
+    runs both of its GroupNorm + SiLU and its time-embedding add (or scale/shift) in the fused op, and a closing
+    conv_norm_out + conv_act pair becomes GroupNormSiLU + Identity (gencore/nn/diffusers_blocks.py). Parameters are
+    shared, not copied. Returns the module (a new one only when `module` itself is a GroupNorm).
     """
     if type(module) is nn.GroupNorm:
         return _fused_copy(GroupNorm, module)
     for parent in list(module.modules()):
+        if fuse_resnet_block(parent):
+            continue  # its norm1 / norm2 are read by the fused forward; they stay torch GroupNorm modules
+        if has_closing_norm_pair(parent):
+            parent.conv_norm_out = _fused_copy(GroupNormSiLU, parent.conv_norm_out)
+            parent.conv_act = nn.Identity()
         names = list(parent._modules.keys())
         if isinstance(parent, nn.Sequential):
             for i in range(len(names) - 1):
