@@ -1,30 +1,21 @@
 // Every gencore operator schema, in one place. Kernels register per device in <op>.cpp (CPU) and
-// cuda/<op>.cpp (CUDA); Python adds fake implementations and autograd (gencore/ops/<op>.py), except the
-// gradient-penalty ops, whose autograd is C++ (gradient_penalty_autograd.cpp).
+// cuda/<op>.cpp (CUDA); Python adds fake implementations and autograd (gencore/ops/<op>.py), the same for every op.
 #include <Python.h>
 #include <torch/library.h>
 
 #include <string>
-#include <vector>
 
 #include "cpu_output_pool.h"
-#include "python_entry.h"
 
 #ifndef GENCORE_CPU_ISA
 #define GENCORE_CPU_ISA "generic"
 #endif
 
 extern "C" {
-// Importing the extension runs the static registrations below; its few Python functions are eager entry points
-// (python_entry.h). Everything else is reached through torch.ops.gencore.
+// Importing the extension runs the static registrations below; everything is reached through torch.ops.gencore.
 PyObject* PyInit__C(void) {
-  static std::vector<PyMethodDef> methods = [] {
-    std::vector<PyMethodDef> all;
-    gencore::add_gradient_penalty_methods(all);
-    all.push_back({nullptr, nullptr, 0, nullptr});
-    return all;
-  }();
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods.data()};
+  static PyMethodDef no_methods[] = {{nullptr, nullptr, 0, nullptr}};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, no_methods};
   return PyModule_Create(&module_def);
 }
 }

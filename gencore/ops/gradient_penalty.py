@@ -4,13 +4,12 @@
     gradient_norm_penalty(grad, center, one_sided)     per-sample ||grad[n]|| over all non-batch dims and
                                                        mean_n (||grad[n]|| - center)^2, one pass; backward one pass
 
-Layers:
-    gencore::gp_interpolate, gp_norm_penalty_fwd / _bwd        C++ schemas (csrc/gencore.cpp); CPU and CUDA kernels;
-                                                                autograd in C++ (csrc/gradient_penalty_autograd.cpp).
-    gencore._C.gp_interpolate, gp_norm_penalty_fwd             eager entry points of the C++ ops: the same
-                                                                dispatcher calls without torch.ops' Python layer
-                                                                (csrc/gradient_penalty_python.cpp).
+Layers (the anatomy of every gencore op):
+    gencore::gp_interpolate, gp_norm_penalty_fwd / _bwd        C++ schemas (csrc/gencore.cpp); CPU and CUDA kernels.
     gencore::gp_interpolate_triton, gp_norm_penalty_*_triton   triton_op wrappers of gencore.kernels.gradient_penalty.
+    autograd (one for both pairs)                               register_autograd: setup_context saves what the
+                                                                backward needs; the backward calls the pair's
+                                                                registered backward op.
     gradient_penalty_interpolate(...), gradient_norm_penalty(...)   the public functions: checks, backend, dispatch.
 
 gencore.gan.gradient_penalty puts them around the critic: interpolate, critic forward, autograd.grad with
@@ -38,10 +37,6 @@ def stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-_FLOAT_DTYPES = frozenset((torch.float16, torch.bfloat16, torch.float32, torch.float64))
-_INF = math.inf
-
-
 def check_batch(name: str, x) -> None:
     """x is a floating-point tensor (N, *) with N >= 1 samples, each non-empty."""
     check_float_tensor(name, x, min_dim=1, allow_empty=True)
@@ -51,24 +46,8 @@ def check_batch(name: str, x) -> None:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
 
 
-# The two checks below run on every critic step, before kernels that take a few microseconds at MNIST size, and
-# each tensor attribute read costs ~0.1 us in Python. So each first tests the common valid case in one expression
-# (reading each attribute once) and only on failure runs the step-by-step checks that find and name the problem.
-
-
 def check_interpolate_args(real, fake, alpha) -> torch.Tensor:
     """Checks real/fake/alpha and returns alpha as (N,). alpha may be (N,) or the textbook (N, 1, ..., 1)."""
-    if isinstance(real, torch.Tensor) and isinstance(fake, torch.Tensor) and isinstance(alpha, torch.Tensor):
-        shape, dtype, device = real.shape, real.dtype, real.device
-        if (dtype in _FLOAT_DTYPES and shape and shape[0] and fake.shape == shape and fake.dtype == dtype
-                and alpha.dtype == dtype and fake.device == device and alpha.device == device and real.numel()):
-            alpha_shape = alpha.shape
-            if len(alpha_shape) == 1 and alpha_shape[0] == shape[0]:
-                return alpha
-    return _check_interpolate_args_slowly(real, fake, alpha)
-
-
-def _check_interpolate_args_slowly(real, fake, alpha) -> torch.Tensor:
     check_batch("real", real)
     check_like("fake", fake, real, "real", real.shape)
     n = real.shape[0]
@@ -85,12 +64,6 @@ def _check_interpolate_args_slowly(real, fake, alpha) -> torch.Tensor:
 def check_penalty_args(grad, center, one_sided, grad_scale) -> None:
     """grad: a non-empty floating-point batch; center >= 0 and grad_scale > 0, finite (int or float, not bool);
     one_sided a bool."""
-    if (isinstance(grad, torch.Tensor) and grad.dtype in _FLOAT_DTYPES and type(one_sided) is bool
-            and type(center) in (float, int) and type(grad_scale) in (float, int)
-            and 0 <= center < _INF and 0 < grad_scale < _INF):  # NaN fails every comparison
-        shape = grad.shape
-        if shape and shape[0] and grad.numel():
-            return
     check_batch("grad", grad)
     for name, value in (("center", center), ("grad_scale", grad_scale)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -129,7 +102,7 @@ def _penalty_bwd_fake(grad_penalty, grad, norms, center, one_sided, grad_scale):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Autograd of the Triton ops (the C++ ops have theirs in C++: csrc/gradient_penalty_autograd.cpp, the same math).
+# Autograd, shared by the C++ and the Triton op pairs.
 
 
 def _interpolate_setup_context(ctx, inputs, output):
@@ -156,22 +129,23 @@ def _penalty_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(norms)
 
 
-def _penalty_backward(ctx, grad_penalty, _grad_norms):
-    """d penalty / d grad (None for center, one_sided, grad_scale)."""
-    if not ctx.needs_input_grad[0]:
-        return None, None, None, None
-    grad, norms = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        # A graph of the backward was asked for (create_graph=True, gradgradcheck): recompute through the
-        # reference, which differentiates to any order. The WGAN-GP step itself never takes this path: its
-        # penalty.backward() runs the fused kernel below, whose output then flows through the critic's graph.
-        with torch.enable_grad():
-            penalty, _ = gradient_norm_penalty_ref(grad, ctx.center, ctx.one_sided, ctx.grad_scale)
-            (grad_grad,) = torch.autograd.grad(penalty, grad, grad_penalty, create_graph=True)
-    else:
-        grad_grad = torch.ops.gencore.gp_norm_penalty_bwd_triton(grad_penalty, grad, norms, ctx.center, ctx.one_sided,
-                                                                 ctx.grad_scale)
-    return grad_grad, None, None, None
+def _make_penalty_backward(bwd_op):
+    def backward(ctx, grad_penalty, _grad_norms):
+        """d penalty / d grad (None for center, one_sided, grad_scale)."""
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        grad, norms = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # A graph of the backward was asked for (create_graph=True, gradgradcheck): recompute through the
+            # reference, which differentiates to any order. The WGAN-GP step itself never takes this path: its
+            # penalty.backward() runs the fused kernel below, whose output then flows through the critic's graph.
+            with torch.enable_grad():
+                penalty, _ = gradient_norm_penalty_ref(grad, ctx.center, ctx.one_sided, ctx.grad_scale)
+                (grad_grad,) = torch.autograd.grad(penalty, grad, grad_penalty, create_graph=True)
+        else:
+            grad_grad = bwd_op(grad_penalty, grad, norms, ctx.center, ctx.one_sided, ctx.grad_scale)
+        return grad_grad, None, None, None
+    return backward
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -179,13 +153,17 @@ def _penalty_backward(ctx, grad_penalty, _grad_norms):
 
 
 def _register_cpp_ops() -> None:
-    """Fake implementations for the schemas that csrc/gencore.cpp declared (needs the extension). Their autograd is
-    C++ (csrc/gradient_penalty_autograd.cpp): at MNIST size a Python autograd layer cost more than the kernels."""
+    """Fake implementations and autograd for the schemas that csrc/gencore.cpp declared (needs the extension)."""
     if not _extension.loaded():
         return
     torch.library.register_fake("gencore::gp_interpolate")(_interpolate_fake)
     torch.library.register_fake("gencore::gp_norm_penalty_fwd")(_penalty_fwd_fake)
     torch.library.register_fake("gencore::gp_norm_penalty_bwd")(_penalty_bwd_fake)
+    torch.library.register_autograd("gencore::gp_interpolate", _interpolate_backward,
+                                    setup_context=_interpolate_setup_context)
+    torch.library.register_autograd("gencore::gp_norm_penalty_fwd",
+                                    _make_penalty_backward(torch.ops.gencore.gp_norm_penalty_bwd),
+                                    setup_context=_penalty_setup_context)
 
 
 def _register_triton_ops() -> None:
@@ -210,20 +188,12 @@ def _register_triton_ops() -> None:
         return tk.gp_norm_penalty_bwd(grad_penalty, grad, norms, center, one_sided, grad_scale)
 
     gp_interpolate_triton.register_autograd(_interpolate_backward, setup_context=_interpolate_setup_context)
-    gp_norm_penalty_fwd_triton.register_autograd(_penalty_backward, setup_context=_penalty_setup_context)
+    gp_norm_penalty_fwd_triton.register_autograd(_make_penalty_backward(torch.ops.gencore.gp_norm_penalty_bwd_triton),
+                                                 setup_context=_penalty_setup_context)
 
 
 _register_cpp_ops()
 _register_triton_ops()
-
-# Eager calls on the C++ backends go through gencore._C's entry points (csrc/gradient_penalty_python.cpp): the same
-# dispatcher ops without torch.ops' Python layer, with the argument checks in C++, ~4 us less per call at MNIST size
-# (a pass there takes 2-5 us). They answer NotImplemented for anything but plainly valid plain tensors; the torch.ops
-# path below then runs, and its checks raise the exception that names the problem. Compiled code uses torch.ops.
-_CPP_BACKENDS = ("cpu", "cuda")
-_eager = _extension.module()
-if not hasattr(_eager, "gp_norm_penalty_fwd"):  # no extension (GENCORE_SKIP_EXT=1), or one built without them
-    _eager = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -244,12 +214,8 @@ def gradient_penalty_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: 
         x_hat with real's shape and dtype (and layout, when each sample is one dense block; see the module doc),
         computed in float32 for half inputs. Differentiable w.r.t. real, fake and alpha, to any order.
     """
-    name = backends.resolve(backend, real.device, IMPLEMENTED) if isinstance(real, torch.Tensor) else None
-    if name in _CPP_BACKENDS and _eager is not None and not torch.compiler.is_compiling():
-        x_hat = _eager.gp_interpolate(real, fake, alpha)
-        if x_hat is not NotImplemented:
-            return x_hat
-    alpha = check_interpolate_args(real, fake, alpha)  # raises unless real is a tensor, so name was resolved
+    alpha = check_interpolate_args(real, fake, alpha)
+    name = backends.resolve(backend, real.device, IMPLEMENTED)
     if name == "reference":
         return interpolate_ref(real, fake, alpha)
     op = torch.ops.gencore.gp_interpolate_triton if name == "triton" else torch.ops.gencore.gp_interpolate
@@ -276,12 +242,8 @@ def gradient_norm_penalty(grad: torch.Tensor, center: float = 1.0, one_sided: bo
         the reference when a graph of it is asked for). Exact and finite where a sample's norm is 0 (its gradient is
         then 0, as torch.linalg.vector_norm's). Deterministic: fixed-order reductions, no atomics.
     """
-    name = backends.resolve(backend, grad.device, IMPLEMENTED) if isinstance(grad, torch.Tensor) else None
-    if name in _CPP_BACKENDS and _eager is not None and not torch.compiler.is_compiling():
-        out = _eager.gp_norm_penalty_fwd(grad, center, one_sided, grad_scale)
-        if out is not NotImplemented:
-            return out if return_norms else out[0]
-    check_penalty_args(grad, center, one_sided, grad_scale)  # raises unless grad is a tensor, so name was resolved
+    check_penalty_args(grad, center, one_sided, grad_scale)
+    name = backends.resolve(backend, grad.device, IMPLEMENTED)
     if name == "reference":
         penalty, norms = gradient_norm_penalty_ref(grad, float(center), one_sided, float(grad_scale))
         norms = norms.detach()
