@@ -56,7 +56,7 @@ from ..ops.sampler_step import sampler_step
 from ..reference.sampler_step import COEF_COLUMNS, NUM_COEFS
 from .scheduler_config import SchedulerMixin
 from .schedulers import (LEARNED_VARIANCE_TYPES, PREDICTION_TYPES, TIMESTEP_SPACINGS, VARIANCE_TYPES, SchedulerOutput,
-                         _bool, _choice, _coef_dtype, _device, _float, _int, _per_sample_quantile, _randn)
+                         _bool, _choice, _coef_dtype, _device, _float, _int, _randn, threshold_levels)
 from .schedules import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
 
 ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
@@ -452,7 +452,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
             philox_seed = None
         threshold = None
         if cfg["thresholding"]:
-            threshold = self._threshold(model_output, sample, rows, coefs, model_output_uncond, guidance_scale)
+            threshold = threshold_levels(model_output, sample, rows, coefs, model_output_uncond, guidance_scale, cfg)
         if isinstance(timestep, torch.Tensor) and timestep.dim() == 1 and sample.shape[0] > 1:
             order = self._config["solver_order"]  # rows of any order: every kept history (weighed 0 where unused)
         else:
@@ -473,21 +473,6 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         self._step_index = index + 1
         out = SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
         return out if return_dict else out.to_tuple()
-
-    def _threshold(self, model_output, sample, rows, coefs, uncond, guidance_scale) -> torch.Tensor:
-        """Dynamic thresholding's per-sample level s = clamp(quantile(|x0|, ratio), 1, sample_max_value)."""
-        cfg = self._config
-        compute = _coef_dtype(sample.dtype)
-        view = (-1,) + (1,) * (sample.dim() - 1)
-        c = coefs[rows].to(compute)
-        m = model_output.to(compute)
-        if uncond is not None:
-            u = uncond.to(compute)
-            m = u + guidance_scale * (m - u)
-        x0 = (c[:, _COLUMN["x0_from_sample"]].reshape(view) * sample.to(compute)
-              + c[:, _COLUMN["x0_from_model"]].reshape(view) * m)
-        s = _per_sample_quantile(x0.abs().reshape(sample.shape[0], -1), cfg["dynamic_thresholding_ratio"])
-        return torch.clamp(s, min=1, max=cfg["sample_max_value"])  # in the compute dtype: float64 stays exact
 
     # -- the forward process --------------------------------------------------------------------------------------
 

@@ -202,6 +202,23 @@ def _per_sample_quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
     return torch.lerp(below, above, frac)
 
 
+def threshold_levels(model_output, sample, rows, coefs, uncond, guidance_scale, config) -> torch.Tensor:
+    """Dynamic thresholding's per-sample level s (Imagen, Saharia et al. 2022), a reduction before the fused step:
+    s = clamp(quantile(|x0|, dynamic_thresholding_ratio), 1, sample_max_value) over each sample's elements, where x0
+    is the unclipped prediction of row `rows[n]` of `coefs`; the step then clamps x0 to [-s, s] and divides by s.
+    In the compute dtype, so that float64 samples keep float64 levels."""
+    compute = _coef_dtype(sample.dtype)
+    view = (-1,) + (1,) * (sample.dim() - 1)
+    c = coefs[rows].to(compute)
+    m = model_output.to(compute)
+    if uncond is not None:
+        u = uncond.to(compute)
+        m = u + guidance_scale * (m - u)
+    x0 = c[:, X0_FROM_SAMPLE].reshape(view) * sample.to(compute) + c[:, X0_FROM_MODEL].reshape(view) * m
+    s = _per_sample_quantile(x0.abs().reshape(sample.shape[0], -1), config["dynamic_thresholding_ratio"])
+    return torch.clamp(s, min=1, max=config["sample_max_value"])
+
+
 def _device(device) -> torch.device:
     """A canonical device key: None is the CPU, "cuda" is the current CUDA device (what tensors report)."""
     device = torch.device("cpu") if device is None else torch.device(device)
@@ -515,22 +532,7 @@ class _DiscreteScheduler(SchedulerMixin):
                              f"{tuple(sample.shape)}; they must match")
 
     def _threshold(self, model_output, sample, ts, coefs, uncond, guidance_scale) -> torch.Tensor:
-        """Dynamic thresholding's per-sample level s (Imagen, Saharia et al. 2022): a separate reduction.
-
-        s = clamp(quantile(|x0|, dynamic_thresholding_ratio), 1, sample_max_value) over each sample's elements,
-        where x0 is the unclipped prediction; the fused step then clamps x0 to [-s, s] and divides by s.
-        """
-        cfg = self._config
-        compute = _coef_dtype(sample.dtype)
-        view = (-1,) + (1,) * (sample.dim() - 1)
-        c = coefs[ts].to(compute)
-        m = model_output.to(compute)
-        if uncond is not None:
-            u = uncond.to(compute)
-            m = u + guidance_scale * (m - u)
-        x0 = c[:, X0_FROM_SAMPLE].reshape(view) * sample.to(compute) + c[:, X0_FROM_MODEL].reshape(view) * m
-        s = _per_sample_quantile(x0.abs().reshape(sample.shape[0], -1), cfg["dynamic_thresholding_ratio"])
-        return torch.clamp(s, min=1, max=cfg["sample_max_value"])  # in the compute dtype: float64 stays exact
+        return threshold_levels(model_output, sample, ts, coefs, uncond, guidance_scale, self._config)
 
     def _fused_step(self, model_output, sample, ts, coefs, *, noise, uncond, guidance_scale, philox_seed,
                     philox_offset, return_dict):
