@@ -32,13 +32,9 @@ def optimize(model: nn.Module, *, compile: bool = True, channels_last: bool = Tr
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     model.eval()
-    try:
-        from .nn import convert
-    except ImportError:  # gencore.nn without convert (older tree): the model keeps its own layers
-        convert = None
-    if convert is not None:
-        converted = convert(model)
-        model = converted if isinstance(converted, nn.Module) else model
+    from .nn import convert
+
+    model = convert(model)
     if channels_last and _has_4d_convs(model):
         model = model.to(memory_format=torch.channels_last)
     if compile:

@@ -34,9 +34,7 @@ from ..reference.sampler_step import (NUM_COEFS, TARGETS, compute_dtype, diffusi
 from ._checks import check_fake_devices, check_float_tensor
 from .group_norm_silu import is_channels_last, output_like
 
-# Filled in by the registrations below: "cpu"/"cuda" when the compiled extension has the kernels (an extension built
-# before these ops existed simply lacks them), "triton" when gencore.kernels.sampler_step imports.
-IMPLEMENTED: tuple[str, ...] = ("reference",)
+IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 
 
 def _in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -213,10 +211,8 @@ def _training_backward(ctx, grad_noisy, grad_velocity):
 
 def _register_cpp_ops() -> None:
     """Fake implementations and autograd for the schemas that csrc/gencore.cpp declared (needs the extension)."""
-    global IMPLEMENTED
-    if not _extension.loaded() or not hasattr(torch.ops.gencore, "sampler_step"):
+    if not _extension.loaded():
         return
-    IMPLEMENTED += tuple(d.lower() for d in ("CPU", "CUDA") if _extension.has_kernel("sampler_step", d))
     torch.library.register_fake("gencore::sampler_step")(_sampler_step_fake)
     torch.library.register_fake("gencore::diffusion_training_inputs")(_training_fake)
     torch.library.register_fake("gencore::philox_uint32")(_philox_fake)
@@ -230,9 +226,6 @@ def _register_triton_ops() -> None:
     except ImportError:  # no triton here: the backend reports itself unavailable
         return
     from torch.library import triton_op
-
-    global IMPLEMENTED
-    IMPLEMENTED += ("triton",)
 
     @triton_op("gencore::sampler_step_triton", mutates_args=())
     def sampler_step_triton(model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
