@@ -301,3 +301,26 @@ def test_drop_in_for_a_diffusers_pipeline():
     got = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=10,
                output_type="np").images
     assert abs(got - expected).max() < 1e-4
+
+
+def test_image_to_image_from_a_begin_index_and_add_noise_match_diffusers(diffusers_float64):
+    """Image-to-image: add_noise at the schedule's step k, set_begin_index(k), and the loop from there (its first steps
+    are lower order again, counted from k): equal to diffusers in float64."""
+    for config in (dict(), dict(solver_order=3, use_karras_sigmas=True), dict(algorithm_type="sde-dpmsolver++")):
+        theirs, ours = diffusers_float64(**config), DPMSolverMultistepScheduler(**config)
+        theirs.set_timesteps(20)
+        ours.set_timesteps(20)
+        begin = 7
+        theirs.set_begin_index(begin)
+        ours.set_begin_index(begin)
+        x0, noise = _rand(seed=3), _rand(seed=4)
+        t_start = theirs.timesteps[begin:begin + 1].repeat(SHAPE[0])
+        x_t = theirs.add_noise(x0, noise, t_start)
+        x_o = ours.add_noise(x0, noise, t_start)
+        torch.testing.assert_close(x_o, x_t, rtol=1e-6, atol=1e-6)
+        gen = torch.Generator().manual_seed(1)
+        for t in theirs.timesteps[begin:]:
+            z = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
+            x_t = theirs.step(_model(x_t, t), t, x_t, variance_noise=z).prev_sample
+            x_o = ours.step(_model(x_o, t), t, x_o, variance_noise=z).prev_sample
+            assert (x_o - x_t).abs().max() <= 1e-6 * max(1.0, float(x_t.abs().max())), (config, int(t))
