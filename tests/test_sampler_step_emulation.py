@@ -100,6 +100,7 @@ def _make(shape, dtype, *, seed=0, T=10):
 
 SHAPES = {
     "vector-path-numel-60": (3, 3, 4, 5),
+    "wide-half-path-numel-64": (3, 4, 4, 4),  # float16/bfloat16: 8 elements (16 bytes) per thread
     "element-path-numel-105": (3, 3, 7, 5),
     "1d-samples": (5,),
     "several-blocks": (2, 3, 40, 41),

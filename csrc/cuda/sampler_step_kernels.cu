@@ -4,7 +4,8 @@
 // N * ceil(numel / 4) groups. The thread gathers its sample's coefficient row from the device-side table (the
 // timestep clamped to [0, T): the binding adds a device-side assert, and the kernel never reads out of bounds), then
 // reads and writes its 4 elements once. Contiguous samples whose size is a multiple of 4 use one vector load/store
-// per tensor (16 bytes for float32); other sizes and the channels-last layout go element by element. With Philox
+// per tensor (16 bytes for float32); float16 / bfloat16 ones whose size is a multiple of 8 take two groups per thread,
+// so that their accesses are 16 bytes too; other sizes and the channels-last layout go element by element. With Philox
 // noise, the group's 4 words are exactly the 4 normals the thread needs (gencore/reference/philox.py), so in-kernel
 // noise costs one Philox4x32-10 per 4 elements and no memory traffic.
 //
@@ -24,52 +25,53 @@ namespace gencore {
 namespace cuda {
 namespace {
 
-// Four elements as one aligned vector access (the caller guarantees 4-element alignment).
-template <typename T>
-struct alignas(4 * sizeof(T)) Pack4 {
-  T v[4];
+// E elements as one aligned vector access (the caller guarantees E-element alignment).
+template <typename T, int E>
+struct alignas(E * sizeof(T)) Pack {
+  T v[E];
 };
 
-// Reads / writes the 4 (or, at the end of a sample, fewer) elements of one group.
-template <typename T, bool VEC, bool CHANNELS_LAST>
+// Reads / writes the E (or, at the end of a sample, fewer) elements of one work item: E = 4 is one Philox counter
+// group; E = 8 (two groups) gives 16-byte accesses for float16 / bfloat16.
+template <typename T, int E, bool VEC, bool CHANNELS_LAST>
 struct GroupIO {
-  int64_t mem[4];
+  int64_t mem[E];
   int count;
 
   __device__ GroupIO(int64_t n, int64_t e0, const SamplerDims& d) {
-    count = static_cast<int>(d.numel - e0 < 4 ? d.numel - e0 : 4);
+    count = static_cast<int>(d.numel - e0 < E ? d.numel - e0 : E);
     const int64_t base = n * d.numel;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < E; ++j) {
       const int64_t e = e0 + j;
       mem[j] = CHANNELS_LAST ? base + (e % d.S) * d.C + e / d.S : base + e;
     }
   }
 
   template <typename A>
-  __device__ void load(const void* ptr, A out[4]) const {
+  __device__ void load(const void* ptr, A out[E]) const {
     const T* p = static_cast<const T*>(ptr);
-    if (VEC) {  // count == 4 and mem[0] % 4 == 0
-      const Pack4<T> pack = *reinterpret_cast<const Pack4<T>*>(p + mem[0]);
+    if (VEC) {  // count == E and mem[0] % E == 0
+      const Pack<T, E> pack = *reinterpret_cast<const Pack<T, E>*>(p + mem[0]);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) out[j] = to_acc(pack.v[j]);
+      for (int j = 0; j < E; ++j) out[j] = to_acc(pack.v[j]);
     } else {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) out[j] = j < count ? to_acc(p[mem[j]]) : A(0);
+      for (int j = 0; j < E; ++j) out[j] = j < count ? to_acc(p[mem[j]]) : A(0);
     }
   }
 
   template <typename A>
-  __device__ void store(void* ptr, const A in[4]) const {
+  __device__ void store(void* ptr, const A in[E]) const {
     T* p = static_cast<T*>(ptr);
     if (VEC) {
-      Pack4<T> pack;
+      Pack<T, E> pack;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) pack.v[j] = from_acc<T>(in[j]);
-      *reinterpret_cast<Pack4<T>*>(p + mem[0]) = pack;
+      for (int j = 0; j < E; ++j) pack.v[j] = from_acc<T>(in[j]);
+      *reinterpret_cast<Pack<T, E>*>(p + mem[0]) = pack;
     } else {
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+      for (int j = 0; j < E; ++j)
         if (j < count) p[mem[j]] = from_acc<T>(in[j]);
     }
   }
@@ -123,10 +125,10 @@ __device__ __forceinline__ int64_t clamped_row(const int64_t* timesteps, int64_t
 // ---------------------------------------------------------------------------------------------------------------
 // Kernels
 
-template <typename T, bool VEC, bool CHANNELS_LAST>
+template <typename T, int E, bool VEC, bool CHANNELS_LAST>
 __global__ void __launch_bounds__(kThreads) sampler_step_kernel(SamplerStepArgs a) {
   using A = Acc<T>;
-  const int64_t groups = (a.dims.numel + 3) / 4;
+  const int64_t groups = (a.dims.numel + E - 1) / E;  // work items per sample, E / 4 Philox groups each
   const int64_t total = a.dims.N * groups;
   const A guidance = static_cast<A>(a.guidance_scale);
   const A clip = static_cast<A>(a.clip_range);
@@ -139,28 +141,30 @@ __global__ void __launch_bounds__(kThreads) sampler_step_kernel(SamplerStepArgs 
     const A* c = coefs + clamped_row(a.timesteps, n, a.T) * kNumCoefs;
     const A c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3], c4 = c[4], c5 = c[5], c6 = c[6], c7 = c[7], c8 = c[8];
     const A c9 = a.history1 ? c[9] : A(0), c10 = a.history2 ? c[10] : A(0);
-    const GroupIO<T, VEC, CHANNELS_LAST> io(n, 4 * g, a.dims);
-    A x[4], m[4], z[4] = {A(0), A(0), A(0), A(0)};
+    const GroupIO<T, E, VEC, CHANNELS_LAST> io(n, E * g, a.dims);
+    A x[E], m[E], z[E], h1[E], h2[E];
+#pragma unroll
+    for (int j = 0; j < E; ++j) z[j] = h1[j] = h2[j] = A(0);
     io.load(a.sample, x);
     io.load(a.model_output, m);
     if (a.uncond) {
-      A u[4];
+      A u[E];
       io.load(a.uncond, u);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) m[j] = u[j] + guidance * (m[j] - u[j]);
+      for (int j = 0; j < E; ++j) m[j] = u[j] + guidance * (m[j] - u[j]);
     }
     if (a.noise) {
       io.load(a.noise, z);
     } else if (a.philox) {
-      philox_normals(a.seed, a.offset, n, g, z);
+#pragma unroll
+      for (int q = 0; q < E / 4; ++q) philox_normals(a.seed, a.offset, n, (E / 4) * g + q, z + 4 * q);
     }
-    A h1[4] = {A(0), A(0), A(0), A(0)}, h2[4] = {A(0), A(0), A(0), A(0)};
     if (a.history1) io.load(a.history1, h1);
     if (a.history2) io.load(a.history2, h2);
-    A prev[4], x0[4];
+    A prev[E], x0[E];
     const A s = threshold ? threshold[n] : A(0);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < E; ++j) {
       A p0 = c0 * x[j] + c1 * m[j];
       if (threshold) {
         p0 = exact_div(static_cast<A>(fmin(fmax(p0, -s), s)), s);  // IEEE division under --use_fast_math
@@ -188,7 +192,7 @@ __global__ void __launch_bounds__(kThreads) training_inputs_kernel(TrainingInput
     const int64_t g = item - n * groups;
     const A* c = coefs + clamped_row(a.timesteps, n, a.T) * 2;
     const A c0 = c[0], c1 = c[1];
-    const GroupIO<T, VEC, CHANNELS_LAST> io(n, 4 * g, a.dims);
+    const GroupIO<T, 4, VEC, CHANNELS_LAST> io(n, 4 * g, a.dims);
     A x[4], z[4], out[4];
     io.load(a.x0, x);
     io.load(a.noise, z);
@@ -242,11 +246,19 @@ cudaError_t dispatch_layout(const Args& a, const void* const* ptrs, int num_ptrs
 
 template <typename T>
 cudaError_t sampler_step_typed(const SamplerStepArgs& a, cudaStream_t stream) {
-  const int64_t items = a.dims.N * ((a.dims.numel + 3) / 4);
   const void* ptrs[] = {a.model_output, a.sample, a.uncond, a.noise, a.history1, a.history2, a.prev, a.x0};
+  if constexpr (sizeof(T) == 2) {
+    // float16 / bfloat16: two counter groups per thread, so that each access is 16 bytes wide.
+    bool wide = !a.dims.channels_last && a.dims.numel % 8 == 0;
+    for (const void* p : ptrs) wide = wide && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0);
+    if (wide) {
+      return launch(sampler_step_kernel<T, 8, true, false>, blocks_for(a.dims.N * (a.dims.numel / 8)), stream, a);
+    }
+  }
+  const int64_t items = a.dims.N * ((a.dims.numel + 3) / 4);
   return dispatch_layout<T>(a, ptrs, 8, [&](auto vec, auto channels_last) {
-    return launch(sampler_step_kernel<T, decltype(vec)::value, decltype(channels_last)::value>, blocks_for(items),
-                  stream, a);
+    return launch(sampler_step_kernel<T, 4, decltype(vec)::value, decltype(channels_last)::value>,
+                  blocks_for(items), stream, a);
   });
 }
 
