@@ -41,10 +41,21 @@ struct GroupIO {
   __device__ GroupIO(int64_t n, int64_t e0, const SamplerDims& d) {
     count = static_cast<int>(d.numel - e0 < E ? d.numel - e0 : E);
     const int64_t base = n * d.numel;
+    if (CHANNELS_LAST) {
+      // Logical element e = c * S + s sits at s * C + c. One 64-bit division for the item's first element; the
+      // next ones step s and wrap to the next channel.
+      int64_t c = e0 / d.S, s = e0 - c * d.S;
 #pragma unroll
-    for (int j = 0; j < E; ++j) {
-      const int64_t e = e0 + j;
-      mem[j] = CHANNELS_LAST ? base + (e % d.S) * d.C + e / d.S : base + e;
+      for (int j = 0; j < E; ++j) {
+        mem[j] = base + s * d.C + c;
+        if (++s == d.S) {
+          s = 0;
+          ++c;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < E; ++j) mem[j] = base + e0 + j;
     }
   }
 
