@@ -48,9 +48,10 @@ def _stats(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# (N, D): one chunk, several chunks with a ragged tail, batch 1 over many chunks, one element per sample.
+# (N, D): one chunk, several chunks with a ragged tail, batch 1 over many chunks, one element per sample; and D a
+# multiple of 8 (MNIST's 784; chunks with a short last one), where every dtype takes the 16-byte vector path.
 SHAPES = {"one-chunk": (5, 77), "ragged-chunks": (3, 2 * 4096 + 13), "batch1-many-chunks": (1, 5 * 4096 + 1),
-          "one-element": (7, 1)}
+          "one-element": (7, 1), "vector-mnist-784": (6, 784), "vector-chunks": (3, 3 * 4096 + 64)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdint>
 
 #ifdef GENCORE_CUDA_HOST_EMULATION
 #include "host_emulation.h"  // tests only: runs the kernels on CPU fibers (tests/test_*_emulation.py)
@@ -30,6 +31,17 @@ struct AccOf<double> {
 };
 template <class T>
 using Acc = typename AccOf<T>::type;
+
+// V elements loaded or stored with one instruction (16 bytes for kVecWidth<T> elements); the caller guarantees the
+// alignment.
+template <class T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+template <class T>
+constexpr int kVecWidth = static_cast<int>(16 / sizeof(T));
+
+inline bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }

@@ -36,34 +36,46 @@ __device__ A block_sum(A v) {
   return total;     // valid in thread 0
 }
 
-template <typename T>
+// V = 1: element by element; V = kVecWidth<T>: 16-byte accesses (d % V == 0 and every tensor 16-byte aligned, so
+// each sample starts aligned too).
+template <typename T, int V>
 __global__ void interpolate_kernel(const T* __restrict__ real, const T* __restrict__ fake, const T* __restrict__ alpha,
                                    T* __restrict__ out, int64_t n, int64_t d) {
   using A = Acc<T>;
+  using P = Pack<T, V>;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t s = blockIdx.y; s < n; s += gridDim.y) {
     const A a = to_acc(alpha[s]);
     const A b = A(1) - a;
     const int64_t base = s * d;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < d; i += step) {
-      out[base + i] = from_acc<T>(a * to_acc(real[base + i]) + b * to_acc(fake[base + i]));
+    for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < d; i += step * V) {
+      const P r = *reinterpret_cast<const P*>(real + base + i), f = *reinterpret_cast<const P*>(fake + base + i);
+      P o;
+#pragma unroll
+      for (int k = 0; k < V; ++k) o.v[k] = from_acc<T>(a * to_acc(r.v[k]) + b * to_acc(f.v[k]));
+      *reinterpret_cast<P*>(out + base + i) = o;
     }
   }
 }
 
-template <typename T>
+template <typename T, int V>
 __global__ void sumsq_kernel(const T* __restrict__ grad, Acc<T>* __restrict__ partial, int64_t n,
                              int64_t d, int64_t chunks) {
   using A = Acc<T>;
+  using P = Pack<T, V>;
   for (int64_t s = blockIdx.y; s < n; s += gridDim.y) {
     for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {
-      const int64_t start = c * kGpChunk;
+      const int64_t start = c * kGpChunk;  // a multiple of every V
       const int64_t stop = start + kGpChunk < d ? start + kGpChunk : d;
       const T* g = grad + s * d;
       A acc = 0;
-      for (int64_t i = start + threadIdx.x; i < stop; i += blockDim.x) {
-        const A v = to_acc(g[i]);
-        acc += v * v;
+      for (int64_t i = start + threadIdx.x * V; i < stop; i += blockDim.x * V) {
+        const P p = *reinterpret_cast<const P*>(g + i);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const A v = to_acc(p.v[k]);
+          acc += v * v;
+        }
       }
       acc = block_sum(acc);
       if (threadIdx.x == 0) partial[s * chunks + c] = acc;
@@ -90,7 +102,7 @@ __global__ void finalize_kernel(const A* __restrict__ partial, A* __restrict__ n
   if (threadIdx.x == 0) *penalty = exact_div(total, static_cast<A>(n));
 }
 
-template <typename T>
+template <typename T, int V>
 __global__ void penalty_bwd_kernel(const Acc<T>* __restrict__ grad_penalty, const T* __restrict__ grad,
                                    const Acc<T>* __restrict__ norms, T* __restrict__ out, int64_t n,
                                    int64_t d, Acc<T> center, bool one_sided,
@@ -106,8 +118,12 @@ __global__ void penalty_bwd_kernel(const Acc<T>* __restrict__ grad_penalty, cons
     // norm stays NaN (norm == 0 is false for it), as in the reference.
     const A coef = norm == A(0) ? A(0) : exact_div(gout * A(2) * dev * scale_sq, norm * static_cast<A>(n));
     const int64_t base = s * d;
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < d; i += step) {
-      out[base + i] = from_acc<T>(coef * to_acc(grad[base + i]));
+    for (int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < d; i += step * V) {
+      const Pack<T, V> g = *reinterpret_cast<const Pack<T, V>*>(grad + base + i);
+      Pack<T, V> o;
+#pragma unroll
+      for (int k = 0; k < V; ++k) o.v[k] = from_acc<T>(coef * to_acc(g.v[k]));
+      *reinterpret_cast<Pack<T, V>*>(out + base + i) = o;
     }
   }
 }
@@ -137,8 +153,11 @@ cudaError_t gp_interpolate(GpDtype dtype, const void* real, const void* fake, co
   if (n <= 0 || d <= 0) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    launch(interpolate_kernel<T>, elementwise_grid(n, d), stream, static_cast<const T*>(real),
-           static_cast<const T*>(fake), static_cast<const T*>(alpha), static_cast<T*>(out), n, d);
+    constexpr int V = kVecWidth<T>;
+    const bool vec = d % V == 0 && aligned16(real) && aligned16(fake) && aligned16(out);
+    launch(vec ? interpolate_kernel<T, V> : interpolate_kernel<T, 1>, elementwise_grid(n, d), stream,
+           static_cast<const T*>(real), static_cast<const T*>(fake), static_cast<const T*>(alpha),
+           static_cast<T*>(out), n, d);
   });
 }
 
@@ -152,7 +171,10 @@ cudaError_t gp_norm_penalty_fwd(GpDtype dtype, const void* grad, void* workspace
     using A = Acc<T>;
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(chunks, 1 << 20)),
                     static_cast<unsigned>(std::min<int64_t>(n, kMaxGridY)));
-    launch(sumsq_kernel<T>, grid, stream, static_cast<const T*>(grad), static_cast<A*>(workspace), n, d, chunks);
+    constexpr int V = kVecWidth<T>;
+    const bool vec = d % V == 0 && aligned16(grad);
+    launch(vec ? sumsq_kernel<T, V> : sumsq_kernel<T, 1>, grid, stream, static_cast<const T*>(grad),
+           static_cast<A*>(workspace), n, d, chunks);
     launch(finalize_kernel<A>, dim3(1), stream, static_cast<const A*>(workspace), static_cast<A*>(norms),
            static_cast<A*>(penalty), n, chunks, static_cast<A>(center), one_sided,
            static_cast<A>(grad_scale < 0 ? -grad_scale : grad_scale));
@@ -166,7 +188,10 @@ cudaError_t gp_norm_penalty_bwd(GpDtype dtype, const void* grad_penalty, const v
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     using A = Acc<T>;
-    launch(penalty_bwd_kernel<T>, elementwise_grid(n, d), stream, static_cast<const A*>(grad_penalty),
+    constexpr int V = kVecWidth<T>;
+    const bool vec = d % V == 0 && aligned16(grad) && aligned16(out);
+    launch(vec ? penalty_bwd_kernel<T, V> : penalty_bwd_kernel<T, 1>, elementwise_grid(n, d), stream,
+           static_cast<const A*>(grad_penalty),
            static_cast<const T*>(grad), static_cast<const A*>(norms), static_cast<T*>(out), n, d,
            static_cast<A>(center), one_sided, static_cast<A>(grad_scale * grad_scale));
   });

@@ -55,12 +55,6 @@ __device__ __forceinline__ Acc<T> opt(const T* p, int64_t i, Acc<T> absent) {
   return p != nullptr ? to_acc(p[i]) : absent;
 }
 
-// V elements loaded or stored with one instruction (16 bytes for the vectorized V).
-template <class T, int V>
-struct alignas(sizeof(T) * V) Pack {
-  T v[V];
-};
-
 __device__ __forceinline__ float exp_acc(float z) { return expf(z); }
 __device__ __forceinline__ double exp_acc(double z) { return exp(z); }
 __device__ __forceinline__ float rsqrt_acc(float v) { return rsqrtf(v); }

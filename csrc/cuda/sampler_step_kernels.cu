@@ -25,12 +25,6 @@ namespace gencore {
 namespace cuda {
 namespace {
 
-// E elements as one aligned vector access (the caller guarantees E-element alignment).
-template <typename T, int E>
-struct alignas(E * sizeof(T)) Pack {
-  T v[E];
-};
-
 // Reads / writes the E (or, at the end of a sample, fewer) elements of one work item: E = 4 is one Philox counter
 // group; E = 8 (two groups) gives 16-byte accesses for float16 / bfloat16.
 template <typename T, int E, bool VEC, bool CHANNELS_LAST>
@@ -261,7 +255,7 @@ cudaError_t sampler_step_typed(const SamplerStepArgs& a, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
     // float16 / bfloat16: two counter groups per thread, so that each access is 16 bytes wide.
     bool wide = !a.dims.channels_last && a.dims.numel % 8 == 0;
-    for (const void* p : ptrs) wide = wide && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0);
+    for (const void* p : ptrs) wide = wide && aligned16(p);
     if (wide) {
       return launch(sampler_step_kernel<T, 8, true, false>, blocks_for(a.dims.N * (a.dims.numel / 8)), stream, a);
     }
