@@ -5,6 +5,7 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -33,7 +34,7 @@ size_t limit_from_env() {
 class OutputPool {
  public:
   c10::DataPtr allocate(size_t nbytes, size_t page_offset) {
-    if (nbytes < kMinPooledBytes || limit_ == 0) return c10::GetDefaultCPUAllocator()->allocate(nbytes);
+    if (nbytes < kMinPooledBytes || limit_.load() == 0) return c10::GetDefaultCPUAllocator()->allocate(nbytes);
     char* block = nullptr;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -68,6 +69,22 @@ class OutputPool {
     return released;
   }
 
+  std::vector<int64_t> stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {static_cast<int64_t>(cached_), static_cast<int64_t>(limit_.load())};
+  }
+
+  // A new bound; the cache is emptied when it holds more than the new limit (0 also turns the cache off).
+  void set_limit(size_t bytes) {
+    bool drop = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      limit_.store(bytes);
+      drop = cached_ > bytes;
+    }
+    if (drop) empty_cache();
+  }
+
   static OutputPool& get() {
     static OutputPool* pool = new OutputPool();  // never destroyed: tensors may outlive static destructors
     return *pool;
@@ -80,7 +97,7 @@ class OutputPool {
     OutputPool& pool = get();
     {
       std::lock_guard<std::mutex> lock(pool.mutex_);
-      if (pool.cached_ + nbytes <= pool.limit_) {
+      if (pool.cached_ + nbytes <= pool.limit_.load()) {
         pool.free_[nbytes].push_back(block);
         pool.cached_ += nbytes;
         return;
@@ -92,7 +109,7 @@ class OutputPool {
   std::mutex mutex_;
   std::unordered_map<size_t, std::vector<void*>> free_;
   size_t cached_ = 0;
-  const size_t limit_ = limit_from_env();
+  std::atomic<size_t> limit_{limit_from_env()};
 };
 
 // The c10::Allocator of the outputs at one page offset. A tensor's storage keeps its allocator (resize_ calls it
@@ -131,5 +148,13 @@ at::Tensor pooled_empty_like(const at::Tensor& t) {
 }
 
 int64_t cpu_empty_cache() { return OutputPool::get().empty_cache(); }
+
+std::vector<int64_t> cpu_cache_stats() { return OutputPool::get().stats(); }
+
+std::vector<int64_t> cpu_set_cache_limit(int64_t bytes) {
+  TORCH_CHECK(bytes >= 0, "the CPU output cache limit must be >= 0 bytes (0 turns the cache off), got ", bytes);
+  OutputPool::get().set_limit(static_cast<size_t>(bytes));
+  return OutputPool::get().stats();
+}
 
 }  // namespace gencore

@@ -11,6 +11,8 @@
 
 #include <ATen/ATen.h>
 
+#include <vector>
+
 namespace gencore {
 
 // An uninitialised CPU tensor of `sizes`, contiguous, with `like`'s dtype, whose storage comes from the pool and whose
@@ -29,5 +31,11 @@ at::Tensor pooled_empty_like(const at::Tensor& t);
 
 // Frees every cached buffer; returns the number of bytes released.
 int64_t cpu_empty_cache();
+
+// [bytes cached now, limit in bytes].
+std::vector<int64_t> cpu_cache_stats();
+
+// Sets the limit (0 turns the cache off; what it holds beyond the new limit is released); returns cpu_cache_stats().
+std::vector<int64_t> cpu_set_cache_limit(int64_t bytes);
 
 }  // namespace gencore

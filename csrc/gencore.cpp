@@ -28,6 +28,9 @@ TORCH_LIBRARY(gencore, m) {
   m.def("cpu_isa() -> str", &cpu_isa);
   // Releases the CPU output cache (csrc/cpu_output_pool.h); returns the bytes freed.
   m.def("cpu_empty_cache() -> int", &cpu_empty_cache);
+  // [bytes cached, limit]; and a new limit (0: off), returning the same.
+  m.def("cpu_cache_stats() -> int[]", &cpu_cache_stats);
+  m.def("cpu_set_cache_limit(int bytes) -> int[]", &cpu_set_cache_limit);
 
   // y = act(GroupNorm(x + temb) * (1 + scale) + shift); returns (y, mean, rstd), stats of shape (N, G).
   m.def("group_norm_silu_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? temb, Tensor? scale_shift, "

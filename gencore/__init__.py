@@ -6,10 +6,10 @@
         ...
 """
 from . import backends, nn, ops
-from .backends import available_backends, get_backend, set_backend, use_backend
+from .backends import available_backends, cpu_output_cache, get_backend, set_backend, use_backend
 from .optimize import optimize
 
 __version__ = "0.1.0"
 
-__all__ = ["available_backends", "backends", "get_backend", "nn", "ops", "optimize", "set_backend", "use_backend",
+__all__ = ["available_backends", "backends", "cpu_output_cache", "get_backend", "nn", "ops", "optimize", "set_backend", "use_backend",
            "__version__"]

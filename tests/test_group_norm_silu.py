@@ -506,3 +506,30 @@ def test_raw_triton_op_checks_its_arguments(backend):
         bwd(y, x, None, None, None, None, mean[:, :1], rstd, 2, True)
     with pytest.raises(ValueError, match="rstd"):
         bwd(y, x, None, None, None, None, mean, rstd.double(), 2, True)
+
+
+@pytest.mark.skipif(os.environ.get("GENCORE_CPU_CACHE_MB", "") == "0", reason="the output cache is turned off")
+def test_cpu_output_cache_is_visible_bounded_and_can_be_turned_off():
+    """The cpu backend's output cache (csrc/cpu_output_pool.h): gencore.cpu_output_cache() reports what it holds and
+    its limit, a limit of 0 turns it off (and releases what it held), and outputs are reused only while it is on."""
+    if "cpu" not in gencore.available_backends():
+        pytest.skip("no cpu backend here")
+    before = gencore.cpu_output_cache()
+    try:
+        x = torch.randn(2, 8, 128, 128)  # 1 MiB output: cached when freed
+        y = group_norm_silu(x, 4, backend="cpu")
+        ptr = y.data_ptr()
+        del y
+        held = gencore.cpu_output_cache()
+        assert held["cached_mb"] >= 1.0 and held["limit_mb"] == before["limit_mb"]
+        assert group_norm_silu(x, 4, backend="cpu").data_ptr() == ptr  # the freed buffer came back
+        off = gencore.cpu_output_cache(limit_mb=0)
+        assert off == {"cached_mb": 0.0, "limit_mb": 0.0}
+        y = group_norm_silu(x, 4, backend="cpu")
+        del y
+        assert gencore.cpu_output_cache()["cached_mb"] == 0.0  # off: nothing kept
+        with pytest.raises(ValueError, match="limit_mb"):
+            gencore.cpu_output_cache(limit_mb=-1)
+    finally:
+        gencore.cpu_output_cache(limit_mb=before["limit_mb"])
+    assert gencore.cpu_output_cache()["limit_mb"] == before["limit_mb"]

@@ -44,4 +44,8 @@ def run(args) -> int:
     print("backends:")
     for s in backends.status():
         print(f"  {s.name:<10} {'yes' if s.available else 'no ':<4} {s.reason}")
+    cache = backends.cpu_output_cache()
+    if cache is not None:
+        print(f"cpu output cache: {cache['cached_mb']:.0f} MB held, limit {cache['limit_mb']:.0f} MB "
+              "(GENCORE_CPU_CACHE_MB, or gencore.cpu_output_cache(limit_mb=...); 0 turns it off)")
     return 0

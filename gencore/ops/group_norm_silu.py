@@ -220,7 +220,8 @@ def group_norm_silu(
 
     The cpu backend takes outputs of 1 MiB or more from a bounded cache of freed output buffers (a fresh 40 MB
     allocation costs more in page faults than the whole op): at most GENCORE_CPU_CACHE_MB megabytes (default 1024,
-    0 disables it) stay cached; ``torch.ops.gencore.cpu_empty_cache()`` releases them.
+    0 disables it) stay cached; ``gencore.cpu_output_cache(limit_mb=...)`` reports and bounds them and
+    ``torch.ops.gencore.cpu_empty_cache()`` releases them.
     """
     check_args(x, num_groups, weight, bias, eps, temb, scale_shift, activation)
     name = backends.resolve(backend, x.device, IMPLEMENTED)
