@@ -219,6 +219,11 @@ def test_per_sample_timesteps_equal_one_timestep_for_the_batch():
         xa = a.step(_model(xa, t), t, xa).prev_sample
         xb = b.step(_model(xb, t), t.repeat(SHAPE[0]), xb).prev_sample
     torch.testing.assert_close(xa, xb, rtol=0, atol=1e-12)
+    # A per-sample timestep off the schedule is refused (its row used to be found as row 0, silently).
+    c = DPMSolverMultistepScheduler()
+    c.set_timesteps(12)
+    with pytest.raises(ValueError, match="not on the schedule"):
+        c.step(xb, torch.tensor([int(c.timesteps[0]), 5, int(c.timesteps[0])]), xb)
 
 
 def test_guidance_inside_the_step_equals_guidance_outside():

@@ -170,6 +170,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         self._step_index = None
         self._begin_index = None
         self._tables: dict = {}
+        self._repeats = False
 
     def __len__(self) -> int:
         return self._config["num_train_timesteps"]
@@ -248,6 +249,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         self._step_index = None
         self._begin_index = None
         self._tables = {}
+        self._repeats = len(set(self.timesteps.tolist())) != len(self.timesteps)  # once here: no host read per step
         self._table(_device(device), torch.float32, 0)
 
     def _spaced_timesteps(self, n: int) -> np.ndarray:
@@ -376,19 +378,26 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
             return 0
         return hits[1] if len(hits) > 1 else hits[0]
 
-    def _rows(self, timestep, sample: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Each sample's row of the table (an (N,) int64 tensor on sample's device) and the step index."""
+    def _rows(self, timestep, sample: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
+        """Each sample's row of the table (an (N,) int64 tensor on sample's device), the step index, and whether
+        the timesteps were per sample."""
         n = sample.shape[0]
         if isinstance(timestep, torch.Tensor) and timestep.dim() == 1 and timestep.numel() == n and n > 1:
-            schedule = self.timesteps.to(sample.device)
-            if len(set(self.timesteps.tolist())) != len(self.timesteps):
+            if self._repeats:
                 raise ValueError("per-sample timesteps need a schedule that visits each timestep once (this one "
                                  "repeats some: use one timestep for the batch)")
-            hit = timestep.to(sample.device).reshape(-1, 1) == schedule.reshape(1, -1)
-            rows = hit.to(torch.int64).argmax(dim=1)  # found on the device: no host read per step
+            hit = timestep.to(sample.device).reshape(-1, 1) == self.timesteps.to(sample.device).reshape(1, -1)
+            on_schedule = hit.any(dim=1).all()
+            if timestep.device.type == "cpu" and not torch.compiler.is_compiling():
+                if not bool(on_schedule):
+                    raise ValueError(f"timestep {timestep.tolist()} is not on the schedule in use "
+                                     f"{self.timesteps.tolist()}")
+            else:  # checked on the device, without a host read (argmax below would give row 0)
+                torch._assert_async(on_schedule, "a timestep is not on the schedule in use")
+            rows = hit.to(torch.int64).argmax(dim=1)
             if self._step_index is None:
                 self._step_index = self._begin_index or 0
-            return rows, self._step_index
+            return rows, self._step_index, True
         if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
             raise ValueError(f"timestep must be an int, a 0-d tensor or a tensor of shape ({n},); got shape "
                              f"{tuple(timestep.shape)}")
@@ -398,7 +407,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
             else:  # the first step of a loop: one host read, as in diffusers
                 self._step_index = self.index_for_timestep(timestep.reshape(()) if isinstance(
                     timestep, torch.Tensor) else timestep)
-        return torch.full((n,), self._step_index, dtype=torch.int64, device=sample.device), self._step_index
+        return torch.full((n,), self._step_index, dtype=torch.int64, device=sample.device), self._step_index, False
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: torch.Generator | None = None, variance_noise: torch.Tensor | None = None,
@@ -428,7 +437,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output has shape {tuple(model_output.shape)} but sample has shape "
                              f"{tuple(sample.shape)}")
-        rows, index = self._rows(timestep, sample)
+        rows, index, per_sample = self._rows(timestep, sample)
         if index >= self.num_inference_steps:
             raise ValueError(f"the schedule's {self.num_inference_steps} steps are done; call set_timesteps again")
         coefs = self._table(sample.device, _coef_dtype(sample.dtype), self._begin_index or 0)
@@ -453,7 +462,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         threshold = None
         if cfg["thresholding"]:
             threshold = threshold_levels(model_output, sample, rows, coefs, model_output_uncond, guidance_scale, cfg)
-        if isinstance(timestep, torch.Tensor) and timestep.dim() == 1 and sample.shape[0] > 1:
+        if per_sample:
             order = self._config["solver_order"]  # rows of any order: every kept history (weighed 0 where unused)
         else:
             order = self._orders(self._begin_index or 0)[index]
@@ -463,7 +472,6 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
             if h is not None and h.shape != sample.shape:
                 raise ValueError("the solver's history does not match this sample's shape: call set_timesteps "
                                  "before a new loop")
-        history1, history2 = _present(history1, history2)
         prev, x0 = sampler_step(model_output, sample, rows, coefs, model_output_uncond=model_output_uncond,
                                 guidance_scale=float(guidance_scale), threshold=threshold, noise=noise,
                                 philox_seed=philox_seed, philox_offset=offset, history1=history1,
@@ -494,13 +502,6 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         a = alpha.reshape(view).to(original_samples.device, original_samples.dtype)
         s = (sig * alpha).reshape(view).to(original_samples.device, original_samples.dtype)
         return a * original_samples + s * noise
-
-
-def _present(history1, history2):
-    """sampler_step takes history2 only beside history1."""
-    if history1 is None:
-        return None, None
-    return history1, history2
 
 
 def _ramp(low: float, high: float, n: int, rho: float) -> np.ndarray:
