@@ -122,13 +122,20 @@ def _find_cpu_error() -> str | None:
     return None
 
 
+# One entry point of each op (setup.py builds every op's CUDA binding into the extension, or none): the cuda backend
+# is available only when all of them have a CUDA kernel.
+CUDA_OPS = ("group_norm_silu_fwd", "sampler_step", "gp_interpolate")
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_error() -> str | None:
     err = _extension.error()
     if err:
         return err
-    if not _extension.has_kernel("group_norm_silu_fwd", "CUDA"):
-        return "gencore._C was built without CUDA kernels (no CUDA toolkit or a CPU build of torch at build time)"
+    missing = [op for op in CUDA_OPS if not _extension.has_kernel(op, "CUDA")]
+    if missing:
+        return (f"gencore._C was built without CUDA kernels for {', '.join(missing)} (no CUDA toolkit or a CPU build "
+                f"of torch at build time)")
     if not torch.cuda.is_available():
         return "no CUDA device is visible"
     return None

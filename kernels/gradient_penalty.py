@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference.gradient_penalty import per_sample_dense
+from .._rules import accumulation_dtype, per_sample_dense
 from .launch import wrap_triton
 from .scalars import float_bits, from_bits
 
@@ -130,10 +130,6 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 
-def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def gp_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     real, fake = _flat(real), _flat(fake)
     if real.stride() != fake.stride():
@@ -153,7 +149,7 @@ def gp_norm_penalty_fwd(grad: torch.Tensor, center: float, one_sided: bool,
     grad = _flat(grad)
     n = grad.shape[0]
     d = grad.numel() // n
-    stats = _stats_dtype(grad.dtype)
+    stats = accumulation_dtype(grad.dtype)
     chunks = max(1, triton.cdiv(d, BLOCK * ITERS))
     partial = torch.empty((n, chunks), dtype=stats, device=grad.device)
     norms = torch.empty((n,), dtype=stats, device=grad.device)
@@ -195,7 +191,7 @@ def aot_specs():
     options = {"num_warps": NUM_WARPS}
     specs = []
     for dtype, ptr in _PTR.items():
-        stats = _PTR[_stats_dtype(dtype)]
+        stats = _PTR[accumulation_dtype(dtype)]
         is_fp64 = dtype == torch.float64
         name = ptr[1:]
         specs.append((f"gp_interpolate_{name}", _gp_interpolate_kernel,

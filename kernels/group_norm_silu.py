@@ -40,9 +40,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from .._rules import accumulation_dtype, is_channels_last, output_like
 from .launch import wrap_triton
-
-from gencore.ops.group_norm_silu import check_args, is_channels_last, output_like
 
 # Elements per tile of the (spatial, channel) passes: 1024 values = 8 per thread at 4 warps, so a backward tile (x,
 # gy and a few temporaries) stays in registers.
@@ -377,10 +376,6 @@ def _param_grad_kernel(gw_part_ptr, gb_part_ptr, gw_ptr, gb_ptr, has_w, has_b, N
 # Host side: layout, launch plan, launchers
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _served(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """The tensor the kernels read (x itself when dense in either layout, else a contiguous copy), and whether its
     channels are innermost. With S == 1 both layouts are the same (n*C + c): it is read as channels-last."""
@@ -423,13 +418,6 @@ def launch_plan(n: int, c: int, spatial: int, channels_last: bool) -> dict:
                 SPLIT=triton.cdiv(spatial, chunk_s))
 
 
-def _check(x, weight, bias, temb, scale_shift, num_groups, eps, silu) -> None:
-    """The public op's checks, repeated here because the triton_op can be called directly (torch.ops.gencore.*)."""
-    check_args(x, num_groups, weight, bias, eps, temb, scale_shift, "silu" if silu else None)
-    if x.dtype not in _TORCH_TO_TRITON:
-        raise TypeError(f"x: unsupported dtype {x.dtype}")
-
-
 def group_norm_silu_fwd(x, weight, bias, temb, scale_shift, num_groups, eps, silu):
     """Forward launcher: (y, mean, rstd); y in x's layout and dtype; mean (N, G) float64 and rstd (N, G) float32
     (float64 for float64): the rule of gencore.ops.group_norm_silu's module doc.
@@ -437,12 +425,11 @@ def group_norm_silu_fwd(x, weight, bias, temb, scale_shift, num_groups, eps, sil
     x: (N, C, *spatial), float16/bfloat16/float32/float64, on a CUDA device (or CPU under TRITON_INTERPRET=1);
     weight, bias: (C,) or None; temb: (N, C) or None; scale_shift: (N, 2C) or None; all in x's dtype.
     """
-    _check(x, weight, bias, temb, scale_shift, num_groups, eps, silu)
     n, c = x.shape[:2]
     spatial = x.numel() // (n * c)
     xs, channels_last = _served(x)
     plan = launch_plan(n, c, spatial, channels_last)
-    acc = _accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     y = output_like(x)
     mean = torch.empty((n, num_groups), dtype=torch.float64, device=x.device)
     rstd = torch.empty((n, num_groups), dtype=acc, device=x.device)
@@ -472,9 +459,8 @@ def group_norm_silu_bwd(grad_out, x, weight, bias, temb, scale_shift, mean, rstd
     are contiguous, in their input's dtype, and a 0-element tensor for each input that is None. mean and rstd are
     the forward's saved statistics.
     """
-    _check(x, weight, bias, temb, scale_shift, num_groups, 0.0, silu)
     n, c = x.shape[:2]
-    acc = _accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     if tuple(grad_out.shape) != tuple(x.shape):
         raise ValueError(f"grad_out must have x's shape {tuple(x.shape)}, got {tuple(grad_out.shape)}")
     for name, stat, dtype in (("mean", mean, torch.float64), ("rstd", rstd, acc)):

@@ -31,6 +31,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from .._rules import is_channels_last, to_layout
 from .launch import wrap_triton
 
 from .scalars import float_bits, from_bits
@@ -188,16 +189,6 @@ def _philox_uint32_kernel(out_ptr, chunks, numel, seed: tl.int64, offset_lo: tl.
 # Host launchers
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
-    return x.dim() >= 3 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
-
-
-def _in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    if channels_last:
-        return t if _is_channels_last(t) else t.movedim(1, -1).contiguous().movedim(-1, 1)
-    return t.contiguous()
-
-
 def _dims(x: torch.Tensor) -> tuple[int, int, int, int]:
     """(N, numel per sample, C, S): C = size(1) (1 for 1-D samples), S = numel / C."""
     n = x.shape[0]
@@ -209,14 +200,14 @@ def _dims(x: torch.Tensor) -> tuple[int, int, int, int]:
 
 def sampler_step(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale, clip_range, threshold,
                  noise, philox_seed, philox_offset, history1=None, history2=None):
-    """Launcher of gencore::sampler_step_triton (arguments as the C++ schema; checks are the public op's)."""
-    channels_last = _is_channels_last(sample)
-    sample = _in_layout(sample, channels_last)
-    model_output = _in_layout(model_output, channels_last)
-    uncond = None if model_output_uncond is None else _in_layout(model_output_uncond, channels_last)
-    noise = None if noise is None else _in_layout(noise, channels_last)
-    history1 = None if history1 is None else _in_layout(history1, channels_last)
-    history2 = None if history2 is None else _in_layout(history2, channels_last)
+    """Launcher of gencore::sampler_step_triton (arguments as the C++ schema, checked by the op's triton_op wrapper)."""
+    channels_last = is_channels_last(sample)
+    sample = to_layout(sample, channels_last)
+    model_output = to_layout(model_output, channels_last)
+    uncond = None if model_output_uncond is None else to_layout(model_output_uncond, channels_last)
+    noise = None if noise is None else to_layout(noise, channels_last)
+    history1 = None if history1 is None else to_layout(history1, channels_last)
+    history2 = None if history2 is None else to_layout(history2, channels_last)
     coefs = coefs.contiguous()
     timesteps = timesteps.contiguous()  # the kernel reads timesteps[n] at t_ptr + n (an expanded view has stride 0)
     threshold = None if threshold is None else threshold.to(coefs.dtype).contiguous()
@@ -242,9 +233,9 @@ def sampler_step(model_output, sample, timesteps, coefs, model_output_uncond, gu
 
 def diffusion_training_inputs(x0, noise, timesteps, coefs, velocity):
     """Launcher of gencore::diffusion_training_inputs_triton: (noisy, velocity or a 0-element tensor)."""
-    channels_last = _is_channels_last(x0)
-    x0 = _in_layout(x0, channels_last)
-    noise = _in_layout(noise, channels_last)
+    channels_last = is_channels_last(x0)
+    x0 = to_layout(x0, channels_last)
+    noise = to_layout(noise, channels_last)
     coefs = coefs.contiguous()
     timesteps = timesteps.contiguous()  # read as t_ptr + n
     n, numel, c, s = _dims(x0)

@@ -8,7 +8,7 @@ with a workspace poisoned with NaN so that a slot read before it is written show
 speed, device-specific compilation (test_cuda_compile.py runs nvcc), and real-GPU concurrency (the `gpu` tests in
 test_group_norm_silu.py).
 
-The ctypes wrappers below mirror csrc/cuda/group_norm_silu.cpp (layout choice, output_like, stats dtype).
+The ctypes wrappers below mirror csrc/cuda/group_norm_silu.cpp (layout choice, output_like, accumulation dtype).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gencore.ops.group_norm_silu import is_channels_last, output_like, stats_dtype
+from gencore._rules import accumulation_dtype, is_channels_last, output_like
 from gencore.reference.group_norm_silu import group_norm_silu_ref, group_norm_silu_stats_ref
 from gencore.testing import assert_close
 
@@ -61,7 +61,7 @@ def emulated_fwd(emu, x, groups, weight=None, bias=None, temb=None, scale_shift=
     x = x if x.is_contiguous() or is_channels_last(x) else x.contiguous()
     y = output_like(x)
     mean = torch.empty(x.shape[0], groups, dtype=torch.float64)  # the saved mean is float64 on every backend
-    rstd = torch.empty(x.shape[0], groups, dtype=stats_dtype(x.dtype))
+    rstd = torch.empty(x.shape[0], groups, dtype=accumulation_dtype(x.dtype))
     rc = emu.gencore_emulation_gns_fwd(KIND[x.dtype], *_dims(x, groups), _ptr(x), _ptr(weight), _ptr(bias),
                                        _ptr(temb), _ptr(scale_shift), _ptr(y), _ptr(mean), _ptr(rstd), eps, silu)
     assert rc == 0, f"forward launcher returned cudaError {rc}"
@@ -104,8 +104,8 @@ def _check(emu, a, groups, dtype, silu=True):
     assert is_channels_last(y) == is_channels_last(a["x"]) or a["x"].dim() < 3
     assert_close(y, ref, dtype, msg="emulated cuda forward")
     ref_mean, ref_rstd = group_norm_silu_stats_ref(a["x"], groups, 1e-5, a["temb"])
-    assert_close(mean, ref_mean, stats_dtype(dtype), msg="mean")
-    assert_close(rstd, ref_rstd, stats_dtype(dtype), msg="rstd")
+    assert_close(mean, ref_mean, accumulation_dtype(dtype), msg="mean")
+    assert_close(rstd, ref_rstd, accumulation_dtype(dtype), msg="rstd")
 
     grads = emulated_bwd(emu, a["grad_out"], a["x"], groups, mean, rstd, **opts, silu=silu)
     wanted = [k for k in names if leaves[k] is not None]

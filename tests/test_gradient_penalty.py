@@ -16,7 +16,8 @@ import torch.nn as nn
 from gencore import _extension
 from gencore.gan import gradient_penalty, r1_penalty, r2_penalty
 from gencore.ops import gradient_norm_penalty, gradient_penalty_interpolate, group_norm_silu
-from gencore.reference.gradient_penalty import gradient_norm_penalty_ref, interpolate_ref, per_sample_dense
+from gencore._rules import per_sample_dense
+from gencore.reference.gradient_penalty import gradient_norm_penalty_ref, interpolate_ref
 from gencore.testing import assert_close, backend_params, device_for
 
 FUSED = backend_params(("cpu", "cuda", "triton"))

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import gencore
-from gencore.ops.group_norm_silu import group_norm_silu, is_channels_last
+from gencore._rules import is_channels_last
+from gencore.ops.group_norm_silu import group_norm_silu
 from gencore.reference.group_norm_silu import group_norm_silu_ref, group_norm_silu_stats_ref
 from gencore.testing import assert_close, backend_params
 

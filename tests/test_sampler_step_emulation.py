@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gencore._rules import is_channels_last, to_layout
 from gencore.reference.philox import philox_uint32 as philox_uint32_ref
 from gencore.reference.sampler_step import NUM_COEFS, diffusion_training_inputs_ref, sampler_step_ref
 from gencore.testing import assert_close
@@ -49,27 +50,21 @@ def _ptr(t):
     return None if t is None else t.data_ptr()
 
 
-def _is_channels_last(t):
-    return t.dim() >= 3 and not t.is_contiguous() and t.movedim(1, -1).is_contiguous()
-
-
 def _in_layout(t, channels_last):
-    if t is None:
-        return None
-    return t.movedim(1, -1).contiguous().movedim(-1, 1) if channels_last else t.contiguous()
+    return None if t is None else to_layout(t, channels_last)
 
 
 def _dims(x):
     n = x.shape[0]
     numel = x[0].numel()
     c = x.shape[1] if x.dim() >= 2 else 1
-    return n, numel, c, numel // c, int(_is_channels_last(x))
+    return n, numel, c, numel // c, int(is_channels_last(x))
 
 
 def emulated_step(emu, model_output, sample, timesteps, coefs, *, model_output_uncond=None, guidance_scale=1.0,
                   clip_range=None, threshold=None, noise=None, philox_seed=None, philox_offset=0, history1=None,
                   history2=None):
-    cl = _is_channels_last(sample)
+    cl = is_channels_last(sample)
     sample = sample if cl else sample.contiguous()
     model_output, uncond, noise, history1, history2 = (
         _in_layout(t, cl) for t in (model_output, model_output_uncond, noise, history1, history2))

@@ -602,13 +602,13 @@ def test_philox_offset_of_a_device_timestep_is_never_read_back(cls, monkeypatch)
 
 @pytest.mark.parametrize("limit", [40, 10])  # chunks of samples; then samples larger than torch.quantile takes
 def test_thresholding_beyond_torch_quantile_limit(monkeypatch, limit):
-    import gencore.diffusion.schedulers as schedulers
+    import gencore.diffusion.thresholding as thresholding
 
     s = DDIMScheduler(thresholding=True, sample_max_value=3.0, dynamic_thresholding_ratio=0.9)
     s.set_timesteps(10)
     x, m = rand(*SHAPE, seed=1, scale=3), rand(*SHAPE, seed=2)
     expected = s.step(m, 900, x)
-    monkeypatch.setattr(schedulers, "QUANTILE_MAX_NUMEL", limit)
+    monkeypatch.setattr(thresholding, "QUANTILE_MAX_NUMEL", limit)
     got = s.step(m, 900, x)
     close32(got.prev_sample, expected.prev_sample)
     close32(got.pred_original_sample, expected.pred_original_sample)

@@ -134,14 +134,11 @@ def load_images(spec: str, *, mnist_dir=None, download: bool = False):
 
 
 def sample_checkpoint(checkpoint: str, n: int, *, batch_size: int, device, seed: int, **sampling):
-    """Images (n, 1, 28, 28) in [-1, 1] sampled from a trained model through gencore.training.checkpoint."""
+    """Images (n, 1, 28, 28) in [-1, 1] sampled from a trained model (gencore.training.generate)."""
     import torch
 
-    try:
-        from gencore.training.checkpoint import sample_from_checkpoint
-    except ImportError as exc:
-        raise RuntimeError(f"--checkpoint needs gencore.training.checkpoint.sample_from_checkpoint, which this "
-                           f"gencore does not provide ({exc}); sample the images yourself and pass --fake") from exc
+    from gencore.training.generate import sample_from_checkpoint
+
     generator = torch.Generator(device=device).manual_seed(seed)
     images = sample_from_checkpoint(checkpoint, n, batch_size=batch_size, device=device, generator=generator,
                                     **sampling)

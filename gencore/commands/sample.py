@@ -42,7 +42,8 @@ def run(args) -> int:
     import torch
 
     from .. import backends
-    from ..training.checkpoint import load_models, sample_from_checkpoint
+    from ..training.checkpoint import load_models
+    from ..training.generate import sample_from_checkpoint
 
     suffix = os.path.splitext(args.out)[1].lower()
     if suffix not in OUTPUT_SUFFIXES:

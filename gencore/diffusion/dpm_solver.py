@@ -52,19 +52,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._rules import accumulation_dtype
 from ..ops.sampler_step import sampler_step
-from ..reference.sampler_step import COEF_COLUMNS, NUM_COEFS
-from .scheduler_config import SchedulerMixin
-from .schedulers import (LEARNED_VARIANCE_TYPES, PREDICTION_TYPES, TIMESTEP_SPACINGS, VARIANCE_TYPES, SchedulerOutput,
-                         _bool, _choice, _coef_dtype, _device, _float, _int, _randn, threshold_levels)
+from .noise import step_noise
+from .scheduler_config import (LEARNED_VARIANCE_TYPES, PREDICTION_TYPES, TIMESTEP_SPACINGS, VARIANCE_TYPES,
+                               SchedulerMixin, SchedulerOutput, check_bool, check_choice, check_float, check_int)
 from .schedules import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
+from .tables import COLUMN, NUM_COEFS, TableCache, table_device
+from .thresholding import threshold_levels
 
 ALGORITHM_TYPES = ("dpmsolver++", "sde-dpmsolver++")
 SOLVER_TYPES = ("midpoint", "heun")
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
-
-_COLUMN = {name: i for i, name in enumerate(COEF_COLUMNS)}
-
 
 class DPMSolverMultistepScheduler(SchedulerMixin):
     """DPM-Solver++ and its SDE variant, multistep, orders 1-3 (diffusers' names, order and defaults).
@@ -100,49 +99,49 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
                  timestep_spacing: str = "linspace", steps_offset: int = 0, rescale_betas_zero_snr: bool = False,
                  use_dynamic_shifting: bool = False, time_shift_type: str = "exponential"):
         v = {k: v for k, v in locals().items() if k in self._fields}
-        v["num_train_timesteps"] = _int("num_train_timesteps", num_train_timesteps, 1)
-        v["beta_start"] = _float("beta_start", beta_start)
-        v["beta_end"] = _float("beta_end", beta_end)
-        _choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
-        v["solver_order"] = _int("solver_order", solver_order, 1)
+        v["num_train_timesteps"] = check_int("num_train_timesteps", num_train_timesteps, 1)
+        v["beta_start"] = check_float("beta_start", beta_start)
+        v["beta_end"] = check_float("beta_end", beta_end)
+        check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+        v["solver_order"] = check_int("solver_order", solver_order, 1)
         if v["solver_order"] > 3:
             raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}")
         if prediction_type == "flow_prediction":
             raise NotImplementedError("prediction_type='flow_prediction' (flow matching) is not implemented")
-        _choice("prediction_type", prediction_type, PREDICTION_TYPES)
+        check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         if algorithm_type == "deis":  # diffusers maps it to dpmsolver++ too
             v["algorithm_type"] = algorithm_type = "dpmsolver++"
         if algorithm_type in ("dpmsolver", "sde-dpmsolver"):
             raise NotImplementedError(f"algorithm_type={algorithm_type!r} (deprecated in diffusers) is not "
                                       f"implemented; use one of {', '.join(map(repr, ALGORITHM_TYPES))}")
-        _choice("algorithm_type", algorithm_type, ALGORITHM_TYPES)
+        check_choice("algorithm_type", algorithm_type, ALGORITHM_TYPES)
         if solver_type in ("logrho", "bh1", "bh2"):  # diffusers' mapping
             v["solver_type"] = solver_type = "midpoint"
-        _choice("solver_type", solver_type, SOLVER_TYPES)
+        check_choice("solver_type", solver_type, SOLVER_TYPES)
         for name in ("thresholding", "lower_order_final", "euler_at_final", "use_karras_sigmas",
                      "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas",
                      "rescale_betas_zero_snr", "use_dynamic_shifting"):
-            v[name] = _bool(name, v[name])
+            v[name] = check_bool(name, v[name])
         for name in ("use_beta_sigmas", "use_flow_sigmas", "use_dynamic_shifting"):
             if v[name]:
                 raise NotImplementedError(f"{name}=True is not implemented by gencore's DPMSolverMultistepScheduler")
         if v["use_karras_sigmas"] + v["use_exponential_sigmas"] + v["use_lu_lambdas"] > 1:
             raise ValueError("use at most one of use_karras_sigmas, use_exponential_sigmas and use_lu_lambdas")
-        v["dynamic_thresholding_ratio"] = _float("dynamic_thresholding_ratio", dynamic_thresholding_ratio,
+        v["dynamic_thresholding_ratio"] = check_float("dynamic_thresholding_ratio", dynamic_thresholding_ratio,
                                                  low=0.0, high=1.0)
-        v["sample_max_value"] = _float("sample_max_value", sample_max_value, positive=True)
-        v["flow_shift"] = _float("flow_shift", flow_shift)
-        _choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
+        v["sample_max_value"] = check_float("sample_max_value", sample_max_value, positive=True)
+        v["flow_shift"] = check_float("flow_shift", flow_shift)
+        check_choice("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES)
         if isinstance(lambda_min_clipped, bool) or not isinstance(lambda_min_clipped, numbers.Real) or math.isnan(
                 lambda_min_clipped):
             raise TypeError(f"lambda_min_clipped must be a float (-inf: no clipping), got {lambda_min_clipped!r}")
         v["lambda_min_clipped"] = float(lambda_min_clipped)
         # A DDPM config's fixed variances mean nothing to an ODE solver (diffusers ignores them too); a learned one
         # means the model outputs 2C channels, of which the solver uses the prediction.
-        _choice("variance_type", variance_type, (None,) + VARIANCE_TYPES)
-        _choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        v["steps_offset"] = _int("steps_offset", steps_offset, 0)
-        _choice("time_shift_type", time_shift_type, ("exponential",))
+        check_choice("variance_type", variance_type, (None,) + VARIANCE_TYPES)
+        check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
+        v["steps_offset"] = check_int("steps_offset", steps_offset, 0)
+        check_choice("time_shift_type", time_shift_type, ("exponential",))
         tb = trained_betas
         if tb is not None:
             if isinstance(tb, torch.Tensor):
@@ -169,7 +168,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         self.lower_order_nums = 0
         self._step_index = None
         self._begin_index = None
-        self._tables: dict = {}
+        self._tables = TableCache(self._host_table)  # begin index -> (steps, 11)
         self._repeats = False
 
     def __len__(self) -> int:
@@ -197,7 +196,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the next loop at step `begin_index` (image-to-image): its first step is then first order."""
-        self._begin_index = _int("begin_index", begin_index, 0)
+        self._begin_index = check_int("begin_index", begin_index, 0)
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, mu: float | None = None,
                       timesteps: Sequence[int] | None = None) -> None:
@@ -222,7 +221,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
                 raise ValueError(f"timesteps must be a non-empty list in [0, {T}), got {list(timesteps)}")
             n = len(ts)
         else:
-            n = _int("num_inference_steps", num_inference_steps, 1)
+            n = check_int("num_inference_steps", num_inference_steps, 1)
             if n > T:
                 raise ValueError(f"num_inference_steps ({n}) cannot be larger than num_train_timesteps ({T})")
             ts = self._spaced_timesteps(n)
@@ -248,9 +247,9 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         self.lower_order_nums = 0
         self._step_index = None
         self._begin_index = None
-        self._tables = {}
+        self._tables = TableCache(self._host_table)
         self._repeats = len(set(self.timesteps.tolist())) != len(self.timesteps)  # once here: no host read per step
-        self._table(_device(device), torch.float32, 0)
+        self._table(table_device(device), torch.float32, 0)
 
     def _spaced_timesteps(self, n: int) -> np.ndarray:
         cfg, T = self._config, self._config["num_train_timesteps"]
@@ -299,7 +298,7 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         with np.errstate(divide="ignore"):
             lam = np.log(alpha) - np.log(s)  # +inf at a zero final sigma
         table = np.zeros((n, NUM_COEFS))
-        col = _COLUMN
+        col = COLUMN
         for i, order in enumerate(self._orders(begin)):
             a_s, s_s, a_t, s_t = alpha[i], s[i], alpha[i + 1], s[i + 1]
             pred = cfg["prediction_type"]
@@ -348,19 +347,14 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         return np.array([w0, w1 if order >= 2 else 0.0, w2]), x_coef, s_t * math.sqrt(one_minus)
 
     def _table(self, device: torch.device, dtype: torch.dtype, begin: int) -> torch.Tensor:
-        key = (device, dtype, begin)
-        table = self._tables.get(key)
-        if table is None:
-            table = torch.from_numpy(self._host_table(begin)).to(device=device, dtype=dtype)
-            self._tables[key] = table
-        return table
+        return self._tables.get(begin, device, dtype)
 
     def coefficient_table(self, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The (num_inference_steps, 11) table gencore.ops.sampler_step reads, one row per step (see the module
         doc), for a loop from the first step (or set_begin_index's)."""
         if self.num_inference_steps is None:
             raise RuntimeError("call set_timesteps first")
-        return self._table(_device(device), dtype, self._begin_index or 0)
+        return self._table(table_device(device), dtype, self._begin_index or 0)
 
     # -- stepping -------------------------------------------------------------------------------------------------
 
@@ -440,23 +434,15 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         rows, index, per_sample = self._rows(timestep, sample)
         if index >= self.num_inference_steps:
             raise ValueError(f"the schedule's {self.num_inference_steps} steps are done; call set_timesteps again")
-        coefs = self._table(sample.device, _coef_dtype(sample.dtype), self._begin_index or 0)
+        coefs = self._table(sample.device, accumulation_dtype(sample.dtype), self._begin_index or 0)
         model_output = model_output.to(sample.dtype)
         if model_output_uncond is not None:
             model_output_uncond = model_output_uncond.to(sample.dtype)
         noise, offset = None, 0
         if cfg["algorithm_type"] == "sde-dpmsolver++":
+            noise = step_noise(sample, generator=generator, variance_noise=variance_noise, philox_seed=philox_seed)
             if philox_seed is not None:
-                if variance_noise is not None or generator is not None:
-                    raise ValueError("philox_seed draws the noise in the kernel: do not also pass "
-                                     "generator/variance_noise")
-                offset = index if philox_offset is None else _int("philox_offset", philox_offset, 0)
-            elif variance_noise is not None:
-                if not isinstance(variance_noise, torch.Tensor) or variance_noise.shape != sample.shape:
-                    raise ValueError(f"variance_noise must be a tensor shaped like sample {tuple(sample.shape)}")
-                noise = variance_noise.to(device=sample.device, dtype=sample.dtype)
-            else:
-                noise = _randn(sample.shape, generator, sample.device, sample.dtype)
+                offset = index if philox_offset is None else check_int("philox_offset", philox_offset, 0)
         else:
             philox_seed = None
         threshold = None

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from .sampling import _as_tensor_output
-from .schedulers import LEARNED_VARIANCE_TYPES, _DiscreteScheduler, _randn
+from .noise import randn
+from .scheduler_config import LEARNED_VARIANCE_TYPES
+from .schedulers import DiscreteScheduler
 
 from ..ops.sampler_step import diffusion_training_inputs
 
@@ -42,7 +44,7 @@ def min_snr_weights(snr: torch.Tensor, snr_gamma: float, prediction_type: str) -
 def training_loss(
     model: Callable,
     x0: torch.Tensor,
-    scheduler: _DiscreteScheduler,
+    scheduler: DiscreteScheduler,
     *,
     loss_type: str = "l2",
     timesteps: torch.Tensor | None = None,
@@ -77,7 +79,7 @@ def training_loss(
     Returns:
         A scalar float32 tensor (float64 for float64 x0), differentiable w.r.t. the model's parameters and x0.
     """
-    if not isinstance(scheduler, _DiscreteScheduler):
+    if not isinstance(scheduler, DiscreteScheduler):
         raise TypeError(f"scheduler must be a gencore DDPMScheduler or DDIMScheduler, got {type(scheduler).__name__}")
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {', '.join(map(repr, LOSS_TYPES))}; got {loss_type!r}")
@@ -100,7 +102,7 @@ def training_loss(
                              f"[{int(timesteps.min())}, {int(timesteps.max())}]")
         timesteps = timesteps.to(device=device, dtype=torch.int64)
     if noise is None:
-        noise = _randn(x0.shape, generator, device, x0.dtype)
+        noise = randn(x0.shape, generator, device, x0.dtype)
     elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape:
         raise ValueError(f"noise must be a tensor shaped like x0 {tuple(x0.shape)}")
     else:

@@ -9,9 +9,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .dpm_solver import DPMSolverMultistepScheduler
-from .schedulers import DDIMScheduler, SchedulerOutput, _DiscreteScheduler, _randn
+from .noise import randn
+from .scheduler_config import SchedulerOutput
+from .schedulers import DDIMScheduler, DiscreteScheduler
 
-SCHEDULERS = (_DiscreteScheduler, DPMSolverMultistepScheduler)
+SCHEDULERS = (DiscreteScheduler, DPMSolverMultistepScheduler)
 
 
 def _model_device(model) -> torch.device:
@@ -58,7 +60,7 @@ def intermediate_timesteps(timesteps: Sequence[int], every: int) -> list[int | N
 @torch.no_grad()
 def sample(
     model: Callable,
-    scheduler: _DiscreteScheduler | DPMSolverMultistepScheduler,
+    scheduler: DiscreteScheduler | DPMSolverMultistepScheduler,
     shape_or_noise: Sequence[int] | torch.Tensor,
     num_inference_steps: int | None = None,
     *,
@@ -136,7 +138,7 @@ def sample(
     else:
         shape = tuple(int(s) for s in shape_or_noise)
         device = torch.device(device) if device is not None else _model_device(model)
-        x = _randn(shape, generator, device, dtype) * scheduler.init_noise_sigma
+        x = randn(shape, generator, device, dtype) * scheduler.init_noise_sigma
     n = x.shape[0]
 
     labels = None

@@ -14,19 +14,36 @@ the tables did not follow would be silently ignored.
 
 Saving a whole pipeline: diffusers' ``DiffusionPipeline.save_pretrained`` saves only components whose class derives
 from one of diffusers' own base classes, so it writes ``"scheduler": [null, null]`` for any other scheduler. After
-``gencore.diffusion.register_with_diffusers()`` it saves gencore's schedulers (model_index.json names
-``gencore.diffusion.schedulers``), and ``from_pretrained`` of that folder loads them back as gencore's classes.
+``gencore.diffusion.register_with_diffusers()`` (gencore/diffusion/diffusers_interop.py) it saves gencore's
+schedulers (model_index.json names the class's module, e.g. ``gencore.diffusion.schedulers``), and
+``from_pretrained`` of that folder loads them back as gencore's classes.
+
+Also here, as in diffusers' scheduling_utils: what every scheduler shares besides its math. The configuration's
+vocabularies (PREDICTION_TYPES, ...), the checks of configuration values (check_int, check_float, check_bool,
+check_choice: a bad value is an error naming the field, at construction) and SchedulerOutput, what step() returns.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import json
+import math
+import numbers
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
 
 CONFIG_NAME = "scheduler_config.json"
+
+# The configuration's vocabularies (diffusers' names), shared by every scheduler.
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 
 
 class SchedulerConfig(dict):
@@ -230,20 +247,86 @@ class SchedulerMixin:
                                if name != type(self).__name__ and hasattr(module, name)]
 
 
-def register_with_diffusers() -> None:
-    """Let diffusers' ``DiffusionPipeline.save_pretrained`` save gencore's schedulers (and ``from_pretrained``
-    load them back as gencore's classes, once gencore.diffusion is imported).
+# ---------------------------------------------------------------------------------------------------------------------
+# Configuration values: every bad value is a ValueError/TypeError naming the field.
 
-    diffusers saves a component only if its class derives from a base class listed in its loader's table of
-    libraries; this adds gencore's scheduler modules to that table (a documented extension point would be better;
-    diffusers has none). Importing gencore never imports diffusers: call this after importing diffusers.
+
+def check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_float(name, value, *, positive=False, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite float, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
+    return value
+
+
+def check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What step() returns (diffusers' SchedulerOutput, without diffusers)
+
+
+@dataclass
+class SchedulerOutput:
+    """What step() returns.
+
+    prev_sample: x_{t-1}, shaped and typed like the sample: the next model input.
+    pred_original_sample: the predicted x_0 after clipping/thresholding, like the sample (a preview, or for guidance).
     """
-    try:
-        from diffusers.pipelines import pipeline_loading_utils
-    except ImportError as exc:
-        raise ImportError(f"register_with_diffusers needs diffusers: {exc}") from None
-    from . import schedulers
 
-    for module in (schedulers,):
-        pipeline_loading_utils.LOADABLE_CLASSES.setdefault(
-            module.__name__, {"SchedulerMixin": ["save_pretrained", "from_pretrained"]})
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor
+
+    # diffusers' BaseOutput is an ordered dict whose fields are also attributes and positions: out["prev_sample"],
+    # out[0], out.keys(), and iteration over the keys. The same here, without importing diffusers.
+    def to_tuple(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.prev_sample, self.pred_original_sample)
+
+    def keys(self):
+        return ("prev_sample", "pred_original_sample")
+
+    def values(self):
+        return self.to_tuple()
+
+    def items(self):
+        return tuple(zip(self.keys(), self.values()))
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return 2
+
+    def __contains__(self, key) -> bool:
+        return key in self.keys()
+
+
+DDPMSchedulerOutput = SchedulerOutput
+DDIMSchedulerOutput = SchedulerOutput

@@ -52,190 +52,30 @@ a device-side assertion (torch._assert_async) for CUDA tensors.
 """
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .scheduler_config import SchedulerMixin
-from .schedules import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
-
+from .._rules import accumulation_dtype
 from ..ops.sampler_step import sampler_step
-from ..reference.sampler_step import NUM_COEFS
-
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
-
-# Columns of the coefficient table (the contract of gencore.ops.sampler_step; DDPM/DDIM leave the history columns,
-# 9 and 10, at zero).
-X0_FROM_SAMPLE, X0_FROM_MODEL, EPS_FROM_SAMPLE, EPS_FROM_MODEL, EPS_FROM_X0 = 0, 1, 2, 3, 4
-PREV_FROM_X0, PREV_FROM_SAMPLE, PREV_FROM_EPS, NOISE_STD = 5, 6, 7, 8
-
-# 1 / sqrt(alphas_cumprod) where alphas_cumprod = 0 (zero terminal SNR, epsilon prediction): see _x0_eps_columns.
-ZERO_SNR_INV_SQRT_ABAR = 2.0**64
+from .noise import step_noise
+from .scheduler_config import (LEARNED_VARIANCE_TYPES, PREDICTION_TYPES, TIMESTEP_SPACINGS, VARIANCE_TYPES,
+                               SchedulerMixin, SchedulerOutput, check_bool, check_choice, check_float, check_int)
+from .schedules import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
+from .tables import (EPS_FROM_MODEL, EPS_FROM_SAMPLE, NUM_COEFS, ZERO_SNR_INV_SQRT_ABAR, TableCache, table_device)
+from .thresholding import threshold_levels
 
 # diffusers clamps the DDPM posterior variance below at 1e-20 before its square root or log.
 MIN_POSTERIOR_VARIANCE = 1e-20
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Output
-
-
-@dataclass
-class SchedulerOutput:
-    """What step() returns.
-
-    prev_sample: x_{t-1}, shaped and typed like the sample: the next model input.
-    pred_original_sample: the predicted x_0 after clipping/thresholding, like the sample (a preview, or for guidance).
-    """
-
-    prev_sample: torch.Tensor
-    pred_original_sample: torch.Tensor
-
-    # diffusers' BaseOutput is an ordered dict whose fields are also attributes and positions: out["prev_sample"],
-    # out[0], out.keys(), and iteration over the keys. The same here, without importing diffusers.
-    def to_tuple(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.prev_sample, self.pred_original_sample)
-
-    def keys(self):
-        return ("prev_sample", "pred_original_sample")
-
-    def values(self):
-        return self.to_tuple()
-
-    def items(self):
-        return tuple(zip(self.keys(), self.values()))
-
-    def __getitem__(self, key):
-        if isinstance(key, str):
-            if key not in self.keys():
-                raise KeyError(key)
-            return getattr(self, key)
-        return self.to_tuple()[key]
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def __len__(self) -> int:
-        return 2
-
-    def __contains__(self, key) -> bool:
-        return key in self.keys()
-
-
-DDPMSchedulerOutput = SchedulerOutput
-DDIMSchedulerOutput = SchedulerOutput
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Validation helpers: every bad value is a ValueError/TypeError naming the field.
-
-
-def _int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _float(name, value, *, positive=False, low=None, high=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite float, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
-    return value
-
-
-def _bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
-
-
-def _choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value
-
-
-def _randn(shape, generator, device, dtype):
-    """Standard normal noise as diffusers' randn_tensor draws it (same numbers for the same generator).
-
-    A CPU generator with a CUDA target draws on the CPU and copies; a list of generators draws sample by sample.
-    """
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise ValueError(f"generator is a list of {len(generator)} generators but the batch has {shape[0]} samples")
-        return torch.cat([_randn((1,) + tuple(shape[1:]), g, device, dtype) for g in generator])
-    if generator is None:
-        return torch.randn(shape, device=device, dtype=dtype)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, a list of them, or None; got {type(generator).__name__}")
-    rand_device = generator.device if generator.device.type == "cpu" else device
-    return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
-
-
-# torch.quantile refuses inputs of more than 2**24 elements.
-QUANTILE_MAX_NUMEL = 2**24
-
-
-def _per_sample_quantile(flat: torch.Tensor, q: float) -> torch.Tensor:
-    """The q-quantile (linear interpolation, as torch.quantile and diffusers) of each row of flat (N, M)."""
-    n, m = flat.shape
-    if m <= QUANTILE_MAX_NUMEL:
-        rows = max(1, QUANTILE_MAX_NUMEL // m)
-        return torch.cat([torch.quantile(chunk, q, dim=1) for chunk in flat.split(rows)])
-    pos = q * (m - 1)  # a sample larger than torch.quantile takes: the two order statistics around pos
-    lo, frac = math.floor(pos), pos - math.floor(pos)
-    below = torch.kthvalue(flat, lo + 1, dim=1).values
-    above = torch.kthvalue(flat, min(lo + 2, m), dim=1).values
-    return torch.lerp(below, above, frac)
-
-
-def threshold_levels(model_output, sample, rows, coefs, uncond, guidance_scale, config) -> torch.Tensor:
-    """Dynamic thresholding's per-sample level s (Imagen, Saharia et al. 2022), a reduction before the fused step:
-    s = clamp(quantile(|x0|, dynamic_thresholding_ratio), 1, sample_max_value) over each sample's elements, where x0
-    is the unclipped prediction of row `rows[n]` of `coefs`; the step then clamps x0 to [-s, s] and divides by s.
-    In the compute dtype, so that float64 samples keep float64 levels."""
-    compute = _coef_dtype(sample.dtype)
-    view = (-1,) + (1,) * (sample.dim() - 1)
-    c = coefs[rows].to(compute)
-    m = model_output.to(compute)
-    if uncond is not None:
-        u = uncond.to(compute)
-        m = u + guidance_scale * (m - u)
-    x0 = c[:, X0_FROM_SAMPLE].reshape(view) * sample.to(compute) + c[:, X0_FROM_MODEL].reshape(view) * m
-    s = _per_sample_quantile(x0.abs().reshape(sample.shape[0], -1), config["dynamic_thresholding_ratio"])
-    return torch.clamp(s, min=1, max=config["sample_max_value"])
-
-
-def _device(device) -> torch.device:
-    """A canonical device key: None is the CPU, "cuda" is the current CUDA device (what tensors report)."""
-    device = torch.device("cpu") if device is None else torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
-def _coef_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # The shared machinery
 
 
-class _DiscreteScheduler(SchedulerMixin):
+class DiscreteScheduler(SchedulerMixin):
     """Betas, config, timestep schedule, coefficient tables and the fused step shared by DDPM and DDIM."""
 
     order = 1
@@ -247,20 +87,20 @@ class _DiscreteScheduler(SchedulerMixin):
     def _setup(self, values: dict) -> None:
         """Validate the constructor's values, store the config, build betas and the default schedule."""
         v = dict(values)
-        v["num_train_timesteps"] = _int("num_train_timesteps", v["num_train_timesteps"], 1)
-        v["beta_start"] = _float("beta_start", v["beta_start"])
-        v["beta_end"] = _float("beta_end", v["beta_end"])
-        _choice("beta_schedule", v["beta_schedule"], BETA_SCHEDULES)
-        _choice("prediction_type", v["prediction_type"], PREDICTION_TYPES)
-        _choice("timestep_spacing", v["timestep_spacing"], TIMESTEP_SPACINGS)
-        v["clip_sample"] = _bool("clip_sample", v["clip_sample"])
-        v["thresholding"] = _bool("thresholding", v["thresholding"])
-        v["rescale_betas_zero_snr"] = _bool("rescale_betas_zero_snr", v["rescale_betas_zero_snr"])
-        v["clip_sample_range"] = _float("clip_sample_range", v["clip_sample_range"], positive=True)
-        v["sample_max_value"] = _float("sample_max_value", v["sample_max_value"], positive=True)
-        v["dynamic_thresholding_ratio"] = _float("dynamic_thresholding_ratio", v["dynamic_thresholding_ratio"],
+        v["num_train_timesteps"] = check_int("num_train_timesteps", v["num_train_timesteps"], 1)
+        v["beta_start"] = check_float("beta_start", v["beta_start"])
+        v["beta_end"] = check_float("beta_end", v["beta_end"])
+        check_choice("beta_schedule", v["beta_schedule"], BETA_SCHEDULES)
+        check_choice("prediction_type", v["prediction_type"], PREDICTION_TYPES)
+        check_choice("timestep_spacing", v["timestep_spacing"], TIMESTEP_SPACINGS)
+        v["clip_sample"] = check_bool("clip_sample", v["clip_sample"])
+        v["thresholding"] = check_bool("thresholding", v["thresholding"])
+        v["rescale_betas_zero_snr"] = check_bool("rescale_betas_zero_snr", v["rescale_betas_zero_snr"])
+        v["clip_sample_range"] = check_float("clip_sample_range", v["clip_sample_range"], positive=True)
+        v["sample_max_value"] = check_float("sample_max_value", v["sample_max_value"], positive=True)
+        v["dynamic_thresholding_ratio"] = check_float("dynamic_thresholding_ratio", v["dynamic_thresholding_ratio"],
                                                  low=0.0, high=1.0)
-        v["steps_offset"] = _int("steps_offset", v["steps_offset"], 0)
+        v["steps_offset"] = check_int("steps_offset", v["steps_offset"], 0)
         tb = v["trained_betas"]
         if tb is not None:
             if isinstance(tb, torch.Tensor):
@@ -277,7 +117,7 @@ class _DiscreteScheduler(SchedulerMixin):
         self.one = torch.tensor(1.0)
         # Coefficients are computed in float64 from the float32 alphas_cumprod diffusers uses, then rounded once.
         self._abar = self.alphas_cumprod.to(torch.float64).numpy()
-        self._noise_tables: dict = {}
+        self._noise_tables = TableCache(lambda _: np.stack([np.sqrt(self._abar), np.sqrt(1.0 - self._abar)], axis=1))
         self.num_inference_steps = None
         self.custom_timesteps = False
         self._use_schedule(np.arange(v["num_train_timesteps"] - 1, -1, -1, dtype=np.int64), device=None)
@@ -333,7 +173,7 @@ class _DiscreteScheduler(SchedulerMixin):
                 raise ValueError(f"timesteps must be strictly decreasing, got {ts.tolist()}")
             custom = True
         else:
-            n = _int("num_inference_steps", num_inference_steps, 1)
+            n = check_int("num_inference_steps", num_inference_steps, 1)
             if n > T:
                 raise ValueError(f"num_inference_steps ({n}) cannot be larger than num_train_timesteps ({T}): the "
                                  f"model was trained on {T} timesteps only")
@@ -356,13 +196,11 @@ class _DiscreteScheduler(SchedulerMixin):
         prev = np.full(T, -2, dtype=np.int64)  # -2: not on the schedule; -1: the last step (to x_0)
         prev[ts] = np.append(ts[1:], -1)
         self._prev = prev
-        self._host_tables: dict = {}  # variant -> float64 (T, 11) numpy table
-        self._device_tables: dict = {}  # (variant, device, dtype) -> tensor
-        self._valid: dict = {}  # device -> bool (T,) tensor: timestep is on the schedule
-        self._aux_tables: dict = {}
+        self._tables = TableCache(self._build_table)  # variant -> (T, 11): the step's coefficients
+        self._on_schedule = TableCache(lambda _: self._prev != -2)  # (T,) bool: timestep t is on the schedule
         # Build now what step() reads on this device, so the steps themselves only gather.
-        self._table(self._default_variant(), _device(device), torch.float32)
-        self._valid_mask(_device(device))
+        self._table(self._default_variant(), table_device(device), torch.float32)
+        self._valid_mask(table_device(device))
 
     def previous_timestep(self, timestep):
         """The timestep the schedule visits after `timestep` (-1 after the last one): a 0-d int64 tensor on the
@@ -416,38 +254,31 @@ class _DiscreteScheduler(SchedulerMixin):
             cols = (sa, -sb, sb, sa)
         return np.stack(cols, axis=1)
 
-    def _host_table(self, variant) -> np.ndarray:
-        table = self._host_tables.get(variant)
-        if table is None:
-            T = self._config["num_train_timesteps"]
-            ts = np.asarray(self._schedule, dtype=np.int64)
-            prev = self._prev[ts]
-            a_t = self._abar[ts]
-            a_prev = np.where(prev >= 0, self._abar[np.maximum(prev, 0)], self._final_alpha_cumprod())
-            table = np.full((T, NUM_COEFS), np.nan, dtype=np.float64)
-            table[ts] = 0.0  # the history columns: DDPM and DDIM are one-step methods
-            with np.errstate(divide="ignore", invalid="ignore"):
-                rows = self._rows(variant, ts, a_t, a_prev)
-            table[ts, :rows.shape[1]] = rows
-            self._host_tables[variant] = table
+    def _build_table(self, variant) -> np.ndarray:
+        """The (T, 11) float64 table of one step variant under the schedule in use (NaN rows off the schedule)."""
+        T = self._config["num_train_timesteps"]
+        ts = np.asarray(self._schedule, dtype=np.int64)
+        prev = self._prev[ts]
+        a_t = self._abar[ts]
+        a_prev = np.where(prev >= 0, self._abar[np.maximum(prev, 0)], self._final_alpha_cumprod())
+        table = np.full((T, NUM_COEFS), np.nan, dtype=np.float64)
+        table[ts] = 0.0  # the history columns: DDPM and DDIM are one-step methods
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rows = self._rows(variant, ts, a_t, a_prev)
+        table[ts, :rows.shape[1]] = rows
         return table
 
     def _table(self, variant, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        key = (variant, device, dtype)
-        table = self._device_tables.get(key)
-        if table is None:
-            table = torch.from_numpy(self._host_table(variant)).to(device=device, dtype=dtype)
-            self._device_tables[key] = table
-        return table
+        return self._tables.get(variant, device, dtype)
 
     def coefficient_table(self, device=None, dtype: torch.dtype = torch.float32, **step_options) -> torch.Tensor:
-        """The (num_train_timesteps, 9) table step() passes to gencore.ops.sampler_step for these step options.
+        """The (num_train_timesteps, 11) table step() passes to gencore.ops.sampler_step for these step options.
 
         Row t holds the coefficients for timestep t under the current schedule (NaN for timesteps it does not
         visit); the columns are documented in gencore.ops.sampler_step. step_options are DDIM's eta and
         use_clipped_model_output (none for DDPM).
         """
-        return self._table(self._variant(**step_options), _device(device), dtype)
+        return self._table(self._variant(**step_options), table_device(device), dtype)
 
     def _variant(self, **step_options):
         raise NotImplementedError
@@ -458,20 +289,10 @@ class _DiscreteScheduler(SchedulerMixin):
         The forward process is x_t = c[t, 0] * x_0 + c[t, 1] * noise; gencore.ops.diffusion_training_inputs takes
         this table (float32) as its `coefs`.
         """
-        key = (_device(device), dtype)
-        table = self._noise_tables.get(key)
-        if table is None:
-            host = np.stack([np.sqrt(self._abar), np.sqrt(1.0 - self._abar)], axis=1)
-            table = torch.from_numpy(host).to(device=key[0], dtype=dtype)
-            self._noise_tables[key] = table
-        return table
+        return self._noise_tables.get(None, device, dtype)
 
     def _valid_mask(self, device) -> torch.Tensor:
-        mask = self._valid.get(device)
-        if mask is None:
-            mask = torch.from_numpy(self._prev != -2).to(device)
-            self._valid[device] = mask
-        return mask
+        return self._on_schedule.get(None, device, torch.bool)
 
     # -- step machinery -----------------------------------------------------------------------------------------
 
@@ -560,7 +381,7 @@ class _DiscreteScheduler(SchedulerMixin):
 
     def _philox_offset(self, timestep, philox_offset):
         if philox_offset is not None:
-            return _int("philox_offset", philox_offset, 0)
+            return check_int("philox_offset", philox_offset, 0)
         if isinstance(timestep, torch.Tensor) and timestep.numel() != 1:
             raise ValueError("philox_offset (the step counter) must be given when timestep is a per-sample tensor")
         if isinstance(timestep, torch.Tensor) and (timestep.device.type != "cpu" or torch.compiler.is_compiling()):
@@ -569,13 +390,6 @@ class _DiscreteScheduler(SchedulerMixin):
             raise ValueError(f"philox_offset (the step counter) must be given when timestep is a {timestep.device} "
                              "tensor: finding it from the timestep would synchronise with the device")
         return self._position[self._host_timestep(timestep)]
-
-    @staticmethod
-    def _check_noise(name, noise, sample):
-        if not isinstance(noise, torch.Tensor) or noise.shape != sample.shape:
-            raise ValueError(f"{name} must be a tensor shaped like sample {tuple(sample.shape)}, got "
-                             f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
-        return noise.to(device=sample.device, dtype=sample.dtype)
 
     # -- forward process ----------------------------------------------------------------------------------------
 
@@ -625,7 +439,7 @@ class _DiscreteScheduler(SchedulerMixin):
 # DDPM
 
 
-class DDPMScheduler(_DiscreteScheduler):
+class DDPMScheduler(DiscreteScheduler):
     """Denoising diffusion probabilistic models (Ho et al. 2020): ancestral sampling from q(x_{t-1} | x_t, x_0).
 
     Parameters (diffusers' names, order and defaults):
@@ -661,7 +475,7 @@ class DDPMScheduler(_DiscreteScheduler):
                  dynamic_thresholding_ratio: float = 0.995, clip_sample_range: float = 1.0,
                  sample_max_value: float = 1.0, timestep_spacing: str = "leading", steps_offset: int = 0,
                  rescale_betas_zero_snr: bool = False):
-        _choice("variance_type", variance_type, VARIANCE_TYPES)
+        check_choice("variance_type", variance_type, VARIANCE_TYPES)
         self.variance_type = variance_type
         values = dict(locals())
         self._setup({k: values[k] for k in self._fields})
@@ -699,23 +513,22 @@ class DDPMScheduler(_DiscreteScheduler):
             np.where(t > 0, std, 0.0),                         # noise_std: no noise on the step from t = 0
         ], axis=1)], axis=1)
 
-    def _log_variance_bounds(self, device, dtype) -> torch.Tensor:
+    def _use_schedule(self, ts: np.ndarray, device) -> None:
+        self._variance_bounds = TableCache(self._build_variance_bounds)
+        super()._use_schedule(ts, device)
+
+    def _build_variance_bounds(self, _key) -> np.ndarray:
         """(T, 2) [log beta~_t, log beta_t] for "learned_range" (NaN off the schedule)."""
-        key = (device, dtype)
-        table = self._aux_tables.get(key)
-        if table is None:
-            T = self._config["num_train_timesteps"]
-            ts = np.asarray(self._schedule, dtype=np.int64)
-            prev = self._prev[ts]
-            a_t = self._abar[ts]
-            a_prev = np.where(prev >= 0, self._abar[np.maximum(prev, 0)], 1.0)
-            _, beta_t, var = self._posterior(a_t, a_prev)
-            host = np.full((T, 2), np.nan)
-            with np.errstate(divide="ignore"):
-                host[ts] = np.stack([np.log(var), np.log(beta_t)], axis=1)
-            table = torch.from_numpy(host).to(device=device, dtype=dtype)
-            self._aux_tables[key] = table
-        return table
+        T = self._config["num_train_timesteps"]
+        ts = np.asarray(self._schedule, dtype=np.int64)
+        prev = self._prev[ts]
+        a_t = self._abar[ts]
+        a_prev = np.where(prev >= 0, self._abar[np.maximum(prev, 0)], 1.0)
+        _, beta_t, var = self._posterior(a_t, a_prev)
+        host = np.full((T, 2), np.nan)
+        with np.errstate(divide="ignore"):
+            host[ts] = np.stack([np.log(var), np.log(beta_t)], axis=1)
+        return host
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = True, *,
@@ -762,35 +575,29 @@ class DDPMScheduler(_DiscreteScheduler):
                                      f"{tuple(model_output_uncond.shape)}")
                 model_output_uncond = model_output_uncond[:, :c]
         ts = self._timesteps_tensor(timestep, sample)
-        coefs = self._table(None, sample.device, _coef_dtype(sample.dtype))
+        coefs = self._table(None, sample.device, accumulation_dtype(sample.dtype))
 
-        if variance_noise is not None and generator is not None:
-            raise ValueError("pass either generator or variance_noise, not both")
-        if philox_seed is not None and (variance_noise is not None or generator is not None):
-            raise ValueError("philox_seed draws the noise in the kernel: do not also pass generator/variance_noise")
         needs_noise = True
         if isinstance(timestep, numbers.Integral) or (isinstance(timestep, torch.Tensor)
                                                       and timestep.device.type == "cpu"):
             needs_noise = bool((torch.as_tensor(timestep) > 0).any())
-        noise, offset = None, None
+        noise = step_noise(sample, generator=generator, variance_noise=variance_noise, philox_seed=philox_seed,
+                           needed=needs_noise)
+        offset = None
         if philox_seed is not None:
             if learned:
-                raise NotImplementedError("philox_seed with a learned variance: the per-element std needs the noise "
-                                          "outside the kernel; use generator or variance_noise")
+                raise ValueError("philox_seed with a learned variance: the per-element std needs the noise outside "
+                                 "the kernel; use generator or variance_noise")
             offset = self._philox_offset(timestep, philox_offset)
-        elif variance_noise is not None:
-            noise = self._check_noise("variance_noise", variance_noise, sample)
-        elif needs_noise:
-            noise = _randn(sample.shape, generator, sample.device, sample.dtype)
 
         if learned and noise is not None:
             # The std varies per element: scale the noise here; the table's noise_std column is 1 (0 at t = 0).
-            compute = _coef_dtype(sample.dtype)
+            compute = accumulation_dtype(sample.dtype)
             v = predicted_variance.to(compute)
             if vt == "learned":
                 std = v.sqrt()
             else:
-                bounds = self._log_variance_bounds(sample.device, compute)[ts]
+                bounds = self._variance_bounds.get(None, sample.device, compute)[ts]
                 view = (-1,) + (1,) * (sample.dim() - 1)
                 frac = (v + 1) / 2
                 std = torch.exp(0.5 * (frac * bounds[:, 1].reshape(view) + (1 - frac) * bounds[:, 0].reshape(view)))
@@ -804,7 +611,7 @@ class DDPMScheduler(_DiscreteScheduler):
 # DDIM
 
 
-class DDIMScheduler(_DiscreteScheduler):
+class DDIMScheduler(DiscreteScheduler):
     """Denoising diffusion implicit models (Song et al. 2021): few-step sampling, deterministic at eta = 0.
 
     Parameters (diffusers' names, order and defaults):
@@ -834,7 +641,7 @@ class DDIMScheduler(_DiscreteScheduler):
                  thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
                  clip_sample_range: float = 1.0, sample_max_value: float = 1.0, timestep_spacing: str = "leading",
                  rescale_betas_zero_snr: bool = False):
-        set_alpha_to_one = _bool("set_alpha_to_one", set_alpha_to_one)
+        set_alpha_to_one = check_bool("set_alpha_to_one", set_alpha_to_one)
         values = dict(locals())
         self._set_alpha_to_one = set_alpha_to_one
         self._setup({k: values[k] for k in self._fields})
@@ -849,7 +656,7 @@ class DDIMScheduler(_DiscreteScheduler):
     def _variant(self, eta: float = 0.0, use_clipped_model_output: bool | None = False):
         # None is diffusers' "not given" (DDIMPipeline passes it through): its step reads it as False.
         use_clipped = False if use_clipped_model_output is None else use_clipped_model_output
-        return (_float("eta", eta, low=0.0), _bool("use_clipped_model_output", use_clipped))
+        return (check_float("eta", eta, low=0.0), check_bool("use_clipped_model_output", use_clipped))
 
     def _rows(self, variant, t, a_t, a_prev):
         eta, use_clipped = variant
@@ -899,20 +706,12 @@ class DDIMScheduler(_DiscreteScheduler):
         self._check_inputs(model_output, sample)
         variant = self._variant(eta, use_clipped_model_output)
         ts = self._timesteps_tensor(timestep, sample)
-        coefs = self._table(variant, sample.device, _coef_dtype(sample.dtype))
+        coefs = self._table(variant, sample.device, accumulation_dtype(sample.dtype))
         noise, offset = None, None
         if variant[0] > 0:
-            if variance_noise is not None and generator is not None:
-                raise ValueError("pass either generator or variance_noise, not both")
+            noise = step_noise(sample, generator=generator, variance_noise=variance_noise, philox_seed=philox_seed)
             if philox_seed is not None:
-                if variance_noise is not None or generator is not None:
-                    raise ValueError("philox_seed draws the noise in the kernel: do not also pass "
-                                     "generator/variance_noise")
                 offset = self._philox_offset(timestep, philox_offset)
-            elif variance_noise is not None:
-                noise = self._check_noise("variance_noise", variance_noise, sample)
-            else:
-                noise = _randn(sample.shape, generator, sample.device, sample.dtype)
         else:
             philox_seed = None  # eta = 0: no noise at all
         return self._fused_step(model_output, sample, ts, coefs, noise=noise, uncond=model_output_uncond,

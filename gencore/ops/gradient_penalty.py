@@ -15,9 +15,8 @@ Layers (the anatomy of every gencore op):
 gencore.gan.gradient_penalty puts them around the critic: interpolate, critic forward, autograd.grad with
 create_graph=True, then the norm penalty, whose backward feeds the critic's double backward.
 
-Layout rule shared by every backend and the fake implementations (see per_sample_dense): tensors whose samples are
-each one dense block (contiguous, channels_last, ...) are read in place and outputs keep their strides; others are
-copied to contiguous first.
+Layout and dtype: the rules of gencore/_rules.py (per_sample_dense: tensors whose samples are each one dense block are
+read in place and outputs keep their strides, others are copied first; norms and penalty in the accumulation dtype).
 """
 from __future__ import annotations
 
@@ -26,15 +25,11 @@ import math
 import torch
 
 from .. import _extension, backends
-from ..reference.gradient_penalty import (gradient_norm_penalty_ref, interpolate_ref, per_sample,
-                                          per_sample_dense)
+from .._rules import accumulation_dtype, per_sample_dense
+from ..reference.gradient_penalty import gradient_norm_penalty_ref, interpolate_ref, per_sample
 from ._checks import check_fake_devices, check_float_tensor, check_like
 
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
-
-
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_batch(name: str, x) -> None:
@@ -92,7 +87,7 @@ def _interpolate_fake(real, fake, alpha):
 
 
 def _penalty_fwd_fake(grad, center, one_sided, grad_scale):
-    stats = stats_dtype(grad.dtype)
+    stats = accumulation_dtype(grad.dtype)
     return grad.new_empty((), dtype=stats), grad.new_empty((grad.shape[0],), dtype=stats)
 
 
@@ -175,11 +170,12 @@ def _register_triton_ops() -> None:
 
     @triton_op("gencore::gp_interpolate_triton", mutates_args=())
     def gp_interpolate_triton(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        return tk.gp_interpolate(real, fake, alpha)
+        return tk.gp_interpolate(real, fake, check_interpolate_args(real, fake, alpha))
 
     @triton_op("gencore::gp_norm_penalty_fwd_triton", mutates_args=())
     def gp_norm_penalty_fwd_triton(grad: torch.Tensor, center: float, one_sided: bool,
                                    grad_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        check_penalty_args(grad, center, one_sided, grad_scale)
         return tk.gp_norm_penalty_fwd(grad, center, one_sided, grad_scale)
 
     @triton_op("gencore::gp_norm_penalty_bwd_triton", mutates_args=())

@@ -11,37 +11,20 @@ data, x = 1e4 + noise, keeps its digits; the backward must rebuild that same cen
 carry), rstd in the accumulation dtype (float32, float64 for float64 input). The backward op returns (grad_x, grad_weight,
 grad_bias, grad_temb, grad_scale_shift), with a 0-element tensor standing for an input that was None.
 
-Layout rule shared by every backend and the fake implementations (see output_like): a contiguous x gives a
-contiguous y; an x whose channels are innermost (channels_last, or its 3-D/5-D analogue) gives y in that layout;
-any other strides are copied to contiguous first.
+Layout and dtype: the rules of gencore/_rules.py (a contiguous x gives a contiguous y, a channels-last x a
+channels-last y, other strides are copied first; statistics in the accumulation dtype), as every op follows them.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import _extension, backends
+from .._rules import accumulation_dtype, output_like
 from ..reference.group_norm_silu import group_norm_silu_ref
 from ._checks import check_fake_devices, check_float_tensor, check_like, check_positive_int
 
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 ACTIVATIONS = ("silu", None)
-
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """Whether the kernels read x as (N, S, C) with channels innermost (channels_last and its N-D analogues)."""
-    return x.dim() >= 3 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
-
-
-def output_like(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """An uninitialised tensor shaped like x in the layout every backend writes (the rule in the module doc)."""
-    dtype = x.dtype if dtype is None else dtype
-    if is_channels_last(x):
-        return torch.empty(x.movedim(1, -1).shape, dtype=dtype, device=x.device).movedim(-1, 1)
-    return torch.empty(x.shape, dtype=dtype, device=x.device)
-
-
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_args(x, num_groups, weight, bias, eps, temb, scale_shift, activation) -> None:
@@ -72,7 +55,7 @@ def _fwd_fake(x, weight, bias, temb, scale_shift, num_groups, eps, silu):
     check_fake_devices("x", x, weight=weight, bias=bias, temb=temb, scale_shift=scale_shift)
     y = output_like(x)
     mean = x.new_empty((x.shape[0], num_groups), dtype=torch.float64)
-    rstd = x.new_empty((x.shape[0], num_groups), dtype=stats_dtype(x.dtype))
+    rstd = x.new_empty((x.shape[0], num_groups), dtype=accumulation_dtype(x.dtype))
     return y, mean, rstd
 
 
@@ -161,6 +144,7 @@ def _register_triton_ops() -> None:
     def group_norm_silu_fwd_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                                    temb: torch.Tensor | None, scale_shift: torch.Tensor | None, num_groups: int,
                                    eps: float, silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_args(x, num_groups, weight, bias, eps, temb, scale_shift, "silu" if silu else None)
         return tk.group_norm_silu_fwd(x, weight, bias, temb, scale_shift, num_groups, eps, silu)
 
     @triton_op("gencore::group_norm_silu_bwd_triton", mutates_args=())
@@ -169,6 +153,7 @@ def _register_triton_ops() -> None:
                                    scale_shift: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
                                    num_groups: int, silu: bool
                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_args(x, num_groups, weight, bias, 0.0, temb, scale_shift, "silu" if silu else None)
         return tk.group_norm_silu_bwd(grad_out, x, weight, bias, temb, scale_shift, mean, rstd, num_groups, silu)
 
     group_norm_silu_fwd_triton.register_autograd(_make_backward(torch.ops.gencore.group_norm_silu_bwd_triton),

@@ -16,10 +16,10 @@ The C++/Triton diffusion_training_inputs op takes `velocity: bool` and returns (
 0-element tensor unless asked for: the "epsilon" and "sample" targets are the inputs themselves, which the public
 function returns without a copy.
 
-Layout rule shared by every backend and the fake implementations: a contiguous sample gives contiguous outputs; a
-sample whose channels are innermost (channels_last, or its 3-D/5-D analogue) gives outputs in that layout; any other
-strides are copied to contiguous first. The other per-element inputs are brought to the sample's layout. Philox
-noise is keyed on each element's *logical* index, so it does not depend on the layout.
+Layout and dtype: the rules of gencore/_rules.py (a contiguous sample gives contiguous outputs, a channels-last
+sample channels-last ones, other strides are copied first, and the other per-element inputs are brought to the
+sample's layout; coefficients and math in the accumulation dtype). Philox noise is keyed on each element's *logical*
+index, so it does not depend on the layout.
 """
 from __future__ import annotations
 
@@ -28,20 +28,12 @@ import math
 import torch
 
 from .. import _extension, backends
+from .._rules import accumulation_dtype, is_channels_last, output_like, to_layout
 from ..reference.philox import check_philox_args, philox_uint32 as philox_uint32_ref
-from ..reference.sampler_step import (NUM_COEFS, TARGETS, compute_dtype, diffusion_training_inputs_ref,
-                                      sampler_step_ref)
+from ..reference.sampler_step import NUM_COEFS, TARGETS, diffusion_training_inputs_ref, sampler_step_ref
 from ._checks import check_fake_devices, check_float_tensor
-from .group_norm_silu import is_channels_last, output_like
 
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
-
-
-def _in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """t in the layout the kernels read: channels innermost if channels_last, else contiguous (no copy if already)."""
-    if channels_last:
-        return t if is_channels_last(t) else t.movedim(1, -1).contiguous().movedim(-1, 1)
-    return t.contiguous()
 
 
 def _check_timesteps(timesteps, n: int, sample: torch.Tensor) -> None:
@@ -57,7 +49,7 @@ def _check_timesteps(timesteps, n: int, sample: torch.Tensor) -> None:
 
 
 def _check_coefs(coefs, columns: int, sample: torch.Tensor, sample_name: str) -> None:
-    want = compute_dtype(sample.dtype)
+    want = accumulation_dtype(sample.dtype)
     if not isinstance(coefs, torch.Tensor):
         raise TypeError(f"coefs must be a torch.Tensor of shape (T, {columns}), got {type(coefs).__name__}")
     if coefs.dim() != 2 or coefs.shape[1] != columns or coefs.shape[0] < 1:
@@ -233,12 +225,15 @@ def _register_triton_ops() -> None:
                             clip_range: float | None, threshold: torch.Tensor | None, noise: torch.Tensor | None,
                             philox_seed: int | None, philox_offset: int, history1: torch.Tensor | None = None,
                             history2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        check_sampler_step_args(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale,
+                                clip_range, threshold, noise, philox_seed, philox_offset, history1, history2)
         return tk.sampler_step(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale,
                                clip_range, threshold, noise, philox_seed, philox_offset, history1, history2)
 
     @triton_op("gencore::diffusion_training_inputs_triton", mutates_args=())
     def diffusion_training_inputs_triton(x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
                                          coefs: torch.Tensor, velocity: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        check_training_args(x0, noise, timesteps, coefs, "v_prediction" if velocity else "epsilon")
         return tk.diffusion_training_inputs(x0, noise, timesteps, coefs, velocity)
 
     @triton_op("gencore::philox_uint32_triton", mutates_args=())
@@ -325,16 +320,16 @@ def sampler_step(
                                 noise=noise, philox_seed=philox_seed, philox_offset=philox_offset,
                                 history1=history1, history2=history2)
     channels_last = is_channels_last(sample)
-    sample = _in_layout(sample, channels_last)
-    model_output = _in_layout(model_output, channels_last)
+    sample = to_layout(sample, channels_last)
+    model_output = to_layout(model_output, channels_last)
     if model_output_uncond is not None:
-        model_output_uncond = _in_layout(model_output_uncond, channels_last)
+        model_output_uncond = to_layout(model_output_uncond, channels_last)
     if noise is not None:
-        noise = _in_layout(noise, channels_last)
+        noise = to_layout(noise, channels_last)
     if history1 is not None:
-        history1 = _in_layout(history1, channels_last)
+        history1 = to_layout(history1, channels_last)
     if history2 is not None:
-        history2 = _in_layout(history2, channels_last)
+        history2 = to_layout(history2, channels_last)
     if threshold is not None:
         threshold = threshold.to(coefs.dtype).contiguous()
     if name != "cpu":  # the CPU kernel checks the range itself, naming the offending sample
@@ -380,7 +375,7 @@ def diffusion_training_inputs(
     if name == "reference":
         return diffusion_training_inputs_ref(x0, noise, timesteps, coefs, target)
     channels_last = is_channels_last(x0)
-    x0_in, noise_in = _in_layout(x0, channels_last), _in_layout(noise, channels_last)
+    x0_in, noise_in = to_layout(x0, channels_last), to_layout(noise, channels_last)
     if name != "cpu":
         _assert_timesteps_in_range(timesteps, coefs.shape[0])
     op = (torch.ops.gencore.diffusion_training_inputs_triton if name == "triton"

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import torch
 
-
-def compute_dtype(dtype: torch.dtype, upcast: bool = False) -> torch.dtype:
-    """float64 when upcasting (the tests' truth) or for float64 input, else float32 (what every fused backend uses)."""
-    return torch.float64 if upcast or dtype == torch.float64 else torch.float32
+from .._rules import accumulation_dtype
 
 
 def per_sample(alpha: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -33,7 +30,7 @@ def interpolate_ref(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor,
 
     Computed in float32 for half inputs (float64 with upcast=True) and returned in real's dtype (float64 if upcast).
     """
-    compute = compute_dtype(real.dtype, upcast)
+    compute = accumulation_dtype(real.dtype, upcast)
     a = per_sample(alpha.to(compute), real.dim())
     x_hat = a * real.to(compute) + (1 - a) * fake.to(compute)
     return x_hat if upcast else x_hat.to(real.dtype)
@@ -46,7 +43,7 @@ def gradient_norm_penalty_ref(grad: torch.Tensor, center: float = 1.0, one_sided
     Both are float32 for float16/bfloat16/float32 grad and float64 for float64 grad (or with upcast=True): the
     penalty is a loss-like reduction, kept in float32 as autocast does for reductions. Differentiable to any order.
     """
-    compute = compute_dtype(grad.dtype, upcast)
+    compute = accumulation_dtype(grad.dtype, upcast)
     u = grad.to(compute)
     if grad_scale != 1.0:  # skipped when there is nothing to unscale: the textbook recipe has no such pass
         u = u * grad_scale
@@ -55,24 +52,3 @@ def gradient_norm_penalty_ref(grad: torch.Tensor, center: float = 1.0, one_sided
     if one_sided:
         d = d.clamp_min(0)
     return d.square().mean(), norms
-
-
-def per_sample_dense(t: torch.Tensor) -> bool:
-    """Whether each sample of t is one dense block of numel/N elements at offset n * numel/N.
-
-    The layout rule every backend shares (and the fake implementations mirror): such tensors (contiguous,
-    channels_last, and their N-D analogues) are read in place as (N, D), and outputs are allocated with empty_like,
-    which keeps the layout stride for stride; any other strides are copied to contiguous first. The norm of a sample
-    does not depend on the order of its elements, so the per-sample result is the same in every layout.
-    """
-    if t.numel() == 0:
-        return True
-    n = t.shape[0]
-    if n > 1 and t.stride(0) != t.numel() // n:
-        return False
-    expected = 1
-    for stride, size in sorted((t.stride(i), t.shape[i]) for i in range(1, t.dim()) if t.shape[i] != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True

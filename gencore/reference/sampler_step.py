@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from .._rules import accumulation_dtype, is_channels_last, to_layout
 from .philox import philox_normal
 
 COEF_COLUMNS = ("x0_from_sample", "x0_from_model", "eps_from_sample", "eps_from_model", "eps_from_x0",
@@ -38,18 +39,6 @@ COEF_COLUMNS = ("x0_from_sample", "x0_from_model", "eps_from_sample", "eps_from_
 NUM_COEFS = len(COEF_COLUMNS)
 TRAINING_COEF_COLUMNS = ("sqrt_alpha_bar", "sqrt_one_minus_alpha_bar")
 TARGETS = ("epsilon", "sample", "v_prediction")
-
-
-def compute_dtype(dtype: torch.dtype, upcast: bool = False) -> torch.dtype:
-    """float64 for float64 inputs (or upcast), else float32: the dtype every backend does its math in."""
-    return torch.float64 if (upcast or dtype == torch.float64) else torch.float32
-
-
-def keep_layout(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """y in like's layout when like is channels-last (channels innermost), else contiguous: every backend's rule."""
-    if like.dim() >= 3 and not like.is_contiguous() and like.movedim(1, -1).is_contiguous():
-        return y.movedim(1, -1).contiguous().movedim(-1, 1)
-    return y.contiguous()
 
 
 def gather_coefs(coefs: torch.Tensor, timesteps: torch.Tensor, ndim: int, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -86,7 +75,7 @@ def sampler_step_ref(
     Outputs have sample's dtype (float64 with upcast=True) and sample's layout rule (contiguous, or channels-last
     for a channels-last sample).
     """
-    dt = compute_dtype(sample.dtype, upcast)
+    dt = accumulation_dtype(sample.dtype, upcast)
     c = gather_coefs(coefs, timesteps, sample.dim(), dt)
     x = sample.to(dt)
     m = model_output.to(dt)
@@ -108,11 +97,11 @@ def sampler_step_ref(
     if noise is not None:
         prev = prev + c[8] * noise.to(dt)
     elif philox_seed is not None:
-        z = philox_normal(sample.shape, philox_seed, philox_offset, dtype=compute_dtype(sample.dtype),
+        z = philox_normal(sample.shape, philox_seed, philox_offset, dtype=accumulation_dtype(sample.dtype),
                           device=sample.device)
         prev = prev + c[8] * z.to(dt)
     out = dt if upcast else sample.dtype
-    return keep_layout(prev.to(out), sample), keep_layout(x0.to(out), sample)
+    return to_layout(prev.to(out), is_channels_last(sample)), to_layout(x0.to(out), is_channels_last(sample))
 
 
 def diffusion_training_inputs_ref(
@@ -131,14 +120,14 @@ def diffusion_training_inputs_ref(
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
-    dt = compute_dtype(x0.dtype, upcast)
+    dt = accumulation_dtype(x0.dtype, upcast)
     c = gather_coefs(coefs, timesteps, x0.dim(), dt)
     x = x0.to(dt)
     z = noise.to(dt)
     out = dt if upcast else x0.dtype
-    noisy = keep_layout((c[0] * x + c[1] * z).to(out), x0)
+    noisy = to_layout((c[0] * x + c[1] * z).to(out), is_channels_last(x0))
     if target == "epsilon":
         return noisy, noise.to(out) if upcast else noise
     if target == "sample":
         return noisy, x0.to(out) if upcast else x0
-    return noisy, keep_layout((c[0] * z - c[1] * x).to(out), x0)
+    return noisy, to_layout((c[0] * z - c[1] * x).to(out), is_channels_last(x0))

@@ -19,7 +19,7 @@ checkpoint that latest.json points to, so `--resume` loses at most the steps sin
 the JSON files' types, that every float weight is finite and that the weights fit the models before any large
 allocation, and names the file (and key) it refuses.
 
-`load_checkpoint`, `sample_from_checkpoint` and `gencore sample/eval --checkpoint` accept either the run folder or
+`load_checkpoint`, `gencore.training.generate.sample_from_checkpoint` and `gencore sample/eval --checkpoint` accept either the run folder or
 one checkpoint folder.
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ import re
 import shutil
 import tempfile
 
+import numpy as np
 import torch
 
 FORMAT = "gencore-checkpoint"
@@ -348,58 +349,61 @@ def load_models(path: str, *, device: str | torch.device = "cpu", ema: bool = Tr
     return models, config
 
 
-def sample_from_checkpoint(checkpoint_dir: str, n: int, *, batch_size: int = 250, device: str | torch.device = "cpu",
-                           generator: torch.Generator | None = None, sampler: str = "ddim", steps: int = 50,
-                           eta: float = 0.0, guidance_scale: float = 1.0, class_labels: torch.Tensor | None = None,
-                           ema: bool = True, progress: bool = False) -> torch.Tensor:
-    """n images from a trained checkpoint (any kind), as a CPU float32 tensor (n, C, H, W) clamped to [-1, 1].
+# ---------------------------------------------------------------------------------------------------------------------
+# The trainers' state: optimizers and random-number generators as safetensors + JSON (no pickle)
 
-    Args:
-        checkpoint_dir: a run's --out folder or one checkpoint folder.
-        n: number of images; batch_size: images per forward pass / sampling loop.
-        device: where to run the model. generator: a torch.Generator on that device for reproducible samples
-            (latents / initial noise and DDPM/DDIM noise); None uses the global RNG.
-        sampler, steps, eta: diffusion only: "ddim" (default, `steps`=50, eta=0 deterministic), "dpm++" (DPM-Solver++,
-            20 steps as good as DDIM's 50) or "ddpm".
-        guidance_scale: classifier-free guidance for a class-conditional DDPM (1 = plain conditional).
-        class_labels: (n,) ints for class-conditional models; None gives balanced classes (i % num_classes).
-        ema: use the EMA weights when the checkpoint has them.
 
-    `gencore eval --checkpoint DIR` calls this with MNIST checkpoints: images (n, 1, 28, 28) in [-1, 1].
-    """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    models, config = load_models(checkpoint_dir, device=device, ema=ema)
-    kind = config.get("kind")
-    num_classes = config.get("data", {}).get("num_classes") if config.get("conditional") else None
-    if class_labels is not None:
-        class_labels = torch.as_tensor(class_labels).long()
-        if class_labels.shape != (n,):
-            raise ValueError(f"class_labels must have shape ({n},), got {tuple(class_labels.shape)}")
-        if num_classes is None:
-            raise ValueError("class_labels given but the checkpoint's model is not class-conditional")
-        if class_labels.min() < 0 or class_labels.max() >= num_classes:
-            raise ValueError(f"class_labels must be in [0, {num_classes})")
-    elif num_classes:
-        class_labels = torch.arange(n) % num_classes
-    out = []
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            m = min(batch_size, n - start)
-            labels = None if class_labels is None else class_labels[start:start + m].to(device)
-            if kind == "ddpm":
-                from .ddpm import diffusion_sample
+def check_optimizer_state(opt: torch.optim.Optimizer, loaded: dict) -> None:
+    """Every saved per-parameter tensor has its parameter's shape (or is a scalar such as Adam's step): torch would
+    accept a wrong shape and fail, or broadcast silently, at the first step after resuming."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    saved_groups = loaded.get("param_groups", [])
+    if sum(len(g.get("params", [])) for g in saved_groups) != len(params):
+        raise ValueError(f"{sum(len(g.get('params', [])) for g in saved_groups)} parameters saved, the model has "
+                         f"{len(params)}")
+    ids = [i for g in saved_groups for i in g["params"]]
+    for index, param in zip(ids, params):
+        for name, value in loaded.get("state", {}).get(index, {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise ValueError(f"state {name!r} of parameter {index} has shape {tuple(value.shape)}, the parameter "
+                                 f"{tuple(param.shape)}")
 
-                x = diffusion_sample(models["model"], config, m, sampler=sampler, steps=steps, eta=eta,
-                                     generator=generator, class_labels=labels, guidance_scale=guidance_scale,
-                                     device=device, progress=progress)
-            elif kind in ("gan", "wgan-gp", "cgan"):
-                g = models["generator"]
-                z = torch.randn(m, g.latent_dim, generator=generator, device=device)
-                x = g(z, labels) if labels is not None else g(z)
+
+def jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (tuple, list)):
+        return [jsonable(o) for o in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def python_rng_state(s):
+    return (s[0], tuple(s[1]), s[2])
+
+
+def numpy_rng_state(s):
+    return (s[0], np.array(s[1], dtype=np.uint32), int(s[2]), int(s[3]), float(s[4]))
+
+
+def flatten_optimizer_state(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state_dict into tensors (for safetensors) and the JSON rest."""
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v
             else:
-                raise CheckpointError(f"unknown checkpoint kind {kind!r}")
-            out.append(x.float().clamp(-1, 1).cpu())
-    return torch.cat(out)
+                scalars.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    for idx, st in rest.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(st)
+    return {"state": state, "param_groups": rest["param_groups"]}

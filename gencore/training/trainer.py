@@ -356,7 +356,7 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        py_rng = {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())}
+        py_rng = {"python": ckpt.jsonable(random.getstate()), "numpy": ckpt.jsonable(np.random.get_state())}
         if self.world > 1:
             gathered = [None] * self.world
             dist.all_gather_object(gathered, ({k: v.cpu() for k, v in rng.items()}, py_rng))
@@ -366,7 +366,7 @@ class Trainer:
         if self.is_main:
             tensors, opt_json = {}, {}
             for role, opt in self.optimizers.items():
-                t, j = _flatten_optimizer(opt.state_dict())
+                t, j = ckpt.flatten_optimizer_state(opt.state_dict())
                 tensors.update({f"optimizer.{role}.{k}": v for k, v in t.items()})
                 opt_json[role] = j
             for r, (rt, _) in enumerate(gathered):
@@ -420,8 +420,8 @@ class Trainer:
             prefix = f"optimizer.{role}."
             flat = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             try:
-                loaded = _unflatten_optimizer(flat, ckpt.expect(optimizers, role, dict, f"{where} [optimizers]"))
-                _check_optimizer_state(opt, loaded)
+                loaded = ckpt.unflatten_optimizer_state(flat, ckpt.expect(optimizers, role, dict, f"{where} [optimizers]"))
+                ckpt.check_optimizer_state(opt, loaded)
                 opt.load_state_dict(loaded)
             except (KeyError, ValueError, TypeError) as exc:
                 raise ckpt.CheckpointError(f"{path}: optimizer state of {role!r} does not fit ({exc})") from None
@@ -434,67 +434,11 @@ class Trainer:
                 torch.set_rng_state(tensors[f"rng.{r}.torch"])
                 if self.device.type == "cuda" and f"rng.{r}.cuda" in tensors:
                     torch.cuda.set_rng_state(tensors[f"rng.{r}.cuda"], self.device)
-                random.setstate(_python_state(ckpt.expect(rng[r], "python", list, f"{where} [rng.{r}]")))
-                np.random.set_state(_numpy_state(ckpt.expect(rng[r], "numpy", list, f"{where} [rng.{r}]")))
+                random.setstate(ckpt.python_rng_state(ckpt.expect(rng[r], "python", list, f"{where} [rng.{r}]")))
+                np.random.set_state(ckpt.numpy_rng_state(ckpt.expect(rng[r], "numpy", list, f"{where} [rng.{r}]")))
             except (TypeError, ValueError, IndexError, RuntimeError) as exc:
                 raise ckpt.CheckpointError(f"{where}: random-number state of process {r} is malformed ({exc})") \
                     from None
         else:  # resumed with more processes than saved: fresh, but still deterministic, streams
             torch.manual_seed(self.config.seed + 1000003 * (r + 1) + self.step)
         return self.step
-
-
-def _check_optimizer_state(opt: torch.optim.Optimizer, loaded: dict) -> None:
-    """Every saved per-parameter tensor has its parameter's shape (or is a scalar such as Adam's step): torch would
-    accept a wrong shape and fail, or broadcast silently, at the first step after resuming."""
-    params = [p for group in opt.param_groups for p in group["params"]]
-    saved_groups = loaded.get("param_groups", [])
-    if sum(len(g.get("params", [])) for g in saved_groups) != len(params):
-        raise ValueError(f"{sum(len(g.get('params', [])) for g in saved_groups)} parameters saved, the model has "
-                         f"{len(params)}")
-    ids = [i for g in saved_groups for i in g["params"]]
-    for index, param in zip(ids, params):
-        for name, value in loaded.get("state", {}).get(index, {}).items():
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
-                raise ValueError(f"state {name!r} of parameter {index} has shape {tuple(value.shape)}, the parameter "
-                                 f"{tuple(param.shape)}")
-
-
-def _jsonable(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (tuple, list)):
-        return [_jsonable(o) for o in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
-
-
-def _python_state(s):
-    return (s[0], tuple(s[1]), s[2])
-
-
-def _numpy_state(s):
-    return (s[0], np.array(s[1], dtype=np.uint32), int(s[2]), int(s[3]), float(s[4]))
-
-
-def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state_dict into tensors (for safetensors) and the JSON rest."""
-    tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{idx}.{k}"] = v
-            else:
-                scalars.setdefault(str(idx), {})[k] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        idx, k = key.split(".", 1)
-        state.setdefault(int(idx), {})[k] = v
-    for idx, st in rest.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(st)
-    return {"state": state, "param_groups": rest["param_groups"]}
