@@ -174,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_cpu(const at::Tensor& gra
   const at::Tensor grad = gp::as_flat(grad_in);
   const int64_t n = grad.size(0);
   const int64_t d = grad.numel() / n;
-  const auto stats = gp::stats_type(grad.scalar_type());
+  const auto stats = accumulation_type(grad.scalar_type());
   at::Tensor norms = at::empty({n}, grad.options().dtype(stats));
   at::Tensor penalty = at::empty({}, grad.options().dtype(stats));
   const int64_t chunks = std::max<int64_t>(1, (d + kChunk - 1) / kChunk);

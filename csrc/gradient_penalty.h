@@ -3,37 +3,15 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 
 #include "cpu_output_pool.h"
-
-#include <algorithm>
-#include <utility>
-#include <vector>
+#include "tensor_rules.h"
 
 namespace gencore {
 namespace gp {
 
-// Each sample is one dense block of numel / N elements at offset n * numel / N (contiguous, channels_last, ...).
-// Such tensors are read in place as (N, D) and outputs get the same strides (output_like); others are
-// copied to contiguous first. The Python twin is gencore.reference.gradient_penalty.per_sample_dense.
-inline bool per_sample_dense(const at::Tensor& t) {
-  if (t.numel() == 0 || t.is_contiguous()) return true;
-  const int64_t n = t.size(0);
-  if (n > 1 && t.stride(0) != t.numel() / n) return false;
-  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of the non-batch dims longer than 1
-  for (int64_t i = 1; i < t.dim(); ++i) {
-    if (t.size(i) != 1) dims.emplace_back(t.stride(i), t.size(i));
-  }
-  std::sort(dims.begin(), dims.end());
-  int64_t expected = 1;
-  for (const auto& [stride, size] : dims) {
-    if (stride != expected) return false;
-    expected *= size;
-  }
-  return true;
-}
-
+// Layout: per_sample_dense (tensor_rules.h). Such tensors are read in place as (N, D) and outputs get the same
+// strides (output_like); others are copied to contiguous first.
 inline at::Tensor as_flat(const at::Tensor& t) { return per_sample_dense(t) ? t : t.contiguous(); }
 
 // An uninitialised tensor with t's sizes and strides (t is per_sample_dense, so empty_like keeps them exactly).
@@ -42,36 +20,6 @@ inline at::Tensor as_flat(const at::Tensor& t) { return per_sample_dense(t) ? t 
 inline at::Tensor output_like(const at::Tensor& t) {
   return t.is_cpu() && t.is_non_overlapping_and_dense() ? pooled_empty_like(t) : at::empty_like(t);
 }
-
-// The ops' dispatcher handles, looked up once: the autograd nodes and the eager Python entry points call through
-// them (unboxed) so that every call still passes the dispatcher's keys (autograd, profiling, CPU or CUDA kernel).
-inline const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>&
-interpolate_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("gencore::gp_interpolate", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
-  return op;
-}
-
-inline const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, bool, double)>&
-penalty_fwd_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("gencore::gp_norm_penalty_fwd", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double, bool, double)>();
-  return op;
-}
-
-inline const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
-                                                 bool, double)>&
-penalty_bwd_op() {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("gencore::gp_norm_penalty_bwd", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool, double)>();
-  return op;
-}
-
-inline at::ScalarType stats_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline void check_batch(const at::Tensor& t, const char* name, c10::DeviceType device) {
   TORCH_CHECK(t.device().type() == device, name, " must be a ", c10::DeviceTypeName(device), " tensor here, got ",
@@ -100,7 +48,7 @@ inline void check_interpolate(const at::Tensor& real, const at::Tensor& fake, co
 inline void check_backward(const at::Tensor& grad_penalty, const at::Tensor& grad, const at::Tensor& norms,
                            c10::DeviceType device) {
   check_batch(grad, "grad", device);
-  const auto stats = stats_type(grad.scalar_type());
+  const auto stats = accumulation_type(grad.scalar_type());
   TORCH_CHECK(grad_penalty.numel() == 1 && grad_penalty.device() == grad.device() &&
                   at::isFloatingType(grad_penalty.scalar_type()),
               "grad_penalty must hold one floating-point value on grad's device, got shape ", grad_penalty.sizes(),

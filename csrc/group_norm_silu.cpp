@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "cpu_output_pool.h"
+#include "group_norm_silu.h"
 
 namespace gencore {
 namespace {
@@ -50,15 +51,6 @@ constexpr int64_t kChunk = 4096;
 constexpr int64_t kRowBlockElems = 16384;
 // Backward keeps gz of a whole slab in a per-thread float buffer (saves recomputing the SiLU's exp) up to this size.
 constexpr int64_t kMaxScratch = int64_t(1) << 18;
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
 
 // Loads/stores of T as vectors of the accumulation type (float for half types: half-width loads, converted).
 template <typename T>
@@ -300,40 +292,10 @@ inline void affine_act_row(const T* x, T* y, int64_t C, const acc_t* M, const ac
 // ---------------------------------------------------------------------------------------------------------------------
 // Arguments: checks and per-channel parameters as contiguous accumulation-type arrays.
 
-bool channels_last(const at::Tensor& x) {
-  return x.dim() >= 3 && !x.is_contiguous() && x.movedim(1, -1).is_contiguous();
-}
-
 // x's layout, from the output pool (see cpu_output_pool.h: large fresh allocations cost more than the kernel).
 at::Tensor output_like(const at::Tensor& x) {
-  if (channels_last(x)) return pooled_empty(x.movedim(1, -1).sizes(), x).movedim(-1, 1);
+  if (is_channels_last(x)) return pooled_empty(x.movedim(1, -1).sizes(), x).movedim(-1, 1);
   return pooled_empty(x.sizes(), x);
-}
-
-at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_x(const at::Tensor& x, int64_t num_groups) {
-  TORCH_CHECK(x.defined(), "group_norm_silu: x must be a tensor");
-  TORCH_CHECK(x.device().is_cpu(), "group_norm_silu (cpu): x must be a CPU tensor, got ", x.device());
-  const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16,
-              "group_norm_silu: x must be float16, bfloat16, float32 or float64, got ", dt);
-  TORCH_CHECK(x.dim() >= 2, "group_norm_silu: x must have shape (N, C, *spatial), got ", x.sizes());
-  TORCH_CHECK(x.numel() > 0, "group_norm_silu: x must not be empty, got shape ", x.sizes());
-  TORCH_CHECK(num_groups > 0, "group_norm_silu: num_groups must be positive, got ", num_groups);
-  TORCH_CHECK(x.size(1) % num_groups == 0, "group_norm_silu: num_groups (", num_groups,
-              ") must divide the number of channels x.shape[1] (", x.size(1), ")");
-}
-
-void check_optional(const char* name, const std::optional<at::Tensor>& t, const at::Tensor& x,
-                    at::IntArrayRef shape) {
-  if (!t.has_value() || !t->defined()) return;
-  TORCH_CHECK(t->device() == x.device(), "group_norm_silu: ", name, " is on ", t->device(), " but x is on ",
-              x.device());
-  TORCH_CHECK(t->scalar_type() == x.scalar_type(), "group_norm_silu: ", name, " has dtype ", t->scalar_type(),
-              " but x has dtype ", x.scalar_type());
-  TORCH_CHECK(t->sizes().equals(shape), "group_norm_silu: ", name, " must have shape ", shape, ", got ",
-              t->sizes());
 }
 
 // A (possibly absent) small parameter tensor as a contiguous accumulation-type tensor (undefined if absent).
@@ -398,9 +360,9 @@ inline void finish_group(int64_t n, int64_t g, int64_t count, const Partial& par
 // Forward
 
 template <typename T>
-void forward_channels_first(const T* x, T* y, double* mean, typename AccOf<T>::type* rstd,
-                            const Shape& sh, const Params<typename AccOf<T>::type>& P, double eps, bool use_silu) {
-  using acc_t = typename AccOf<T>::type;
+void forward_channels_first(const T* x, T* y, double* mean, acc_type<T>* rstd,
+                            const Shape& sh, const Params<acc_type<T>>& P, double eps, bool use_silu) {
+  using acc_t = acc_type<T>;
   const int64_t S = sh.S, K = (S + kChunk - 1) / kChunk;  // chunks per channel
   const int64_t units = sh.N * sh.C * K, slabs = sh.N * sh.G, units_per_slab = sh.cpg * K;
   std::vector<acc_t> part_shift(units), part_rel(units), part_m2(units), coefM(sh.N * sh.C),
@@ -455,9 +417,9 @@ void forward_channels_first(const T* x, T* y, double* mean, typename AccOf<T>::t
 }
 
 template <typename T>
-void forward_channels_last(const T* x, T* y, double* mean, typename AccOf<T>::type* rstd,
-                           const Shape& sh, const Params<typename AccOf<T>::type>& P, double eps, bool use_silu) {
-  using acc_t = typename AccOf<T>::type;
+void forward_channels_last(const T* x, T* y, double* mean, acc_type<T>* rstd,
+                           const Shape& sh, const Params<acc_type<T>>& P, double eps, bool use_silu) {
+  using acc_t = acc_type<T>;
   using io = IO<T>;
   using V = typename io::V;
   constexpr int64_t W = io::W;
@@ -526,18 +488,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_fwd_cpu(
     const at::Tensor& x_in, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& temb, const std::optional<at::Tensor>& scale_shift, int64_t num_groups,
     double eps, bool use_silu) {
-  check_x(x_in, num_groups);
+  gn::check_forward(x_in, weight, bias, temb, scale_shift, num_groups, eps, c10::DeviceType::CPU);
   const int64_t N = x_in.size(0), C = x_in.size(1);
-  check_optional("weight", weight, x_in, {C});
-  check_optional("bias", bias, x_in, {C});
-  check_optional("temb", temb, x_in, {N, C});
-  check_optional("scale_shift", scale_shift, x_in, {N, 2 * C});
-  TORCH_CHECK(eps >= 0, "group_norm_silu: eps must be non-negative, got ", eps);
 
-  const bool cl = channels_last(x_in);
+  const bool cl = is_channels_last(x_in);
   const at::Tensor x = (cl || x_in.is_contiguous()) ? x_in : x_in.contiguous();
   const Shape sh{N, C, x.numel() / (N * C), num_groups, C / num_groups};
-  const auto acc = acc_type_of(x.scalar_type());
+  const auto acc = accumulation_type(x.scalar_type());
   const at::Tensor w = as_acc(weight, acc), b = as_acc(bias, acc), t = as_acc(temb, acc),
                    ss = as_acc(scale_shift, acc);
   at::Tensor y = output_like(x);
@@ -545,7 +502,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_fwd_cpu(
   at::Tensor rstd = at::empty({N, num_groups}, x.options().dtype(acc));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_fwd_cpu", [&] {
-    using acc_t = typename AccOf<scalar_t>::type;
+    using acc_t = acc_type<scalar_t>;
     const Params<acc_t> P{ptr_or_null<acc_t>(w), ptr_or_null<acc_t>(b), ptr_or_null<acc_t>(t),
                           ptr_or_null<acc_t>(ss), C};
     // data_ptr of a channels-last tensor is its (n, s, c) storage.
@@ -667,10 +624,10 @@ inline void finish_group_backward(int64_t n, int64_t g, const Shape& sh, const P
 
 template <typename T>
 void backward_channels_first(const T* x, const T* gy, T* gx, const Shape& sh,
-                             const Params<typename AccOf<T>::type>& P, BwdCoefs<typename AccOf<T>::type>& cf,
-                             typename AccOf<T>::type* S1, typename AccOf<T>::type* S2, typename AccOf<T>::type* S3,
-                             typename AccOf<T>::type* g_temb, typename AccOf<T>::type* g_ss, bool use_silu) {
-  using acc_t = typename AccOf<T>::type;
+                             const Params<acc_type<T>>& P, BwdCoefs<acc_type<T>>& cf,
+                             acc_type<T>* S1, acc_type<T>* S2, acc_type<T>* S3,
+                             acc_type<T>* g_temb, acc_type<T>* g_ss, bool use_silu) {
+  using acc_t = acc_type<T>;
   const int64_t S = sh.S, K = (S + kChunk - 1) / kChunk;
   const int64_t units = sh.N * sh.C * K, slabs = sh.N * sh.G, units_per_slab = sh.cpg * K;
   std::vector<acc_t> p1(units), p2(units), p3(units);
@@ -730,10 +687,10 @@ void backward_channels_first(const T* x, const T* gy, T* gx, const Shape& sh,
 
 template <typename T>
 void backward_channels_last(const T* x, const T* gy, T* gx, const Shape& sh,
-                            const Params<typename AccOf<T>::type>& P, BwdCoefs<typename AccOf<T>::type>& cf,
-                            typename AccOf<T>::type* S1, typename AccOf<T>::type* S2, typename AccOf<T>::type* S3,
-                            typename AccOf<T>::type* g_temb, typename AccOf<T>::type* g_ss, bool use_silu) {
-  using acc_t = typename AccOf<T>::type;
+                            const Params<acc_type<T>>& P, BwdCoefs<acc_type<T>>& cf,
+                            acc_type<T>* S1, acc_type<T>* S2, acc_type<T>* S3,
+                            acc_type<T>* g_temb, acc_type<T>* g_ss, bool use_silu) {
+  using acc_t = acc_type<T>;
   using io = IO<T>;
   using V = typename io::V;
   constexpr int64_t W = io::W;
@@ -810,26 +767,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& temb,
     const std::optional<at::Tensor>& scale_shift, const at::Tensor& mean, const at::Tensor& rstd, int64_t num_groups,
     bool use_silu) {
-  check_x(x_in, num_groups);
+  gn::check_backward(grad_out, x_in, weight, bias, temb, scale_shift, mean, rstd, num_groups, c10::DeviceType::CPU);
   const int64_t N = x_in.size(0), C = x_in.size(1), G = num_groups;
-  check_optional("weight", weight, x_in, {C});
-  check_optional("bias", bias, x_in, {C});
-  check_optional("temb", temb, x_in, {N, C});
-  check_optional("scale_shift", scale_shift, x_in, {N, 2 * C});
-  TORCH_CHECK(grad_out.defined() && grad_out.sizes().equals(x_in.sizes()),
-              "group_norm_silu_bwd: grad_out must have x's shape ", x_in.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == x_in.scalar_type() && grad_out.device() == x_in.device(),
-              "group_norm_silu_bwd: grad_out must have x's dtype and device, got ", grad_out.scalar_type(), " on ",
-              grad_out.device());
-  const auto acc = acc_type_of(x_in.scalar_type());
-  using Stat = std::tuple<const char*, const at::Tensor*, at::ScalarType>;
-  for (const auto& [name, s, dt] : {Stat{"mean", &mean, at::kDouble}, Stat{"rstd", &rstd, acc}}) {
-    TORCH_CHECK(s->defined() && s->sizes().equals({N, G}) && s->scalar_type() == dt && s->device() == x_in.device(),
-                "group_norm_silu_bwd: ", name, " must be a (N, num_groups) = (", N, ", ", G, ") ", dt,
-                " tensor on x's device (the forward's statistics)");
-  }
+  const auto acc = accumulation_type(x_in.scalar_type());
 
-  const bool cl = channels_last(x_in);
+  const bool cl = is_channels_last(x_in);
   const at::Tensor x = (cl || x_in.is_contiguous()) ? x_in : x_in.contiguous();
   // grad_out in x's layout (torch.compile may hand a channels_last tangent for a contiguous x, or the reverse).
   const at::Tensor gy = cl ? grad_out.movedim(1, -1).contiguous() : grad_out.contiguous();
@@ -845,7 +787,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
   at::Tensor g_b = b.defined() ? at::empty({C}, x.options().dtype(acc)) : at::Tensor();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "group_norm_silu_bwd_cpu", [&] {
-    using acc_t = typename AccOf<scalar_t>::type;
+    using acc_t = acc_type<scalar_t>;
     const Params<acc_t> P{ptr_or_null<acc_t>(w), ptr_or_null<acc_t>(b), ptr_or_null<acc_t>(t),
                           ptr_or_null<acc_t>(ss), C};
     const double* mp = mean_c.const_data_ptr<double>();

@@ -26,12 +26,11 @@ namespace gencore {
 namespace {
 
 using at::vec::Vectorized;
+using namespace sampler_table;
 
 constexpr int64_t kChunk = 2048;              // elements per work item: a multiple of 4 and of every vector width
 constexpr int64_t kGrainElements = 1 << 15;   // below ~32K elements a second thread costs more than it saves
 
-template <typename scalar_t>
-using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 // Loads `count` (<= vector size) elements as the compute type; half types convert through a small buffer.
 template <typename acc_t, typename scalar_t>
@@ -193,17 +192,17 @@ struct StepCoefs {
   Vec x0_from_sample, x0_from_model, noise_std, fold_x0, fold_x, fold_m, guidance, lo, hi, from_h1, from_h2;
 
   StepCoefs(const acc_t* c, acc_t guidance_scale, acc_t bound, bool has_history2)
-      : x0_from_sample(c[0]),
-        x0_from_model(c[1]),
-        noise_std(c[8]),
-        fold_x0(static_cast<acc_t>(double(c[5]) + double(c[7]) * double(c[4]))),
-        fold_x(static_cast<acc_t>(double(c[6]) + double(c[7]) * double(c[2]))),
-        fold_m(static_cast<acc_t>(double(c[7]) * double(c[3]))),
+      : x0_from_sample(c[kX0FromSample]),
+        x0_from_model(c[kX0FromModel]),
+        noise_std(c[kNoiseStd]),
+        fold_x0(static_cast<acc_t>(double(c[kPrevFromX0]) + double(c[kPrevFromEps]) * double(c[kEpsFromX0]))),
+        fold_x(static_cast<acc_t>(double(c[kPrevFromSample]) + double(c[kPrevFromEps]) * double(c[kEpsFromSample]))),
+        fold_m(static_cast<acc_t>(double(c[kPrevFromEps]) * double(c[kEpsFromModel]))),
         guidance(guidance_scale),
         lo(-bound),
         hi(bound),
-        from_h1(c[9]),
-        from_h2(has_history2 ? c[10] : acc_t(0)) {}
+        from_h1(c[kPrevFromHistory1]),
+        from_h2(has_history2 ? c[kPrevFromHistory2] : acc_t(0)) {}
 };
 
 // Elements [0, len) of one chunk; z holds the chunk's Philox normals (Noise::kPhilox).
@@ -331,15 +330,15 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
   ss::check_step(model_output_in, sample_in, timesteps, coefs_in, ss::kNumCoefs, uncond_in, clip_range, threshold_in,
                  noise_in, philox_seed, philox_offset, history1_in, history2_in, c10::DeviceType::CPU);
   const auto ts = checked_timesteps(timesteps, coefs_in);
-  const bool channels_last = ss::is_channels_last(sample_in);
-  const auto sample = ss::in_layout(sample_in, channels_last);
-  const auto model_output = ss::in_layout(model_output_in, channels_last);
+  const bool channels_last = is_channels_last(sample_in);
+  const auto sample = to_layout(sample_in, channels_last);
+  const auto model_output = to_layout(model_output_in, channels_last);
   const auto coefs = coefs_in.contiguous();
   c10::optional<at::Tensor> uncond, noise, threshold, history1, history2;
-  if (uncond_in.has_value()) uncond = ss::in_layout(*uncond_in, channels_last);
-  if (history1_in.has_value()) history1 = ss::in_layout(*history1_in, channels_last);
-  if (history2_in.has_value()) history2 = ss::in_layout(*history2_in, channels_last);
-  if (noise_in.has_value()) noise = ss::in_layout(*noise_in, channels_last);
+  if (uncond_in.has_value()) uncond = to_layout(*uncond_in, channels_last);
+  if (history1_in.has_value()) history1 = to_layout(*history1_in, channels_last);
+  if (history2_in.has_value()) history2 = to_layout(*history2_in, channels_last);
+  if (noise_in.has_value()) noise = to_layout(*noise_in, channels_last);
   if (threshold_in.has_value()) threshold = threshold_in->to(coefs.scalar_type()).contiguous();
   auto prev = output_like(sample, channels_last);
   auto x0 = output_like(sample, channels_last);
@@ -389,9 +388,9 @@ std::tuple<at::Tensor, at::Tensor> training_inputs_cpu(const at::Tensor& x0_in, 
   ss::check_table(x0_in, timesteps, coefs_in, 2, "x0", c10::DeviceType::CPU);
   ss::check_like(noise_in, x0_in, "noise", "x0");
   const auto ts = checked_timesteps(timesteps, coefs_in);
-  const bool channels_last = ss::is_channels_last(x0_in);
-  const auto x0 = ss::in_layout(x0_in, channels_last);
-  const auto noise = ss::in_layout(noise_in, channels_last);
+  const bool channels_last = is_channels_last(x0_in);
+  const auto x0 = to_layout(x0_in, channels_last);
+  const auto noise = to_layout(noise_in, channels_last);
   const auto coefs = coefs_in.contiguous();
   auto noisy = output_like(x0, channels_last);
   auto v = velocity ? output_like(x0, channels_last) : at::empty({0}, x0.options());

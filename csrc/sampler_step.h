@@ -6,24 +6,16 @@
 
 #include <ATen/ATen.h>
 
+#include "sampler_step_table.h"
+#include "tensor_rules.h"
+
 #include <optional>
 
 namespace gencore {
 namespace ss {
 
-// Columns of sampler_step's coefficient table (gencore/reference/sampler_step.py, COEF_COLUMNS).
-constexpr int64_t kNumCoefs = 11;
-
-// Channels innermost (channels_last or its 3-D/5-D analogue): the kernels read the sample as (N, S, C).
-inline bool is_channels_last(const at::Tensor& t) {
-  return t.dim() >= 3 && !t.is_contiguous() && t.movedim(1, -1).is_contiguous();
-}
-
-// t in the layout the kernels read: the sample's channels-last layout, or contiguous (no copy when already so).
-inline at::Tensor in_layout(const at::Tensor& t, bool channels_last) {
-  if (channels_last) return is_channels_last(t) ? t : t.movedim(1, -1).contiguous().movedim(-1, 1);
-  return t.contiguous();
-}
+// Columns of sampler_step's coefficient table: sampler_step_table.h.
+constexpr int64_t kNumCoefs = sampler_table::kNumCoefs;
 
 inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
   TORCH_CHECK(t.sizes() == ref.sizes(), name, " must have the shape of ", ref_name, " ", ref.sizes(), ", got ",
@@ -50,7 +42,7 @@ inline void check_table(const at::Tensor& sample, const at::Tensor& timesteps, c
               " is on ", sample.device());
   TORCH_CHECK(coefs.dim() == 2 && coefs.size(1) == columns && coefs.size(0) >= 1, "coefs must have shape (T, ",
               columns, ") with T >= 1, got ", coefs.sizes());
-  const auto want = sample.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto want = accumulation_type(sample.scalar_type());
   TORCH_CHECK(coefs.scalar_type() == want, "coefs must be ", want, " for ", sample.scalar_type(), " ", sample_name,
               ", got ", coefs.scalar_type());
   TORCH_CHECK(coefs.device() == sample.device(), "coefs is on ", coefs.device(), " but ", sample_name, " is on ",

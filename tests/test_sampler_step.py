@@ -663,3 +663,19 @@ def test_raw_cpp_op_checks_its_arguments():
     for i, fn in enumerate(bad):
         with pytest.raises((RuntimeError, IndexError)):
             fn()
+
+
+def test_table_columns_are_one_contract_in_python_and_cpp():
+    """csrc/sampler_step_table.h (read by the CPU kernels, the CUDA binding and the CUDA kernels) names the same
+    columns in the same order as gencore.reference.sampler_step.COEF_COLUMNS (read by the reference, the Triton
+    kernels and the schedulers)."""
+    import re
+    from pathlib import Path
+
+    from gencore.reference.sampler_step import COEF_COLUMNS
+
+    header = (Path(__file__).resolve().parents[1] / "csrc" / "sampler_step_table.h").read_text()
+    body = header[header.index("enum Column"):header.index("};")]
+    names = re.findall(r"\bk([A-Z]\w*)", body)
+    assert names[-1] == "NumCoefs"
+    assert [n.lower() for n in names[:-1]] == [c.replace("_", "") for c in COEF_COLUMNS], (names, COEF_COLUMNS)

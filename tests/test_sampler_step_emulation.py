@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "cuda_emulation" / "sampler_step_emulation.cpp"
 EMULATION_HEADER = ROOT / "csrc" / "cuda" / "host_emulation.h"
 SOURCES = [DRIVER, ROOT / "csrc/cuda/sampler_step_kernels.cu", ROOT / "csrc/cuda/sampler_step_kernels.h",
-           ROOT / "csrc/philox.h", ROOT / "csrc/cuda/common.cuh", EMULATION_HEADER]
+           ROOT / "csrc/philox.h", ROOT / "csrc/sampler_step_table.h", ROOT / "csrc/cuda/common.cuh", EMULATION_HEADER]
 KIND = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_cuda(const at::Tensor& gr
   const c10::cuda::CUDAGuard guard(grad_in.device());
   const at::Tensor grad = gp::as_flat(grad_in);
   const int64_t n = grad.size(0), d = grad.numel() / n;
-  const auto stats = grad.options().dtype(gp::stats_type(grad.scalar_type()));
+  const auto stats = grad.options().dtype(accumulation_type(grad.scalar_type()));
   at::Tensor workspace = at::empty({n * cuda::gp_chunks(d)}, stats);
   at::Tensor norms = at::empty({n}, stats);
   at::Tensor penalty = at::empty({}, stats);

@@ -14,6 +14,7 @@
 #include <optional>
 #include <tuple>
 
+#include "../group_norm_silu.h"
 #include "group_norm_silu_kernels.h"
 
 namespace gencore {
@@ -34,13 +35,7 @@ gk::ScalarKind scalar_kind(at::ScalarType t) {
   TORCH_CHECK(false, "group_norm_silu (cuda): x must be float16, bfloat16, float32 or float64, got ", t);
 }
 
-at::ScalarType stats_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-// The layout rule shared by every backend (gencore/ops/group_norm_silu.py: is_channels_last / output_like).
-bool is_channels_last(const Tensor& x) {
-  return x.dim() >= 3 && !x.is_contiguous() && x.movedim(1, -1).is_contiguous();
-}
-
+// The layout rule of every backend (tensor_rules.h, gencore/_rules.py).
 Tensor output_like(const Tensor& x) {
   if (is_channels_last(x)) return at::empty(x.movedim(1, -1).sizes(), x.options()).movedim(-1, 1);
   return at::empty(x.sizes(), x.options());
@@ -49,30 +44,9 @@ Tensor output_like(const Tensor& x) {
 // x as the kernels read it: itself when contiguous or channels-last, else a contiguous copy.
 Tensor in_kernel_layout(const Tensor& x) { return x.is_contiguous() || is_channels_last(x) ? x : x.contiguous(); }
 
-// `t` brought to the layout of `x` (x already in a kernel layout): grad_out may arrive in the other one.
-Tensor like_layout(const Tensor& t, const Tensor& x) {
-  if (is_channels_last(x)) return t.movedim(1, -1).contiguous().movedim(-1, 1);
-  return t.contiguous();
-}
-
-void check_x(const Tensor& x, int64_t num_groups) {
-  TORCH_CHECK(x.is_cuda(), "group_norm_silu (cuda): x must be a CUDA tensor, got one on ", x.device());
-  scalar_kind(x.scalar_type());  // rejects integer and the other floating types
-  TORCH_CHECK(x.dim() >= 2, "group_norm_silu (cuda): x must have shape (N, C, *spatial), got ", x.sizes());
-  TORCH_CHECK(x.numel() > 0, "group_norm_silu (cuda): x must not be empty, got shape ", x.sizes());
-  TORCH_CHECK(num_groups > 0, "group_norm_silu (cuda): num_groups must be positive, got ", num_groups);
-  TORCH_CHECK(x.size(1) % num_groups == 0, "group_norm_silu (cuda): num_groups (", num_groups,
-              ") must divide the number of channels x.shape[1] (", x.size(1), ")");
-}
-
-// An optional tensor argument: exactly `shape`, x's dtype and device. Returns it contiguous (small tensors).
-OptTensor check_optional(const char* name, const OptTensor& t, const Tensor& x, at::IntArrayRef shape) {
+// An optional (checked) small tensor argument, contiguous.
+OptTensor contiguous_or_none(const OptTensor& t) {
   if (!t.has_value() || !t->defined()) return std::nullopt;
-  TORCH_CHECK(t->sizes() == shape, "group_norm_silu (cuda): ", name, " must have shape ", shape, ", got ", t->sizes());
-  TORCH_CHECK(t->device() == x.device(), "group_norm_silu (cuda): ", name, " is on ", t->device(), " but x is on ",
-              x.device(), "; they must be on the same device");
-  TORCH_CHECK(t->scalar_type() == x.scalar_type(), "group_norm_silu (cuda): ", name, " has dtype ", t->scalar_type(),
-              " but x has dtype ", x.scalar_type(), "; they must match");
   return t->contiguous();
 }
 
@@ -101,18 +75,15 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_silu_fwd_cuda(const Tensor& x_in, 
                                                             const OptTensor& bias_in, const OptTensor& temb_in,
                                                             const OptTensor& scale_shift_in, int64_t num_groups,
                                                             double eps, bool silu) {
-  check_x(x_in, num_groups);
-  TORCH_CHECK(eps >= 0, "group_norm_silu (cuda): eps must be non-negative, got ", eps);
-  const int64_t n = x_in.size(0), c = x_in.size(1);
-  const OptTensor weight = check_optional("weight", weight_in, x_in, {c});
-  const OptTensor bias = check_optional("bias", bias_in, x_in, {c});
-  const OptTensor temb = check_optional("temb", temb_in, x_in, {n, c});
-  const OptTensor scale_shift = check_optional("scale_shift", scale_shift_in, x_in, {n, 2 * c});
+  gn::check_forward(x_in, weight_in, bias_in, temb_in, scale_shift_in, num_groups, eps, c10::DeviceType::CUDA);
+  const int64_t n = x_in.size(0);
+  const OptTensor weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in),
+                  temb = contiguous_or_none(temb_in), scale_shift = contiguous_or_none(scale_shift_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
 
   const Tensor x = in_kernel_layout(x_in);
   Tensor y = output_like(x);
-  const auto stats_options = x.options().dtype(stats_dtype(x.scalar_type()));
+  const auto stats_options = x.options().dtype(accumulation_type(x.scalar_type()));
   Tensor mean = at::empty({n, num_groups}, x.options().dtype(at::kDouble));
   Tensor rstd = at::empty({n, num_groups}, stats_options);
 
@@ -141,32 +112,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_silu_bwd_cuda(
     const Tensor& grad_out_in, const Tensor& x_in, const OptTensor& weight_in, const OptTensor& bias_in,
     const OptTensor& temb_in, const OptTensor& scale_shift_in, const Tensor& mean_in, const Tensor& rstd_in,
     int64_t num_groups, bool silu) {
-  check_x(x_in, num_groups);
-  const int64_t n = x_in.size(0), c = x_in.size(1);
-  TORCH_CHECK(grad_out_in.sizes() == x_in.sizes(), "group_norm_silu (cuda): grad_out must have x's shape ",
-              x_in.sizes(), ", got ", grad_out_in.sizes());
-  TORCH_CHECK(grad_out_in.device() == x_in.device(), "group_norm_silu (cuda): grad_out is on ", grad_out_in.device(),
-              " but x is on ", x_in.device());
-  TORCH_CHECK(grad_out_in.scalar_type() == x_in.scalar_type(), "group_norm_silu (cuda): grad_out has dtype ",
-              grad_out_in.scalar_type(), " but x has dtype ", x_in.scalar_type());
-  auto check_stat = [&](const char* name, const Tensor& t, at::ScalarType sdt) {
-    TORCH_CHECK(t.sizes() == at::IntArrayRef({n, num_groups}), "group_norm_silu (cuda): ", name,
-                " must have shape (N, num_groups) = (", n, ", ", num_groups, "), got ", t.sizes());
-    TORCH_CHECK(t.device() == x_in.device(), "group_norm_silu (cuda): ", name, " is on ", t.device(),
-                " but x is on ", x_in.device());
-    TORCH_CHECK(t.scalar_type() == sdt, "group_norm_silu (cuda): ", name, " must be ", sdt, " for x of dtype ",
-                x_in.scalar_type(), ", got ", t.scalar_type());
-  };
-  check_stat("mean", mean_in, at::kDouble);
-  check_stat("rstd", rstd_in, stats_dtype(x_in.scalar_type()));
-  const OptTensor weight = check_optional("weight", weight_in, x_in, {c});
-  const OptTensor bias = check_optional("bias", bias_in, x_in, {c});
-  const OptTensor temb = check_optional("temb", temb_in, x_in, {n, c});
-  const OptTensor scale_shift = check_optional("scale_shift", scale_shift_in, x_in, {n, 2 * c});
+  gn::check_backward(grad_out_in, x_in, weight_in, bias_in, temb_in, scale_shift_in, mean_in, rstd_in, num_groups,
+                     c10::DeviceType::CUDA);
+  const OptTensor weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in),
+                  temb = contiguous_or_none(temb_in), scale_shift = contiguous_or_none(scale_shift_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
 
   const Tensor x = in_kernel_layout(x_in);
-  const Tensor grad_out = like_layout(grad_out_in, x);
+  const Tensor grad_out = to_layout(grad_out_in, is_channels_last(x));
   const Tensor mean = mean_in.contiguous();
   const Tensor rstd = rstd_in.contiguous();
   Tensor grad_x = output_like(x);

@@ -22,7 +22,6 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 namespace sk = gencore::cuda;
 
-static_assert(ss::kNumCoefs == sk::kNumCoefs, "the binding and the kernels must agree on the table's columns");
 
 sk::SamplerDtype sampler_dtype(at::ScalarType t, const char* name) {
   switch (t) {
@@ -61,16 +60,16 @@ std::tuple<Tensor, Tensor> sampler_step_cuda(const Tensor& model_output_in, cons
   sampler_dtype(sample_in.scalar_type(), "sample");
 
   c10::cuda::CUDAGuard guard(sample_in.device());
-  const bool channels_last = ss::is_channels_last(sample_in);
-  const Tensor sample = ss::in_layout(sample_in, channels_last);
-  const Tensor model_output = ss::in_layout(model_output_in, channels_last);
+  const bool channels_last = is_channels_last(sample_in);
+  const Tensor sample = to_layout(sample_in, channels_last);
+  const Tensor model_output = to_layout(model_output_in, channels_last);
   const Tensor timesteps = timesteps_in.contiguous();
   const Tensor coefs = coefs_in.contiguous();
   OptTensor uncond, noise, threshold, history1, history2;
-  if (uncond_in.has_value()) uncond = ss::in_layout(*uncond_in, channels_last);
-  if (history1_in.has_value()) history1 = ss::in_layout(*history1_in, channels_last);
-  if (history2_in.has_value()) history2 = ss::in_layout(*history2_in, channels_last);
-  if (noise_in.has_value()) noise = ss::in_layout(*noise_in, channels_last);
+  if (uncond_in.has_value()) uncond = to_layout(*uncond_in, channels_last);
+  if (history1_in.has_value()) history1 = to_layout(*history1_in, channels_last);
+  if (history2_in.has_value()) history2 = to_layout(*history2_in, channels_last);
+  if (noise_in.has_value()) noise = to_layout(*noise_in, channels_last);
   if (threshold_in.has_value()) threshold = threshold_in->to(coefs.scalar_type()).contiguous();
   // empty_like keeps a dense sample's strides: contiguous stays contiguous, channels-last stays channels-last.
   Tensor prev = at::empty_like(sample);
@@ -107,9 +106,9 @@ std::tuple<Tensor, Tensor> training_inputs_cuda(const Tensor& x0_in, const Tenso
   ss::check_like(noise_in, x0_in, "noise", "x0");
   sampler_dtype(x0_in.scalar_type(), "x0");
   c10::cuda::CUDAGuard guard(x0_in.device());
-  const bool channels_last = ss::is_channels_last(x0_in);
-  const Tensor x0 = ss::in_layout(x0_in, channels_last);
-  const Tensor noise = ss::in_layout(noise_in, channels_last);
+  const bool channels_last = is_channels_last(x0_in);
+  const Tensor x0 = to_layout(x0_in, channels_last);
+  const Tensor noise = to_layout(noise_in, channels_last);
   const Tensor timesteps = timesteps_in.contiguous();
   const Tensor coefs = coefs_in.contiguous();
   Tensor noisy = at::empty_like(x0);

@@ -25,6 +25,8 @@ namespace gencore {
 namespace cuda {
 namespace {
 
+using namespace sampler_table;  // the table's column names
+
 // Reads / writes the E (or, at the end of a sample, fewer) elements of one work item: E = 4 is one Philox counter
 // group; E = 8 (two groups) gives 16-byte accesses for float16 / bfloat16.
 template <typename T, int E, bool VEC, bool CHANNELS_LAST>
@@ -144,8 +146,10 @@ __global__ void __launch_bounds__(kThreads) sampler_step_kernel(SamplerStepArgs 
     const int64_t n = item / groups;
     const int64_t g = item - n * groups;
     const A* c = coefs + clamped_row(a.timesteps, n, a.T) * kNumCoefs;
-    const A c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3], c4 = c[4], c5 = c[5], c6 = c[6], c7 = c[7], c8 = c[8];
-    const A c9 = a.history1 ? c[9] : A(0), c10 = a.history2 ? c[10] : A(0);
+    const A c0 = c[kX0FromSample], c1 = c[kX0FromModel], c2 = c[kEpsFromSample], c3 = c[kEpsFromModel];
+    const A c4 = c[kEpsFromX0], c5 = c[kPrevFromX0], c6 = c[kPrevFromSample], c7 = c[kPrevFromEps];
+    const A c8 = c[kNoiseStd], c9 = a.history1 ? c[kPrevFromHistory1] : A(0);
+    const A c10 = a.history2 ? c[kPrevFromHistory2] : A(0);
     const GroupIO<T, E, VEC, CHANNELS_LAST> io(n, E * g, a.dims);
     A x[E], m[E], z[E], h1[E], h2[E];
 #pragma unroll

@@ -13,6 +13,8 @@
 
 #include <cstdint>
 
+#include "../sampler_step_table.h"
+
 namespace gencore {
 namespace cuda {
 
@@ -20,8 +22,8 @@ namespace cuda {
 // which is also the type of the coefficient table and of the threshold vector.
 enum class SamplerDtype : int { Float16 = 0, BFloat16 = 1, Float32 = 2, Float64 = 3 };
 
-// Columns of sampler_step's coefficient table (gencore/reference/sampler_step.py, COEF_COLUMNS).
-constexpr int kNumCoefs = 11;
+// Columns of sampler_step's coefficient table: ../sampler_step_table.h (shared with the CPU kernels and the binding).
+constexpr int kNumCoefs = sampler_table::kNumCoefs;
 
 // Samples viewed as (N, numel) with numel = C * S logical elements each (C = size(1), 1 for 1-D samples):
 //   channels_last == false: logical element e of sample n at n * numel + e            (contiguous)
