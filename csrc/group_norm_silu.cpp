@@ -1,10 +1,10 @@
-// CPU kernels of gencore::group_norm_silu_fwd / _bwd (schemas in gencore.cpp; the math in the module doc of
-// gencore/ops/group_norm_silu.py and in GN_MATH.md).
+// CPU kernels of gencore::group_norm_silu_fwd / _bwd (schemas in gencore.cpp; the math, and the names of its
+// symbols here, in docs/math.md).
 //
 // View x as (N, C, S). Two layouts are read in place, and the output is written in the same one:
 //   channels-first (x.is_contiguous()):           element (n, c, s) at (n*C + c)*S + s
 //   channels-last  (channels innermost, N-D):     element (n, c, s) at (n*S + s)*C + c
-// Any other strides are copied to contiguous first (the rule of output_like in gencore/ops/group_norm_silu.py).
+// Any other strides are copied to contiguous first (the layout rule of csrc/tensor_rules.h and gencore/_rules.py).
 //
 // Statistics: every channel is cut into fixed chunks (channels-first: kChunk positions of one channel; channels-last:
 // a block of rows, all channels). Each chunk gets a centred two-pass (mean, M2) while it sits in L1/L2, and the
@@ -19,13 +19,12 @@
 // Channels-last: per-(n, row-block) partial sums over all channels, merged per group in a fixed order, then one
 // elementwise pass over rows.
 //
-// Elementwise math per (n, c), around the centre M = mean - temb (x - M = h - mean), subtracted before any scaling:
-// on offset data (x = 1000 + noise) x*A + B would lose ~1e-4 absolute to the rounding of A and B. M is kept in
-// double through the merge and split as M_hi (float) + M_lo; x - M_hi is exact (Sterbenz) and M_lo is folded into
-// the per-channel constants, so the passes cost no extra operation:
-//   forward   z = (x - M_hi)*A + B,  A = r*w*k,  B = b*k + shift - M_lo*A,  y = silu(z) or z
-//   backward  gz = gy*silu'(z), xhat = (x - M_hi)*r - M_lo*r;  gx = P*gz + Q*(x - M_hi) + R,
-//             P = r*w*k, Q = -r*r*m2, R = -r*m1 - Q*M_lo   (m1, m2 as in GN_MATH.md)
+// Elementwise math per (n, c) (the symbols of docs/math.md), around the centre M = mean - t (x - M = h - mean),
+// subtracted before any scaling: on offset data (x = 1000 + noise) x*A + B would lose ~1e-4 absolute to the rounding
+// of A and B. M is kept in double through the merge and split as M_hi (float) + M_lo; x - M_hi is exact (Sterbenz)
+// and M_lo is folded into the per-channel constants, so the passes cost no extra operation:
+//   forward   z = (x - M_hi)*A + B',  B' = B - M_lo*A,  y = silu(z) or z
+//   backward  xhat = (x - M_hi)*r + X0,  X0 = -M_lo*r;  gx = A*gz + E*(x - M_hi) + F',  F' = F - E*M_lo
 // Each of y and grad_x is one allocation, from the output cache (cpu_output_pool.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -521,13 +520,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_fwd_cpu(
 // ---------------------------------------------------------------------------------------------------------------------
 // Backward
 
-// Per-(n, c) coefficients of the backward: the forward's (M_hi, A, B) so z = (x - M_hi)*A + B; xhat = (x - M_hi)*r
-// + X0 with X0 = -M_lo*r; M_lo itself; and gx = P*gz + Q*(x - M_hi) + R.
+// Per-(n, c) coefficients of the backward (docs/math.md): the forward's (M_hi, A, B) so z = (x - M_hi)*A + B;
+// xhat = (x - M_hi)*r + X0 with X0 = -M_lo*r; M_lo itself; and gx = A*gz + E*(x - M_hi) + F.
 template <typename acc_t>
 struct BwdCoefs {
-  std::vector<acc_t> M, A, B, r, X0, P, Q, R;
+  std::vector<acc_t> M, A, B, r, X0, E, F;
   std::vector<double> lo;
-  explicit BwdCoefs(int64_t nc) : M(nc), A(nc), B(nc), r(nc), X0(nc), P(nc), Q(nc), R(nc), lo(nc) {}
+  explicit BwdCoefs(int64_t nc) : M(nc), A(nc), B(nc), r(nc), X0(nc), E(nc), F(nc), lo(nc) {}
 };
 
 // One chunk of the reduction: S1 = sum gz, S2 = sum gz*xhat, S3 = sum xhat. Stores gz to `gz_out` if given.
@@ -566,14 +565,14 @@ inline void reduce_chunk(const T* x, const T* gy, int64_t len, acc_t M, acc_t A,
   s3 = lane_sum(a3 + b3);
 }
 
-// gx = P*gz + Q*(x - M) + R over one chunk, with gz from `gz_in` or recomputed.
+// gx = A*gz + E*(x - M) + F over one chunk, with gz from `gz_in` or recomputed.
 template <typename T, typename acc_t>
-inline void grad_input_chunk(const T* x, const T* gy, T* gx, int64_t len, acc_t M, acc_t A, acc_t B, acc_t P,
-                             acc_t Q, acc_t R, bool use_silu, const float* gz_in) {
+inline void grad_input_chunk(const T* x, const T* gy, T* gx, int64_t len, acc_t M, acc_t A, acc_t B, acc_t E,
+                             acc_t F, bool use_silu, const float* gz_in) {
   using io = IO<T>;
   using V = typename io::V;
   constexpr int64_t W = io::W;
-  const V vm(M), va(A), vb(B), vp(P), vq(Q), vrr(R);
+  const V vm(M), va(A), vb(B), ve(E), vf(F);
   auto step = [&](int64_t i, int64_t n) {
     V d = (n == W ? io::load(x + i) : io::load(x + i, n)) - vm;
     V gz;
@@ -584,7 +583,7 @@ inline void grad_input_chunk(const T* x, const T* gy, T* gx, int64_t len, acc_t 
       V g = n == W ? io::load(gy + i) : io::load(gy + i, n);
       gz = use_silu ? silu_backward(at::vec::fmadd(d, va, vb), g) : g;
     }
-    V out = at::vec::fmadd(vp, gz, at::vec::fmadd(vq, d, vrr));
+    V out = at::vec::fmadd(va, gz, at::vec::fmadd(ve, d, vf));
     if (n == W) io::store(gx + i, out); else io::store(gx + i, out, n);
   };
   int64_t i = 0;
@@ -593,7 +592,7 @@ inline void grad_input_chunk(const T* x, const T* gy, T* gx, int64_t len, acc_t 
 }
 
 // Finishes group (n, g) of the backward from per-channel sums S1, S2, S3 (already merged over chunks): writes
-// P, Q, R of its channels and the per-(n, c) gradients of temb and scale_shift.
+// E, F of its channels and the per-(n, c) gradients of temb and scale_shift.
 template <typename acc_t>
 inline void finish_group_backward(int64_t n, int64_t g, const Shape& sh, const Params<acc_t>& P,
                                   const acc_t* S1, const acc_t* S2, const acc_t* S3, BwdCoefs<acc_t>& cf,
@@ -611,9 +610,8 @@ inline void finish_group_backward(int64_t n, int64_t g, const Shape& sh, const P
   for (int64_t c = g * sh.cpg; c < (g + 1) * sh.cpg; ++c) {
     const int64_t nc = n * sh.C + c;
     const acc_t r = cf.r[nc], wk = P.w(c) * P.k(n, c);
-    cf.P[nc] = r * wk;
-    cf.Q[nc] = -r * r * m2;
-    cf.R[nc] = static_cast<acc_t>(-static_cast<double>(r * m1) - static_cast<double>(cf.Q[nc]) * cf.lo[nc]);
+    cf.E[nc] = -r * r * m2;
+    cf.F[nc] = static_cast<acc_t>(-static_cast<double>(r * m1) - static_cast<double>(cf.E[nc]) * cf.lo[nc]);
     if (g_temb) g_temb[nc] = r * (wk * S1[nc] - static_cast<acc_t>(sh.S) * m1 - m2 * S3[nc]);
     if (g_ss) {
       g_ss[n * 2 * sh.C + c] = P.w(c) * S2[nc] + P.b(c) * S1[nc];
@@ -654,8 +652,8 @@ void backward_channels_first(const T* x, const T* gy, T* gx, const Shape& sh,
   };
   auto grad_input = [&](int64_t u, const float* gz_in) {
     const int64_t nc = u / K, k = u % K, off = nc * S + k * kChunk, len = std::min(kChunk, S - k * kChunk);
-    grad_input_chunk<T, acc_t>(x + off, gy + off, gx + off, len, cf.M[nc], cf.A[nc], cf.B[nc], cf.P[nc],
-                               cf.Q[nc], cf.R[nc], use_silu, gz_in);
+    grad_input_chunk<T, acc_t>(x + off, gy + off, gx + off, len, cf.M[nc], cf.A[nc], cf.B[nc], cf.E[nc],
+                               cf.F[nc], use_silu, gz_in);
   };
   if (slabs >= 2 * at::get_num_threads()) {
     // Whole slabs per task; with SiLU, gz of the slab is kept in a float buffer so the exp runs once per element.
@@ -707,7 +705,7 @@ void backward_channels_last(const T* x, const T* gy, T* gx, const Shape& sh,
       std::fill(q2, q2 + C, acc_t(0));
       std::fill(q3, q3 + C, acc_t(0));
       const acc_t *M = cf.M.data() + n * C, *A = cf.A.data() + n * C, *B = cf.B.data() + n * C,
-                  *R = cf.r.data() + n * C, *X0 = cf.X0.data() + n * C;
+                  *r = cf.r.data() + n * C, *X0 = cf.X0.data() + n * C;
       for (int64_t s = s0; s < s1; ++s) {
         const T* xr = x + (n * S + s) * C;
         const T* gr = gy + (n * S + s) * C;
@@ -716,7 +714,7 @@ void backward_channels_last(const T* x, const T* gy, T* gx, const Shape& sh,
           V d = m == W ? io::load(xr + c) - V::loadu(M + c) : V::set(V(0), io::load(xr + c, m) - V::loadu(M + c, m), m);
           V g = m == W ? io::load(gr + c) : io::load(gr + c, m);
           V gz = use_silu ? silu_backward(at::vec::fmadd(d, V::loadu(A + c, m), V::loadu(B + c, m)), g) : g;
-          V xhat = at::vec::fmadd(d, V::loadu(R + c, m), V::loadu(X0 + c, m));  // tail lanes: 0
+          V xhat = at::vec::fmadd(d, V::loadu(r + c, m), V::loadu(X0 + c, m));  // tail lanes: 0
           (V::loadu(q1 + c, m) + gz).store(q1 + c, m);
           at::vec::fmadd(gz, xhat, V::loadu(q2 + c, m)).store(q2 + c, m);
           (V::loadu(q3 + c, m) + xhat).store(q3 + c, m);
@@ -746,7 +744,7 @@ void backward_channels_last(const T* x, const T* gy, T* gx, const Shape& sh,
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / S;
       const acc_t *M = cf.M.data() + n * C, *A = cf.A.data() + n * C, *B = cf.B.data() + n * C,
-                  *Pp = cf.P.data() + n * C, *Q = cf.Q.data() + n * C, *R = cf.R.data() + n * C;
+                  *E = cf.E.data() + n * C, *F = cf.F.data() + n * C;
       const T* xr = x + row * C;
       const T* gr = gy + row * C;
       T* out = gx + row * C;
@@ -755,7 +753,7 @@ void backward_channels_last(const T* x, const T* gy, T* gx, const Shape& sh,
         V d = (m == W ? io::load(xr + c) : io::load(xr + c, m)) - V::loadu(M + c, m);
         V g = m == W ? io::load(gr + c) : io::load(gr + c, m);
         V gz = use_silu ? silu_backward(at::vec::fmadd(d, V::loadu(A + c, m), V::loadu(B + c, m)), g) : g;
-        V o = at::vec::fmadd(V::loadu(Pp + c, m), gz, at::vec::fmadd(V::loadu(Q + c, m), d, V::loadu(R + c, m)));
+        V o = at::vec::fmadd(V::loadu(A + c, m), gz, at::vec::fmadd(V::loadu(E + c, m), d, V::loadu(F + c, m)));
         if (m == W) io::store(out + c, o); else io::store(out + c, o, m);
       }
     }

@@ -1,17 +1,8 @@
 """Triton kernels for the fused GroupNorm + SiLU + time-embedding op, and their host launchers (no autograd here).
 
-The math is the one every fused backend implements (see gencore/ops/group_norm_silu.py and the reference twin):
-x is viewed as (N, C, S), S = prod(spatial); h = x + temb[n, c]; per (n, g) over the group's cpg = C/G channels and
-all S positions, mean and rstd = 1/sqrt(var + eps) (biased variance); then per (n, c)
-
-    xhat = (x - mean + t) * rstd,   z = xhat * (w * k) + (b * k + shift),   k = 1 + scale,   y = silu(z) or z
-
-Backward (gy given; mean and rstd saved by the forward), with gz = gy * act'(z):
-
-    S1[n, c] = sum_s gz,   S2[n, c] = sum_s gz * xhat,   S3[n, c] = sum_s xhat
-    m1[n, g] = sum_{c in g} w k S1 / D,   m2[n, g] = sum_{c in g} w k S2 / D,   D = cpg * S
-    gx = rstd * (w k gz - m1 - xhat m2);   g_temb = rstd * (w k S1 - S m1 - m2 S3)
-    g_weight[c] = sum_n k S2;   g_bias[c] = sum_n k S1;   g_scale = w S2 + b S1;   g_shift = S1
+The math, and the names of its symbols here (x viewed as (N, C, S); mean, rstd = r, k = 1 + scale, xhat, z, gz,
+S1, S2, S3, m1, m2 per (n, c) or (n, g)), is docs/math.md. The elementwise backward evaluates
+gx = rstd * (w k gz - m1 - xhat m2), the expanded form of A gz + E d + F there.
 
 Memory layouts. x is read in place through (n, c, s) offsets: channels-first (contiguous) puts s innermost, channels
 last (x.movedim(1, -1) contiguous, and any x with S == 1) puts c innermost; the CHANNELS_LAST constexpr tells the

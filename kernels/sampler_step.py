@@ -1,11 +1,8 @@
 """Triton kernels of the fused diffusion ops, and their host launchers (no autograd here).
 
-The math is the one every backend implements (gencore/reference/sampler_step.py; noise: gencore/reference/philox.py):
-
-    sampler_step              m = u + g (m - u);  x0 = c0 x + c1 m, clipped or thresholded;  eps = c2 x + c3 m + c4 x0;
-                              prev = c5 x0 + c6 x + c7 eps + c8 z,   c = coefs[timesteps[n]]
-    diffusion_training_inputs noisy = c0 x0 + c1 z,  velocity = c0 z - c1 x0,   c = coefs[timesteps[n]]
-    philox_uint32             the raw Philox4x32-10 word of every element
+The math is docs/math.md (c0 ... c10 are the columns of the coefficient table in order; noise:
+gencore/reference/philox.py). Kernels: sampler_step (one update step), diffusion_training_inputs (the training
+objective's noisy input and target) and philox_uint32 (the raw Philox4x32-10 word of every element).
 
 One program handles BLOCK consecutive *logical* elements of one sample (grid: N * cdiv(numel, BLOCK), 1-D so that
 batches beyond 65535 samples still launch). The program loads its sample's timestep and its row of coefficients

@@ -1,20 +1,9 @@
 // CUDA kernels of the fused GroupNorm + SiLU + time-embedding op, and their plain-C++ launchers.
 //
-// No PyTorch header: see group_norm_silu_kernels.h. The math, symbol for symbol, is /GN_MATH (also in the docstring
-// of gencore/ops/group_norm_silu.py):
-//
-//   forward   h = x + t[n,c];  per (n, g): mean, var (biased), r = 1/sqrt(var + eps)
-//             k = 1 + scale[n,c], w = weight[c], b = bias[c], sh = shift[n,c]
-//             d = h - mean,  A[n,c] = r*w*k,  B[n,c] = b*k + sh,  y = act(d*A + B)
-//             (= act(x*A + ((t - mean)*r*w + b)*k + sh) of GN_MATH, but with h - mean formed per element: folding
-//             t - mean into one constant cancels catastrophically when the variance is tiny next to the mean, e.g.
-//             a group of one element, where d must be exactly 0)
-//   backward  z = d*A + B, gz = gy*act'(z), xhat = d*r
-//             per (n,c): S1 = sum_s gz, S2 = sum_s gz*xhat, S3 = sum_s xhat
-//             g_shift = S1, g_scale = w*S2 + b*S1, g_weight[c] = sum_n k*S2, g_bias[c] = sum_n k*S1
-//             per (n,g): m1 = sum_{c in g} w*k*S1 / D, m2 = sum_{c in g} w*k*S2 / D   (D = cpg*S)
-//             gx = r*(w*k*gz - m1 - xhat*m2) = A*gz + E*d + F  with  E = -r*r*m2,  F = -r*m1
-//             g_temb[n,c] = sum_s gx = r*(w*k*S1 - S*m1 - m2*S3)
+// No PyTorch header: see group_norm_silu_kernels.h. The math, and the names of its symbols here (A, B, d, r, xhat,
+// gz, S1, S2, S3, m1, m2, E, F), is docs/math.md. d = h - mean is formed per element: folding t - mean into B
+// cancels catastrophically when the variance is tiny next to the mean, e.g. a group of one element, where d must be
+// exactly 0.
 //
 // Work decomposition. Each sample n is a row-major matrix of R rows x L columns:
 //   channels-first: R = C rows (one per channel), L = S        -> a channel is a row

@@ -3,8 +3,8 @@
 // No PyTorch header on purpose: the kernels compile with any nvcc (CI checks them on machines without a GPU) and the
 // binding (csrc/cuda/group_norm_silu.cpp) is the only place that knows about at::Tensor. The binding checks the
 // arguments, allocates outputs and the workspace with the torch allocator, and passes raw pointers, sizes, the
-// layout and the current stream here. The math is the one in GN_MATH (forward: per-(n, g) statistics, then
-// y = act(x * A[n, c] + B[n, c]); backward: per-(n, c) sums S1, S2, S3, then gx = A * gz + E * x + F).
+// layout and the current stream here. The math is docs/math.md (forward: per-(n, g) statistics, then
+// y = act(d * A[n, c] + B[n, c]); backward: per-(n, c) sums S1, S2, S3, then gx = A * gz + E * d + F).
 #pragma once
 
 #include <cuda_runtime_api.h>

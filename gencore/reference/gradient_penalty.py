@@ -1,13 +1,8 @@
 """Pure-PyTorch twins of the two fused gradient-penalty ops: the truth every backend is tested against.
 
-    x_hat[n]  = alpha[n] * real[n] + (1 - alpha[n]) * fake[n]          (interpolate; any rank, one alpha per sample)
-
-    u[n]      = grad_scale * grad[n]                                   (unscale a GradScaler-scaled gradient)
-    norm[n]   = || u[n] ||_2                  over ALL non-batch dims  (per sample, never over the whole batch)
-    d[n]      = norm[n] - center              (one_sided: max(d[n], 0): only norms above center are penalised)
-    penalty   = mean_n d[n]^2
-
-    d penalty / d grad[n] = (2 / N) * d[n] * grad_scale^2 * grad[n] / norm[n],   and 0 where norm[n] == 0
+x_hat = alpha * real + (1 - alpha) * fake per sample, and penalty = mean_n (||grad_scale * grad[n]||_2 - center)^2
+over all non-batch dims of each sample; the forward and backward in the symbols the kernels use are in
+docs/math.md.
 
 The zero-norm convention is the one torch.linalg.vector_norm's own backward uses (the minimum-norm subgradient), so
 the penalty and its gradient stay finite when a sample's gradient vanishes, with no epsilon that would bias it.

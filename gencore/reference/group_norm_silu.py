@@ -1,10 +1,8 @@
 """Pure-PyTorch twin of the fused GroupNorm + SiLU + time-embedding op: the truth every backend is tested against.
 
-    h      = x + temb[:, :, None, ...]                      (temb: (N, C), optional)
-    xhat   = (h - mean_g(h)) / sqrt(var_g(h) + eps)         (biased variance over each group's C/G channels and space)
-    a      = xhat * weight[c] + bias[c]                     (affine, optional)
-    a      = a * (1 + scale[n, c]) + shift[n, c]            (scale_shift = cat([scale, shift], 1): (N, 2C), optional)
-    y      = silu(a) = a * sigmoid(a)                       (activation="silu"; None gives plain GroupNorm)
+y = act(((x + temb - mean) * rstd * weight + bias) * (1 + scale) + shift), per group of C/G channels and all
+positions; the forward and backward in the symbols the kernels use are in docs/math.md. Here autograd
+differentiates the plain expression, to any order.
 """
 from __future__ import annotations
 

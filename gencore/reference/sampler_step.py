@@ -1,27 +1,17 @@
 """Pure-PyTorch twins of the fused diffusion ops: the truth every backend is tested against.
 
-sampler_step, per element of sample n with c = coefs[timesteps[n]] (the 11 columns named in COEF_COLUMNS):
-
-    m    = uncond + guidance_scale * (model_output - uncond)      if model_output_uncond is given, else model_output
-    x0   = c0 * sample + c1 * m                                    (x0_from_sample, x0_from_model)
-    x0   = clamp(x0, -threshold[n], threshold[n]) / threshold[n]   if threshold (N,) is given (dynamic thresholding)
-           clamp(x0, -clip_range, clip_range)                      elif clip_range is not None
-    eps  = c2 * sample + c3 * m + c4 * x0                          (eps_from_sample, eps_from_model, eps_from_x0)
-    prev = c5 * x0 + c6 * sample + c7 * eps + c8 * z               (prev_from_x0, prev_from_sample, prev_from_eps,
-           + c9 * h1 + c10 * h2                                     noise_std, prev_from_history1, _history2)
-    z    = noise if given; else Philox normals (gencore.reference.philox) if philox_seed is given; else 0.
-    h1, h2 = history1, history2: earlier x0 of a multistep solver (DPM-Solver++: the two previous steps' x0); a
-           history that is not given counts as 0.
+The math of both ops is docs/math.md: sampler_step gathers row c = coefs[timesteps[n]] (the 11 columns named in
+COEF_COLUMNS, c0 ... c10 below in that order) and forms the guided model output m, x0 (clipped or thresholded),
+eps and prev; z is the noise tensor, else Philox normals (gencore.reference.philox) when philox_seed is given, else
+0; h1, h2 are a multistep solver's earlier x0 (history1, history2; 0 when not given).
 
 A row is any linear step of this form: DDPM and DDIM leave c9 = c10 = 0; DPM-Solver++ (gencore.diffusion.
 DPMSolverMultistepScheduler) uses c0, c1 for its data prediction, c6 for the sample, c5, c9, c10 for the current and
 two previous predictions, c8 for the SDE variant's noise, and leaves c2..c4, c7 = 0. The rows of coefs are whatever
 the scheduler indexes them by: the timestep for DDPM/DDIM, the step index for DPM-Solver++.
 
-diffusion_training_inputs, with c = coefs[timesteps[n]] = (sqrt(abar_t), sqrt(1 - abar_t)):
-
-    noisy  = c0 * x0 + c1 * noise
-    target = noise (epsilon) | x0 (sample) | c0 * noise - c1 * x0 (v_prediction)
+diffusion_training_inputs gathers c = coefs[timesteps[n]] = (sqrt(abar_t), sqrt(1 - abar_t)): noisy = c0 x0 +
+c1 noise and the target of the prediction type.
 
 The math is in float32 for float16/bfloat16/float32 inputs and float64 for float64 (what the fused kernels do);
 upcast=True computes in float64 and returns float64 (the tests' truth).
