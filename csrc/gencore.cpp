@@ -34,10 +34,10 @@ TORCH_LIBRARY(gencore, m) {
 
   // y = act(GroupNorm(x + temb) * (1 + scale) + shift); returns (y, mean, rstd), stats of shape (N, G).
   m.def("group_norm_silu_fwd(Tensor x, Tensor? weight, Tensor? bias, Tensor? temb, Tensor? scale_shift, "
-        "int num_groups, float eps, bool silu) -> (Tensor, Tensor, Tensor)");
+        "int num_groups, float eps, str? activation) -> (Tensor, Tensor, Tensor)");
   // Returns (grad_x, grad_weight, grad_bias, grad_temb, grad_scale_shift); a 0-element tensor for a None input.
   m.def("group_norm_silu_bwd(Tensor grad_out, Tensor x, Tensor? weight, Tensor? bias, Tensor? temb, "
-        "Tensor? scale_shift, Tensor mean, Tensor rstd, int num_groups, bool silu) "
+        "Tensor? scale_shift, Tensor mean, Tensor rstd, int num_groups, str? activation) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // One fused DDPM/DDIM/DPM-Solver++ update (gencore/reference/sampler_step.py): returns (prev_sample,
@@ -55,12 +55,12 @@ TORCH_LIBRARY(gencore, m) {
 
   // WGAN-GP gradient penalty (gencore/ops/gradient_penalty.py). x_hat = alpha[n] * real + (1 - alpha[n]) * fake,
   // alpha of shape (N,), any rank.
-  m.def("gp_interpolate(Tensor real, Tensor fake, Tensor alpha) -> Tensor");
+  m.def("gradient_penalty_interpolate(Tensor real, Tensor fake, Tensor alpha) -> Tensor");
   // Returns (penalty, norms): mean_n (||grad_scale * grad[n]|| - center)^2 (one_sided: only norms above center)
   // and the per-sample norms (N,), both float32 (float64 for float64 grad).
-  m.def("gp_norm_penalty_fwd(Tensor grad, float center, bool one_sided, float grad_scale) -> (Tensor, Tensor)");
+  m.def("gradient_norm_penalty_fwd(Tensor grad, float center, bool one_sided, float grad_scale) -> (Tensor, Tensor)");
   // d penalty / d grad, scaled by the 0-dim grad_penalty (read on the device: no host synchronisation on CUDA).
-  m.def("gp_norm_penalty_bwd(Tensor grad_penalty, Tensor grad, Tensor norms, float center, bool one_sided, "
+  m.def("gradient_norm_penalty_bwd(Tensor grad_penalty, Tensor grad, Tensor norms, float center, bool one_sided, "
         "float grad_scale) -> Tensor");
 }
 

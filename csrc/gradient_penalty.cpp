@@ -1,7 +1,7 @@
 // CPU kernels of the WGAN-GP gradient penalty (math in gencore/reference/gradient_penalty.py):
-//   gp_interpolate        x_hat = alpha[n] * real + (1 - alpha[n]) * fake, one pass, any rank.
-//   gp_norm_penalty_fwd   per-sample ||grad_scale * grad[n]|| over all non-batch dims and the penalty, one pass.
-//   gp_norm_penalty_bwd   d penalty / d grad = coef[n] * grad, one pass.
+//   gradient_penalty_interpolate        x_hat = alpha[n] * real + (1 - alpha[n]) * fake, one pass, any rank.
+//   gradient_norm_penalty_fwd   per-sample ||grad_scale * grad[n]|| over all non-batch dims and the penalty, one pass.
+//   gradient_norm_penalty_bwd   d penalty / d grad = coef[n] * grad, one pass.
 //
 // Every tensor is read as (N, D) with each sample one dense block of D elements (contiguous, channels_last, ...:
 // see per_sample_dense); anything else is copied to contiguous first. Half types compute in float32, float64 in
@@ -142,7 +142,7 @@ void for_each_sample_piece(int64_t n_samples, int64_t d, const F& body) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
-at::Tensor gp_interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_in, const at::Tensor& alpha_in) {
+at::Tensor gradient_penalty_interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_in, const at::Tensor& alpha_in) {
   gp::check_interpolate(real_in, fake_in, alpha_in, c10::DeviceType::CPU);
   const int64_t n = real_in.size(0);
   // real and fake must share one flat layout to be walked together.
@@ -154,7 +154,7 @@ at::Tensor gp_interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_
   const at::Tensor alpha = alpha_in.contiguous();
   at::Tensor out = gp::output_like(real);  // the layout of real, stride for stride
   const int64_t d = real.numel() / n;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gp_interpolate_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gradient_penalty_interpolate_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* r = real.const_data_ptr<scalar_t>();
     const scalar_t* f = fake.const_data_ptr<scalar_t>();
@@ -168,7 +168,7 @@ at::Tensor gp_interpolate_cpu(const at::Tensor& real_in, const at::Tensor& fake_
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_cpu(const at::Tensor& grad_in, double center, bool one_sided,
+std::tuple<at::Tensor, at::Tensor> gradient_norm_penalty_fwd_cpu(const at::Tensor& grad_in, double center, bool one_sided,
                                                            double grad_scale) {
   gp::check_batch(grad_in, "grad", c10::DeviceType::CPU);
   const at::Tensor grad = gp::as_flat(grad_in);
@@ -178,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_cpu(const at::Tensor& gra
   at::Tensor norms = at::empty({n}, grad.options().dtype(stats));
   at::Tensor penalty = at::empty({}, grad.options().dtype(stats));
   const int64_t chunks = std::max<int64_t>(1, (d + kChunk - 1) / kChunk);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gp_norm_penalty_fwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_norm_penalty_fwd_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     std::vector<acc> partial(n * chunks);
@@ -207,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_cpu(const at::Tensor& gra
   return {penalty, norms};
 }
 
-at::Tensor gp_norm_penalty_bwd_cpu(const at::Tensor& grad_penalty, const at::Tensor& grad_in,
+at::Tensor gradient_norm_penalty_bwd_cpu(const at::Tensor& grad_penalty, const at::Tensor& grad_in,
                                    const at::Tensor& norms_in, double center, bool one_sided, double grad_scale) {
   gp::check_backward(grad_penalty, grad_in, norms_in, c10::DeviceType::CPU);
   const at::Tensor grad = gp::as_flat(grad_in);
@@ -216,7 +216,7 @@ at::Tensor gp_norm_penalty_bwd_cpu(const at::Tensor& grad_penalty, const at::Ten
   const at::Tensor norms = norms_in.contiguous();
   const double gout = scalar_value(grad_penalty);
   at::Tensor out = gp::output_like(grad);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gp_norm_penalty_bwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_norm_penalty_bwd_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const acc* nrm = norms.const_data_ptr<acc>();
     // coef[n] = gout * (2/N) * d[n] * s^2 / norm[n]; 0 where norm[n] == 0 (then grad[n] == 0 too, the subgradient
@@ -241,9 +241,9 @@ at::Tensor gp_norm_penalty_bwd_cpu(const at::Tensor& grad_penalty, const at::Ten
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gencore, CPU, m) {
-  m.impl("gp_interpolate", &gp_interpolate_cpu);
-  m.impl("gp_norm_penalty_fwd", &gp_norm_penalty_fwd_cpu);
-  m.impl("gp_norm_penalty_bwd", &gp_norm_penalty_bwd_cpu);
+  m.impl("gradient_penalty_interpolate", &gradient_penalty_interpolate_cpu);
+  m.impl("gradient_norm_penalty_fwd", &gradient_norm_penalty_fwd_cpu);
+  m.impl("gradient_norm_penalty_bwd", &gradient_norm_penalty_bwd_cpu);
 }
 
 }  // namespace gencore

@@ -486,7 +486,8 @@ void forward_channels_last(const T* x, T* y, double* mean, acc_type<T>* rstd,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> group_norm_silu_fwd_cpu(
     const at::Tensor& x_in, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& temb, const std::optional<at::Tensor>& scale_shift, int64_t num_groups,
-    double eps, bool use_silu) {
+    double eps, std::optional<c10::string_view> activation) {
+  const bool use_silu = gn::applies_silu(activation);
   gn::check_forward(x_in, weight, bias, temb, scale_shift, num_groups, eps, c10::DeviceType::CPU);
   const int64_t N = x_in.size(0), C = x_in.size(1);
 
@@ -764,7 +765,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> group_nor
     const at::Tensor& grad_out, const at::Tensor& x_in, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& temb,
     const std::optional<at::Tensor>& scale_shift, const at::Tensor& mean, const at::Tensor& rstd, int64_t num_groups,
-    bool use_silu) {
+    std::optional<c10::string_view> activation) {
+  const bool use_silu = gn::applies_silu(activation);
   gn::check_backward(grad_out, x_in, weight, bias, temb, scale_shift, mean, rstd, num_groups, c10::DeviceType::CPU);
   const int64_t N = x_in.size(0), C = x_in.size(1), G = num_groups;
   const auto acc = accumulation_type(x_in.scalar_type());

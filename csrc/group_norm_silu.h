@@ -78,5 +78,12 @@ inline void check_backward(const at::Tensor& grad_out, const at::Tensor& x, cons
   }
 }
 
+// activation: "silu" or None (the identity), the public op's argument; whether the kernels apply SiLU.
+inline bool applies_silu(const std::optional<c10::string_view>& activation) {
+  if (!activation.has_value()) return false;
+  TORCH_CHECK(*activation == "silu", "group_norm_silu: activation must be 'silu' or None, got '", *activation, "'");
+  return true;
+}
+
 }  // namespace gn
 }  // namespace gencore

@@ -124,7 +124,7 @@ def _find_cpu_error() -> str | None:
 
 # One entry point of each op (setup.py builds every op's CUDA binding into the extension, or none): the cuda backend
 # is available only when all of them have a CUDA kernel.
-CUDA_OPS = ("group_norm_silu_fwd", "sampler_step", "gp_interpolate")
+CUDA_OPS = ("group_norm_silu_fwd", "sampler_step", "gradient_penalty_interpolate")
 
 
 @functools.lru_cache(maxsize=None)

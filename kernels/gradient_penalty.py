@@ -1,6 +1,6 @@
 """Triton kernels of the WGAN-GP gradient penalty and host launchers (math: gencore/reference/gradient_penalty.py).
 
-    _gp_interpolate_kernel      x_hat = alpha[n] * real + (1 - alpha[n]) * fake            grid (N * cdiv(D, BLOCK),)
+    _gradient_penalty_interpolate_kernel      x_hat = alpha[n] * real + (1 - alpha[n]) * fake            grid (N * cdiv(D, BLOCK),)
     _gp_sumsq_kernel            partial[n, c] = sum of grad^2 over chunk c of sample n     grid (N * CHUNKS,)
     _gp_penalty_finalize_kernel norms[n] = |s| sqrt(sum_c partial[n, c]); penalty          grid (1,)
     _gp_penalty_bwd_kernel      out = coef[n] * grad                                       grid (N * cdiv(D, BLOCK),)
@@ -43,7 +43,7 @@ def _acc(x, IS_FP64: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["D", "CHUNKS"])
-def _gp_interpolate_kernel(real_ptr, fake_ptr, alpha_ptr, out_ptr, D, CHUNKS, BLOCK: tl.constexpr,
+def _gradient_penalty_interpolate_kernel(real_ptr, fake_ptr, alpha_ptr, out_ptr, D, CHUNKS, BLOCK: tl.constexpr,
                            IS_FP64: tl.constexpr):
     pid = tl.program_id(0)
     n = pid // CHUNKS
@@ -130,7 +130,7 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 
 
-def gp_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+def gradient_penalty_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     real, fake = _flat(real), _flat(fake)
     if real.stride() != fake.stride():
         real, fake = real.contiguous(), fake.contiguous()
@@ -138,13 +138,13 @@ def gp_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) 
     n = real.shape[0]
     d = real.numel() // n
     chunks = triton.cdiv(d, BLOCK)
-    wrap_triton(_gp_interpolate_kernel)[(n * chunks,)](
+    wrap_triton(_gradient_penalty_interpolate_kernel)[(n * chunks,)](
         real, fake, alpha.contiguous(), out, d, chunks, BLOCK=BLOCK, IS_FP64=real.dtype == torch.float64,
         num_warps=NUM_WARPS)
     return out
 
 
-def gp_norm_penalty_fwd(grad: torch.Tensor, center: float, one_sided: bool,
+def gradient_norm_penalty_fwd(grad: torch.Tensor, center: float, one_sided: bool,
                         grad_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     grad = _flat(grad)
     n = grad.shape[0]
@@ -163,7 +163,7 @@ def gp_norm_penalty_fwd(grad: torch.Tensor, center: float, one_sided: bool,
     return penalty, norms
 
 
-def gp_norm_penalty_bwd(grad_penalty: torch.Tensor, grad: torch.Tensor, norms: torch.Tensor, center: float,
+def gradient_norm_penalty_bwd(grad_penalty: torch.Tensor, grad: torch.Tensor, norms: torch.Tensor, center: float,
                         one_sided: bool, grad_scale: float) -> torch.Tensor:
     grad = _flat(grad)
     n = grad.shape[0]
@@ -194,7 +194,7 @@ def aot_specs():
         stats = _PTR[accumulation_dtype(dtype)]
         is_fp64 = dtype == torch.float64
         name = ptr[1:]
-        specs.append((f"gp_interpolate_{name}", _gp_interpolate_kernel,
+        specs.append((f"gradient_penalty_interpolate_{name}", _gradient_penalty_interpolate_kernel,
                       {"real_ptr": ptr, "fake_ptr": ptr, "alpha_ptr": ptr, "out_ptr": ptr, "D": "i32",
                        "CHUNKS": "i32", "BLOCK": "constexpr", "IS_FP64": "constexpr"},
                       {"BLOCK": BLOCK, "IS_FP64": is_fp64}, options))

@@ -22,14 +22,14 @@ def _gn_args(on_meta: str):
 def test_group_norm_silu_fwd_refuses_mixed_devices(on_meta):
     a = _gn_args(on_meta)
     with pytest.raises(RuntimeError, match=f"{on_meta} is on meta"):
-        torch.ops.gencore.group_norm_silu_fwd(a["x"], a["weight"], a["bias"], a["temb"], None, 2, 1e-5, True)
+        torch.ops.gencore.group_norm_silu_fwd(a["x"], a["weight"], a["bias"], a["temb"], None, 2, 1e-5, "silu")
 
 
 def test_group_norm_silu_bwd_refuses_mixed_devices():
     x = torch.randn(2, 4, 3, 3)
     mean, rstd = torch.zeros(2, 2, device=META), torch.ones(2, 2)
     with pytest.raises(RuntimeError, match="mean is on meta"):
-        torch.ops.gencore.group_norm_silu_bwd(torch.randn_like(x), x, None, None, None, None, mean, rstd, 2, True)
+        torch.ops.gencore.group_norm_silu_bwd(torch.randn_like(x), x, None, None, None, None, mean, rstd, 2, "silu")
 
 
 @pytest.mark.parametrize("on_meta", ["timesteps", "coefs"])
@@ -46,10 +46,10 @@ def test_sampler_step_refuses_mixed_devices(on_meta):
                                        1.0, None, None, None, None, 0)
 
 
-def test_gp_norm_penalty_bwd_refuses_mixed_devices():
+def test_gradient_norm_penalty_bwd_refuses_mixed_devices():
     grad = torch.randn(3, 5)
     with pytest.raises(RuntimeError, match="norms is on meta"):
-        torch.ops.gencore.gp_norm_penalty_bwd(torch.tensor(1.0), grad, torch.ones(3, device=META), 1.0, False, 1.0)
+        torch.ops.gencore.gradient_norm_penalty_bwd(torch.tensor(1.0), grad, torch.ones(3, device=META), 1.0, False, 1.0)
 
 
 def test_philox_uint32_on_an_empty_batch_agrees_everywhere():

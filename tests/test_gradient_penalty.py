@@ -439,7 +439,7 @@ def test_autograd_keeps_its_promises_on_the_cpp_ops():
     pair): an in-place change of a saved input is refused, a freed graph cannot be run twice, retain_graph can, only
     the inputs asked for get a gradient, and compiled autograd traces it (the hand-written C++ nodes it replaced
     could not be traced)."""
-    if not _extension.has_kernel("gp_norm_penalty_fwd", "CPU"):
+    if not _extension.has_kernel("gradient_norm_penalty_fwd", "CPU"):
         pytest.skip("no gencore._C CPU kernels in this build")
     gen = torch.Generator().manual_seed(4)
     grad = torch.randn(3, 2, 5, generator=gen, requires_grad=True)
@@ -487,26 +487,26 @@ def test_ops_are_visible_to_torch_function_modes():
     with Spy():
         x_hat = gradient_penalty_interpolate(real, fake, alpha, backend="cpu")
         gradient_norm_penalty(x_hat, backend="cpu")
-    assert torch.ops.gencore.gp_interpolate.default in seen
-    assert torch.ops.gencore.gp_norm_penalty_fwd.default in seen
+    assert torch.ops.gencore.gradient_penalty_interpolate.default in seen
+    assert torch.ops.gencore.gradient_norm_penalty_fwd.default in seen
 
 
 def test_opcheck_cpp_ops():
-    if not _extension.has_kernel("gp_interpolate", "CPU"):
+    if not _extension.has_kernel("gradient_penalty_interpolate", "CPU"):
         pytest.skip("no gencore._C CPU kernels in this build")
     real, fake, alpha = _inputs((3, 2, 4, 5), torch.float32, "cpu")
     grad = torch.randn(3, 2, 4, 5, requires_grad=True)
-    torch.library.opcheck(torch.ops.gencore.gp_interpolate, (real.requires_grad_(), fake, alpha))
-    torch.library.opcheck(torch.ops.gencore.gp_norm_penalty_fwd, (grad, 1.0, False, 1.0))
-    penalty, norms = torch.ops.gencore.gp_norm_penalty_fwd(grad.detach(), 1.0, True, 0.5)
-    torch.library.opcheck(torch.ops.gencore.gp_norm_penalty_bwd,
+    torch.library.opcheck(torch.ops.gencore.gradient_penalty_interpolate, (real.requires_grad_(), fake, alpha))
+    torch.library.opcheck(torch.ops.gencore.gradient_norm_penalty_fwd, (grad, 1.0, False, 1.0))
+    penalty, norms = torch.ops.gencore.gradient_norm_penalty_fwd(grad.detach(), 1.0, True, 0.5)
+    torch.library.opcheck(torch.ops.gencore.gradient_norm_penalty_bwd,
                           (torch.tensor(1.0), grad.detach(), norms, 1.0, True, 0.5))
 
 
 def test_compiled_matches_eager_cpp_path():
     """Eager calls and torch.compile (which traces the registered autograd into the fake kernels) must give the same
     penalty and gradient (fullgraph: the compiled function must not fall back to eager)."""
-    if not _extension.has_kernel("gp_norm_penalty_fwd", "CPU"):
+    if not _extension.has_kernel("gradient_norm_penalty_fwd", "CPU"):
         pytest.skip("no gencore._C CPU kernels in this build")
     real, fake, alpha = _inputs((4, 3, 5, 6), torch.float32, "cpu")
 
@@ -574,17 +574,17 @@ def test_bad_input(case):
 
 def test_kernels_reject_bad_input_directly():
     """Calling the registered C++ ops directly (bypassing the Python checks) fails cleanly too, never out of bounds."""
-    if not _extension.has_kernel("gp_interpolate", "CPU"):
+    if not _extension.has_kernel("gradient_penalty_interpolate", "CPU"):
         pytest.skip("no gencore._C CPU kernels in this build")
     real = torch.randn(4, 5)
     with pytest.raises(RuntimeError, match="alpha"):
-        torch.ops.gencore.gp_interpolate(real, real, torch.rand(3))
+        torch.ops.gencore.gradient_penalty_interpolate(real, real, torch.rand(3))
     with pytest.raises(RuntimeError, match="fake"):
-        torch.ops.gencore.gp_interpolate(real, torch.randn(4, 6), torch.rand(4))
+        torch.ops.gencore.gradient_penalty_interpolate(real, torch.randn(4, 6), torch.rand(4))
     with pytest.raises(RuntimeError, match="norms"):
-        torch.ops.gencore.gp_norm_penalty_bwd(torch.tensor(1.0), real, torch.rand(3), 1.0, False, 1.0)
+        torch.ops.gencore.gradient_norm_penalty_bwd(torch.tensor(1.0), real, torch.rand(3), 1.0, False, 1.0)
     with pytest.raises(RuntimeError, match="grad"):
-        torch.ops.gencore.gp_norm_penalty_fwd(real[:0], 1.0, False, 1.0)
+        torch.ops.gencore.gradient_norm_penalty_fwd(real[:0], 1.0, False, 1.0)
 
 
 @pytest.mark.parametrize("backend", ALL)
@@ -623,9 +623,9 @@ def test_triton_grids_fit_cuda_limits_for_many_samples(monkeypatch):
     monkeypatch.setattr(tk, "wrap_triton", Recorder)  # every launcher starts its kernels through it
     n = 70_000
     real, fake, alpha = torch.randn(n, 2), torch.randn(n, 2), torch.rand(n)
-    tk.gp_interpolate(real, fake, alpha)
-    tk.gp_norm_penalty_fwd(real, 1.0, False, 1.0)
-    tk.gp_norm_penalty_bwd(torch.tensor(1.0), real, torch.ones(n), 1.0, False, 1.0)
+    tk.gradient_penalty_interpolate(real, fake, alpha)
+    tk.gradient_norm_penalty_fwd(real, 1.0, False, 1.0)
+    tk.gradient_norm_penalty_bwd(torch.tensor(1.0), real, torch.ones(n), 1.0, False, 1.0)
     assert len(grids) == 4, grids
     for name, grid in grids:
         assert all(axis <= 65535 for axis in grid[1:]), (name, grid)

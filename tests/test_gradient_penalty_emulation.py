@@ -38,9 +38,9 @@ def emu():
     i64, vp, dbl, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
     so.gencore_emulation_gp_chunks.restype = i64
     so.gencore_emulation_gp_chunks.argtypes = [i64]
-    so.gencore_emulation_gp_interpolate.argtypes = [cint, vp, vp, vp, vp, i64, i64]
-    so.gencore_emulation_gp_norm_penalty_fwd.argtypes = [cint, vp, vp, vp, i64, i64, dbl, cint, dbl]
-    so.gencore_emulation_gp_norm_penalty_bwd.argtypes = [cint, vp, vp, vp, vp, i64, i64, dbl, cint, dbl]
+    so.gencore_emulation_gradient_penalty_interpolate.argtypes = [cint, vp, vp, vp, vp, i64, i64]
+    so.gencore_emulation_gradient_norm_penalty_fwd.argtypes = [cint, vp, vp, vp, i64, i64, dbl, cint, dbl]
+    so.gencore_emulation_gradient_norm_penalty_bwd.argtypes = [cint, vp, vp, vp, vp, i64, i64, dbl, cint, dbl]
     return so
 
 
@@ -65,7 +65,7 @@ def test_kernels_match_reference(emu, dtype, shape, center, one_sided, scale):
     fake = torch.randn(n, d, generator=gen, dtype=torch.float64).to(dtype)
     alpha = torch.rand(n, generator=gen, dtype=torch.float64).to(dtype)
     out = torch.full_like(real, float("nan"))
-    assert emu.gencore_emulation_gp_interpolate(KIND[dtype], real.data_ptr(), fake.data_ptr(), alpha.data_ptr(),
+    assert emu.gencore_emulation_gradient_penalty_interpolate(KIND[dtype], real.data_ptr(), fake.data_ptr(), alpha.data_ptr(),
                                                 out.data_ptr(), n, d) == 0
     assert_close(out, interpolate_ref(real, fake, alpha, upcast=True), dtype, msg="interpolate")
 
@@ -76,7 +76,7 @@ def test_kernels_match_reference(emu, dtype, shape, center, one_sided, scale):
     stats = _stats(dtype)
     norms = torch.full((n,), float("nan"), dtype=stats)
     penalty = torch.full((), float("nan"), dtype=stats)
-    assert emu.gencore_emulation_gp_norm_penalty_fwd(KIND[dtype], grad.data_ptr(), norms.data_ptr(),
+    assert emu.gencore_emulation_gradient_norm_penalty_fwd(KIND[dtype], grad.data_ptr(), norms.data_ptr(),
                                                      penalty.data_ptr(), n, d, center, int(one_sided), scale) == 0
     g64 = grad.double().requires_grad_(True)
     truth, truth_norms = gradient_norm_penalty_ref(g64, center, one_sided, scale)
@@ -85,7 +85,7 @@ def test_kernels_match_reference(emu, dtype, shape, center, one_sided, scale):
 
     grad_penalty = torch.tensor(1.5, dtype=stats)
     grad_grad = torch.full_like(grad, float("nan"))
-    assert emu.gencore_emulation_gp_norm_penalty_bwd(KIND[dtype], grad_penalty.data_ptr(), grad.data_ptr(),
+    assert emu.gencore_emulation_gradient_norm_penalty_bwd(KIND[dtype], grad_penalty.data_ptr(), grad.data_ptr(),
                                                      norms.data_ptr(), grad_grad.data_ptr(), n, d, center,
                                                      int(one_sided), scale) == 0
     (truth_grad,) = torch.autograd.grad(truth, g64, torch.tensor(1.5, dtype=torch.float64))

@@ -210,7 +210,7 @@ def test_grad_out_layout_differs_from_input(backend):
 def test_saved_statistics(backend):
     args = _make((2, 12, (5, 7), 3), torch.float32, device_for(backend), offset=50.0)
     op = torch.ops.gencore.group_norm_silu_fwd_triton if backend == "triton" else torch.ops.gencore.group_norm_silu_fwd
-    _, mean, rstd = op(args["x"], args["weight"], args["bias"], args["temb"], args["scale_shift"], 3, 1e-5, True)
+    _, mean, rstd = op(args["x"], args["weight"], args["bias"], args["temb"], args["scale_shift"], 3, 1e-5, "silu")
     ref_mean, ref_rstd = group_norm_silu_stats_ref(args["x"], 3, 1e-5, args["temb"])
     assert mean.dtype == torch.float64 and mean.shape == (2, 3)  # every backend: the rule in the ops module doc
     assert rstd.dtype == torch.float32 and rstd.shape == (2, 3)
@@ -344,12 +344,12 @@ def test_gradcheck_and_gradgradcheck(backend, activation):
 def test_opcheck_cpp_ops():
     args = _make((2, 6, (4, 3), 3), torch.float32, torch.device("cpu"))
     fwd_args = (args["x"].requires_grad_(), args["weight"], args["bias"], args["temb"], args["scale_shift"], 3, 1e-5,
-                True)
+                "silu")
     torch.library.opcheck(torch.ops.gencore.group_norm_silu_fwd.default, fwd_args)
     y, mean, rstd = torch.ops.gencore.group_norm_silu_fwd(*fwd_args)
     torch.library.opcheck(torch.ops.gencore.group_norm_silu_bwd.default,
                           (torch.randn_like(y), args["x"].detach(), args["weight"], args["bias"], args["temb"],
-                           args["scale_shift"], mean, rstd, 3, True))
+                           args["scale_shift"], mean, rstd, 3, "silu"))
 
 
 @pytest.mark.parametrize("backend", [pytest.param("reference", id="reference")] + backend_params(("cpu",)))
@@ -472,15 +472,19 @@ def test_raw_cpp_op_checks_its_arguments():
     """Calling torch.ops.gencore.* directly skips the Python checks; the C++ ones must still refuse bad input."""
     x = torch.randn(2, 6, 4, 4)
     with pytest.raises(RuntimeError):
-        torch.ops.gencore.group_norm_silu_fwd(x, None, None, None, None, 4, 1e-5, True)
+        torch.ops.gencore.group_norm_silu_fwd(x, None, None, None, None, 4, 1e-5, "silu")
     with pytest.raises(RuntimeError):
-        torch.ops.gencore.group_norm_silu_fwd(x, torch.ones(5), None, None, None, 2, 1e-5, True)
+        torch.ops.gencore.group_norm_silu_fwd(x, torch.ones(5), None, None, None, 2, 1e-5, "silu")
     with pytest.raises(RuntimeError):
-        torch.ops.gencore.group_norm_silu_fwd(x, None, None, torch.ones(2, 5), None, 2, 1e-5, True)
+        torch.ops.gencore.group_norm_silu_fwd(x, None, None, torch.ones(2, 5), None, 2, 1e-5, "silu")
     with pytest.raises(RuntimeError):
-        torch.ops.gencore.group_norm_silu_fwd(x.long(), None, None, None, None, 2, 1e-5, True)
+        torch.ops.gencore.group_norm_silu_fwd(x.long(), None, None, None, None, 2, 1e-5, "silu")
     with pytest.raises(RuntimeError):
-        torch.ops.gencore.group_norm_silu_fwd(x[:0], None, None, None, None, 2, 1e-5, True)
+        torch.ops.gencore.group_norm_silu_fwd(x[:0], None, None, None, None, 2, 1e-5, "silu")
+    with pytest.raises(RuntimeError, match="activation must be 'silu' or None"):
+        torch.ops.gencore.group_norm_silu_fwd(x, None, None, None, None, 2, 1e-5, "relu")
+    y, mean, rstd = torch.ops.gencore.group_norm_silu_fwd(x, None, None, None, None, 2, 1e-5, None)
+    assert_close(y, group_norm_silu_ref(x, 2, activation=None), torch.float32)
 
 
 @pytest.mark.parametrize("backend", backend_params(("triton",)))
@@ -491,22 +495,22 @@ def test_raw_triton_op_checks_its_arguments(backend):
     x = torch.randn(2, 6, 4, 4, device=dev)
     fwd, bwd = torch.ops.gencore.group_norm_silu_fwd_triton, torch.ops.gencore.group_norm_silu_bwd_triton
     with pytest.raises(ValueError, match="num_groups"):
-        fwd(x, None, None, None, None, 4, 1e-5, True)
+        fwd(x, None, None, None, None, 4, 1e-5, "silu")
     with pytest.raises(ValueError, match="weight"):
-        fwd(x, torch.ones(5, device=dev), None, None, None, 2, 1e-5, True)
+        fwd(x, torch.ones(5, device=dev), None, None, None, 2, 1e-5, "silu")
     with pytest.raises(ValueError, match="temb"):
-        fwd(x, None, None, torch.ones(2, 5, device=dev), None, 2, 1e-5, True)
+        fwd(x, None, None, torch.ones(2, 5, device=dev), None, 2, 1e-5, "silu")
     with pytest.raises(TypeError, match="x"):
-        fwd(x.long(), None, None, None, None, 2, 1e-5, True)
+        fwd(x.long(), None, None, None, None, 2, 1e-5, "silu")
     with pytest.raises(ValueError, match="x"):
-        fwd(x[:0], None, None, None, None, 2, 1e-5, True)
-    y, mean, rstd = fwd(x, None, None, None, None, 2, 1e-5, True)
+        fwd(x[:0], None, None, None, None, 2, 1e-5, "silu")
+    y, mean, rstd = fwd(x, None, None, None, None, 2, 1e-5, "silu")
     with pytest.raises(ValueError, match="grad_out"):
-        bwd(y[:, :3], x, None, None, None, None, mean, rstd, 2, True)
+        bwd(y[:, :3], x, None, None, None, None, mean, rstd, 2, "silu")
     with pytest.raises(ValueError, match="mean"):
-        bwd(y, x, None, None, None, None, mean[:, :1], rstd, 2, True)
+        bwd(y, x, None, None, None, None, mean[:, :1], rstd, 2, "silu")
     with pytest.raises(ValueError, match="rstd"):
-        bwd(y, x, None, None, None, None, mean, rstd.double(), 2, True)
+        bwd(y, x, None, None, None, None, mean, rstd.double(), 2, "silu")
 
 
 @pytest.mark.skipif(os.environ.get("GENCORE_CPU_CACHE_MB", "") == "0", reason="the output cache is turned off")

@@ -205,13 +205,13 @@ def test_opcheck_cuda(layout):
     """Fake implementations agree with the CUDA kernels on shapes, dtypes and strides (channels_last included)."""
     a = _make(2, 12, (5, 4), torch.float32)
     x = a["x"].contiguous(memory_format=torch.channels_last) if layout == "channels_last" else a["x"]
-    args = (x.requires_grad_(), a["weight"], a["bias"], a["temb"], a["scale_shift"], 3, 1e-5, True)
+    args = (x.requires_grad_(), a["weight"], a["bias"], a["temb"], a["scale_shift"], 3, 1e-5, "silu")
     torch.library.opcheck(torch.ops.gencore.group_norm_silu_fwd.default, args)
     y, mean, rstd = torch.ops.gencore.group_norm_silu_fwd(*args)
     grad_out = torch.randn_like(y)
     torch.library.opcheck(torch.ops.gencore.group_norm_silu_bwd.default,
                           (grad_out, x.detach(), a["weight"], a["bias"], a["temb"], a["scale_shift"], mean, rstd, 3,
-                           True))
+                           "silu"))
     ref_mean, ref_rstd = group_norm_silu_stats_ref(x, 3, 1e-5, a["temb"])
     assert_close(mean, ref_mean, torch.float32)
     assert_close(rstd, ref_rstd, torch.float32)
@@ -222,23 +222,23 @@ def test_raw_cuda_op_checks_its_arguments():
     """torch.ops.gencore.* skip the Python checks; the CUDA binding's TORCH_CHECKs must refuse bad input."""
     x = torch.randn(2, 6, 4, 4, device="cuda")
     bad = [
-        ((x, None, None, None, None, 4, 1e-5, True), "num_groups"),
-        ((x, torch.ones(5, device="cuda"), None, None, None, 2, 1e-5, True), "weight"),
-        ((x, torch.ones(6, device="cuda").double(), None, None, None, 2, 1e-5, True), "weight"),
-        ((x, None, None, torch.ones(2, 5, device="cuda"), None, 2, 1e-5, True), "temb"),
-        ((x, None, None, None, torch.ones(2, 6, device="cuda"), 2, 1e-5, True), "scale_shift"),
-        ((x.long(), None, None, None, None, 2, 1e-5, True), "x"),
-        ((x[:0], None, None, None, None, 2, 1e-5, True), "x"),
-        ((x, None, None, None, None, 2, -1.0, True), "eps"),
+        ((x, None, None, None, None, 4, 1e-5, "silu"), "num_groups"),
+        ((x, torch.ones(5, device="cuda"), None, None, None, 2, 1e-5, "silu"), "weight"),
+        ((x, torch.ones(6, device="cuda").double(), None, None, None, 2, 1e-5, "silu"), "weight"),
+        ((x, None, None, torch.ones(2, 5, device="cuda"), None, 2, 1e-5, "silu"), "temb"),
+        ((x, None, None, None, torch.ones(2, 6, device="cuda"), 2, 1e-5, "silu"), "scale_shift"),
+        ((x.long(), None, None, None, None, 2, 1e-5, "silu"), "x"),
+        ((x[:0], None, None, None, None, 2, 1e-5, "silu"), "x"),
+        ((x, None, None, None, None, 2, -1.0, "silu"), "eps"),
     ]
     for args, word in bad:
         with pytest.raises(RuntimeError, match=word):
             torch.ops.gencore.group_norm_silu_fwd(*args)
-    y, mean, rstd = torch.ops.gencore.group_norm_silu_fwd(x, None, None, None, None, 2, 1e-5, True)
+    y, mean, rstd = torch.ops.gencore.group_norm_silu_fwd(x, None, None, None, None, 2, 1e-5, "silu")
     with pytest.raises(RuntimeError, match="grad_out"):
-        torch.ops.gencore.group_norm_silu_bwd(y[:1], x, None, None, None, None, mean, rstd, 2, True)
+        torch.ops.gencore.group_norm_silu_bwd(y[:1], x, None, None, None, None, mean, rstd, 2, "silu")
     with pytest.raises(RuntimeError, match="mean"):
-        torch.ops.gencore.group_norm_silu_bwd(y, x, None, None, None, None, mean.double(), rstd, 2, True)
+        torch.ops.gencore.group_norm_silu_bwd(y, x, None, None, None, None, mean.double(), rstd, 2, "silu")
 
 
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)

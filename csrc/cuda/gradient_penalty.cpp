@@ -25,7 +25,7 @@ void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
 }
 
-at::Tensor gp_interpolate_cuda(const at::Tensor& real_in, const at::Tensor& fake_in, const at::Tensor& alpha_in) {
+at::Tensor gradient_penalty_interpolate_cuda(const at::Tensor& real_in, const at::Tensor& fake_in, const at::Tensor& alpha_in) {
   gp::check_interpolate(real_in, fake_in, alpha_in, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(real_in.device());
   at::Tensor real = gp::as_flat(real_in), fake = gp::as_flat(fake_in);
@@ -36,14 +36,14 @@ at::Tensor gp_interpolate_cuda(const at::Tensor& real_in, const at::Tensor& fake
   const at::Tensor alpha = alpha_in.contiguous();
   at::Tensor out = gp::output_like(real);
   const int64_t n = real.size(0);
-  check_launch(cuda::gp_interpolate(gp_dtype(real.scalar_type()), real.const_data_ptr(), fake.const_data_ptr(),
+  check_launch(cuda::gradient_penalty_interpolate(gp_dtype(real.scalar_type()), real.const_data_ptr(), fake.const_data_ptr(),
                                     alpha.const_data_ptr(), out.mutable_data_ptr(), n, real.numel() / n,
                                     c10::cuda::getCurrentCUDAStream()),
-               "gp_interpolate");
+               "gradient_penalty_interpolate");
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_cuda(const at::Tensor& grad_in, double center, bool one_sided,
+std::tuple<at::Tensor, at::Tensor> gradient_norm_penalty_fwd_cuda(const at::Tensor& grad_in, double center, bool one_sided,
                                                             double grad_scale) {
   gp::check_batch(grad_in, "grad", c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(grad_in.device());
@@ -53,15 +53,15 @@ std::tuple<at::Tensor, at::Tensor> gp_norm_penalty_fwd_cuda(const at::Tensor& gr
   at::Tensor workspace = at::empty({n * cuda::gp_chunks(d)}, stats);
   at::Tensor norms = at::empty({n}, stats);
   at::Tensor penalty = at::empty({}, stats);
-  check_launch(cuda::gp_norm_penalty_fwd(gp_dtype(grad.scalar_type()), grad.const_data_ptr(),
+  check_launch(cuda::gradient_norm_penalty_fwd(gp_dtype(grad.scalar_type()), grad.const_data_ptr(),
                                          workspace.mutable_data_ptr(), norms.mutable_data_ptr(),
                                          penalty.mutable_data_ptr(), n, d, center, one_sided, grad_scale,
                                          c10::cuda::getCurrentCUDAStream()),
-               "gp_norm_penalty_fwd");
+               "gradient_norm_penalty_fwd");
   return {penalty, norms};
 }
 
-at::Tensor gp_norm_penalty_bwd_cuda(const at::Tensor& grad_penalty, const at::Tensor& grad_in,
+at::Tensor gradient_norm_penalty_bwd_cuda(const at::Tensor& grad_penalty, const at::Tensor& grad_in,
                                     const at::Tensor& norms_in, double center, bool one_sided, double grad_scale) {
   gp::check_backward(grad_penalty, grad_in, norms_in, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(grad_in.device());
@@ -71,19 +71,19 @@ at::Tensor gp_norm_penalty_bwd_cuda(const at::Tensor& grad_penalty, const at::Te
   const at::Tensor gout = grad_penalty.reshape({}).to(norms_in.scalar_type()).contiguous();
   const at::Tensor norms = norms_in.contiguous();
   at::Tensor out = gp::output_like(grad);
-  check_launch(cuda::gp_norm_penalty_bwd(gp_dtype(grad.scalar_type()), gout.const_data_ptr(), grad.const_data_ptr(),
+  check_launch(cuda::gradient_norm_penalty_bwd(gp_dtype(grad.scalar_type()), gout.const_data_ptr(), grad.const_data_ptr(),
                                          norms.const_data_ptr(), out.mutable_data_ptr(), n, d, center, one_sided,
                                          grad_scale, c10::cuda::getCurrentCUDAStream()),
-               "gp_norm_penalty_bwd");
+               "gradient_norm_penalty_bwd");
   return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gencore, CUDA, m) {
-  m.impl("gp_interpolate", &gp_interpolate_cuda);
-  m.impl("gp_norm_penalty_fwd", &gp_norm_penalty_fwd_cuda);
-  m.impl("gp_norm_penalty_bwd", &gp_norm_penalty_bwd_cuda);
+  m.impl("gradient_penalty_interpolate", &gradient_penalty_interpolate_cuda);
+  m.impl("gradient_norm_penalty_fwd", &gradient_norm_penalty_fwd_cuda);
+  m.impl("gradient_norm_penalty_bwd", &gradient_norm_penalty_bwd_cuda);
 }
 
 }  // namespace gencore

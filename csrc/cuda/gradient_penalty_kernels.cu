@@ -148,7 +148,7 @@ cudaError_t dispatch(GpDtype dtype, const F& f) {
 
 }  // namespace
 
-cudaError_t gp_interpolate(GpDtype dtype, const void* real, const void* fake, const void* alpha, void* out,
+cudaError_t gradient_penalty_interpolate(GpDtype dtype, const void* real, const void* fake, const void* alpha, void* out,
                            int64_t n, int64_t d, cudaStream_t stream) {
   if (n <= 0 || d <= 0) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) {
@@ -161,7 +161,7 @@ cudaError_t gp_interpolate(GpDtype dtype, const void* real, const void* fake, co
   });
 }
 
-cudaError_t gp_norm_penalty_fwd(GpDtype dtype, const void* grad, void* workspace, void* norms, void* penalty,
+cudaError_t gradient_norm_penalty_fwd(GpDtype dtype, const void* grad, void* workspace, void* norms, void* penalty,
                                 int64_t n, int64_t d, double center, bool one_sided, double grad_scale,
                                 cudaStream_t stream) {
   if (n <= 0) return cudaErrorInvalidValue;
@@ -181,7 +181,7 @@ cudaError_t gp_norm_penalty_fwd(GpDtype dtype, const void* grad, void* workspace
   });
 }
 
-cudaError_t gp_norm_penalty_bwd(GpDtype dtype, const void* grad_penalty, const void* grad, const void* norms,
+cudaError_t gradient_norm_penalty_bwd(GpDtype dtype, const void* grad_penalty, const void* grad, const void* norms,
                                 void* out, int64_t n, int64_t d, double center, bool one_sided, double grad_scale,
                                 cudaStream_t stream) {
   if (n <= 0 || d <= 0) return cudaSuccess;

@@ -71,10 +71,9 @@ Tensor workspace(size_t bytes, const Tensor& x) {
   return at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
 }
 
-std::tuple<Tensor, Tensor, Tensor> group_norm_silu_fwd_cuda(const Tensor& x_in, const OptTensor& weight_in,
-                                                            const OptTensor& bias_in, const OptTensor& temb_in,
-                                                            const OptTensor& scale_shift_in, int64_t num_groups,
-                                                            double eps, bool silu) {
+std::tuple<Tensor, Tensor, Tensor> group_norm_silu_fwd_cuda(
+    const Tensor& x_in, const OptTensor& weight_in, const OptTensor& bias_in, const OptTensor& temb_in,
+    const OptTensor& scale_shift_in, int64_t num_groups, double eps, std::optional<c10::string_view> activation) {
   gn::check_forward(x_in, weight_in, bias_in, temb_in, scale_shift_in, num_groups, eps, c10::DeviceType::CUDA);
   const int64_t n = x_in.size(0);
   const OptTensor weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in),
@@ -99,7 +98,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_silu_fwd_cuda(const Tensor& x_in, 
   args.mean = mean.data_ptr();
   args.rstd = rstd.data_ptr();
   args.eps = eps;
-  args.silu = silu;
+  args.silu = gn::applies_silu(activation);
   size_t bytes = 0;
   check_launch(gk::group_norm_silu_fwd_workspace_bytes(args, &bytes), "sizing the forward workspace");
   Tensor ws = workspace(bytes, x);
@@ -111,7 +110,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_silu_fwd_cuda(const Tensor& x_in, 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_silu_bwd_cuda(
     const Tensor& grad_out_in, const Tensor& x_in, const OptTensor& weight_in, const OptTensor& bias_in,
     const OptTensor& temb_in, const OptTensor& scale_shift_in, const Tensor& mean_in, const Tensor& rstd_in,
-    int64_t num_groups, bool silu) {
+    int64_t num_groups, std::optional<c10::string_view> activation) {
   gn::check_backward(grad_out_in, x_in, weight_in, bias_in, temb_in, scale_shift_in, mean_in, rstd_in, num_groups,
                      c10::DeviceType::CUDA);
   const OptTensor weight = contiguous_or_none(weight_in), bias = contiguous_or_none(bias_in),
@@ -146,7 +145,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_silu_bwd_cuda(
   args.grad_bias = bias.has_value() ? grad_bias.data_ptr() : nullptr;
   args.grad_temb = temb.has_value() ? grad_temb.data_ptr() : nullptr;
   args.grad_scale_shift = scale_shift.has_value() ? grad_scale_shift.data_ptr() : nullptr;
-  args.silu = silu;
+  args.silu = gn::applies_silu(activation);
   size_t bytes = 0;
   check_launch(gk::group_norm_silu_bwd_workspace_bytes(args, &bytes), "sizing the backward workspace");
   Tensor ws = workspace(bytes, x);

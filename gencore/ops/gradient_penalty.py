@@ -5,8 +5,8 @@
                                                        mean_n (||grad[n]|| - center)^2, one pass; backward one pass
 
 Layers (the anatomy of every gencore op):
-    gencore::gp_interpolate, gp_norm_penalty_fwd / _bwd        C++ schemas (csrc/gencore.cpp); CPU and CUDA kernels.
-    gencore::gp_interpolate_triton, gp_norm_penalty_*_triton   triton_op wrappers of gencore.kernels.gradient_penalty.
+    gencore::gradient_penalty_interpolate, gradient_norm_penalty_fwd / _bwd        C++ schemas (csrc/gencore.cpp); CPU and CUDA kernels.
+    gencore::gradient_penalty_interpolate_triton, gradient_norm_penalty_*_triton   triton_op wrappers of gencore.kernels.gradient_penalty.
     autograd (one for both pairs)                               register_autograd: setup_context saves what the
                                                                 backward needs; the backward calls the pair's
                                                                 registered backward op.
@@ -151,13 +151,13 @@ def _register_cpp_ops() -> None:
     """Fake implementations and autograd for the schemas that csrc/gencore.cpp declared (needs the extension)."""
     if not _extension.loaded():
         return
-    torch.library.register_fake("gencore::gp_interpolate")(_interpolate_fake)
-    torch.library.register_fake("gencore::gp_norm_penalty_fwd")(_penalty_fwd_fake)
-    torch.library.register_fake("gencore::gp_norm_penalty_bwd")(_penalty_bwd_fake)
-    torch.library.register_autograd("gencore::gp_interpolate", _interpolate_backward,
+    torch.library.register_fake("gencore::gradient_penalty_interpolate")(_interpolate_fake)
+    torch.library.register_fake("gencore::gradient_norm_penalty_fwd")(_penalty_fwd_fake)
+    torch.library.register_fake("gencore::gradient_norm_penalty_bwd")(_penalty_bwd_fake)
+    torch.library.register_autograd("gencore::gradient_penalty_interpolate", _interpolate_backward,
                                     setup_context=_interpolate_setup_context)
-    torch.library.register_autograd("gencore::gp_norm_penalty_fwd",
-                                    _make_penalty_backward(torch.ops.gencore.gp_norm_penalty_bwd),
+    torch.library.register_autograd("gencore::gradient_norm_penalty_fwd",
+                                    _make_penalty_backward(torch.ops.gencore.gradient_norm_penalty_bwd),
                                     setup_context=_penalty_setup_context)
 
 
@@ -168,23 +168,23 @@ def _register_triton_ops() -> None:
         return
     from torch.library import triton_op
 
-    @triton_op("gencore::gp_interpolate_triton", mutates_args=())
-    def gp_interpolate_triton(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        return tk.gp_interpolate(real, fake, check_interpolate_args(real, fake, alpha))
+    @triton_op("gencore::gradient_penalty_interpolate_triton", mutates_args=())
+    def gradient_penalty_interpolate_triton(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        return tk.gradient_penalty_interpolate(real, fake, check_interpolate_args(real, fake, alpha))
 
-    @triton_op("gencore::gp_norm_penalty_fwd_triton", mutates_args=())
-    def gp_norm_penalty_fwd_triton(grad: torch.Tensor, center: float, one_sided: bool,
+    @triton_op("gencore::gradient_norm_penalty_fwd_triton", mutates_args=())
+    def gradient_norm_penalty_fwd_triton(grad: torch.Tensor, center: float, one_sided: bool,
                                    grad_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         check_penalty_args(grad, center, one_sided, grad_scale)
-        return tk.gp_norm_penalty_fwd(grad, center, one_sided, grad_scale)
+        return tk.gradient_norm_penalty_fwd(grad, center, one_sided, grad_scale)
 
-    @triton_op("gencore::gp_norm_penalty_bwd_triton", mutates_args=())
-    def gp_norm_penalty_bwd_triton(grad_penalty: torch.Tensor, grad: torch.Tensor, norms: torch.Tensor,
+    @triton_op("gencore::gradient_norm_penalty_bwd_triton", mutates_args=())
+    def gradient_norm_penalty_bwd_triton(grad_penalty: torch.Tensor, grad: torch.Tensor, norms: torch.Tensor,
                                    center: float, one_sided: bool, grad_scale: float) -> torch.Tensor:
-        return tk.gp_norm_penalty_bwd(grad_penalty, grad, norms, center, one_sided, grad_scale)
+        return tk.gradient_norm_penalty_bwd(grad_penalty, grad, norms, center, one_sided, grad_scale)
 
-    gp_interpolate_triton.register_autograd(_interpolate_backward, setup_context=_interpolate_setup_context)
-    gp_norm_penalty_fwd_triton.register_autograd(_make_penalty_backward(torch.ops.gencore.gp_norm_penalty_bwd_triton),
+    gradient_penalty_interpolate_triton.register_autograd(_interpolate_backward, setup_context=_interpolate_setup_context)
+    gradient_norm_penalty_fwd_triton.register_autograd(_make_penalty_backward(torch.ops.gencore.gradient_norm_penalty_bwd_triton),
                                                  setup_context=_penalty_setup_context)
 
 
@@ -214,7 +214,7 @@ def gradient_penalty_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: 
     name = backends.resolve(backend, real.device, IMPLEMENTED)
     if name == "reference":
         return interpolate_ref(real, fake, alpha)
-    op = torch.ops.gencore.gp_interpolate_triton if name == "triton" else torch.ops.gencore.gp_interpolate
+    op = torch.ops.gencore.gradient_penalty_interpolate_triton if name == "triton" else torch.ops.gencore.gradient_penalty_interpolate
     return op.default(real, fake, alpha)
 
 
@@ -244,7 +244,7 @@ def gradient_norm_penalty(grad: torch.Tensor, center: float = 1.0, one_sided: bo
         penalty, norms = gradient_norm_penalty_ref(grad, float(center), one_sided, float(grad_scale))
         norms = norms.detach()
     else:
-        op = (torch.ops.gencore.gp_norm_penalty_fwd_triton if name == "triton"
-              else torch.ops.gencore.gp_norm_penalty_fwd)
+        op = (torch.ops.gencore.gradient_norm_penalty_fwd_triton if name == "triton"
+              else torch.ops.gencore.gradient_norm_penalty_fwd)
         penalty, norms = op.default(grad, float(center), one_sided, float(grad_scale))
     return (penalty, norms) if return_norms else penalty

@@ -51,7 +51,7 @@ def check_args(x, num_groups, weight, bias, eps, temb, scale_shift, activation) 
 # Fake (meta) implementations: shapes, dtypes and strides of what the kernels return, for torch.compile / export.
 
 
-def _fwd_fake(x, weight, bias, temb, scale_shift, num_groups, eps, silu):
+def _fwd_fake(x, weight, bias, temb, scale_shift, num_groups, eps, activation):
     check_fake_devices("x", x, weight=weight, bias=bias, temb=temb, scale_shift=scale_shift)
     y = output_like(x)
     mean = x.new_empty((x.shape[0], num_groups), dtype=torch.float64)
@@ -59,7 +59,7 @@ def _fwd_fake(x, weight, bias, temb, scale_shift, num_groups, eps, silu):
     return y, mean, rstd
 
 
-def _bwd_fake(grad_out, x, weight, bias, temb, scale_shift, mean, rstd, num_groups, silu):
+def _bwd_fake(grad_out, x, weight, bias, temb, scale_shift, mean, rstd, num_groups, activation):
     check_fake_devices("x", x, grad_out=grad_out, weight=weight, bias=bias, temb=temb, scale_shift=scale_shift,
                        mean=mean, rstd=rstd)
     def like(t):
@@ -73,10 +73,10 @@ def _bwd_fake(grad_out, x, weight, bias, temb, scale_shift, mean, rstd, num_grou
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, temb, scale_shift, num_groups, eps, silu = inputs
+    x, weight, bias, temb, scale_shift, num_groups, eps, activation = inputs
     _, mean, rstd = output
     ctx.save_for_backward(x, weight, bias, temb, scale_shift, mean, rstd)
-    ctx.num_groups, ctx.eps, ctx.silu = num_groups, eps, silu
+    ctx.num_groups, ctx.eps, ctx.activation = num_groups, eps, activation
     ctx.mark_non_differentiable(mean, rstd)
 
 
@@ -90,7 +90,7 @@ def _grads_by_recompute(ctx, grad_out):
     inputs = [x, weight, bias, temb, scale_shift]
     with torch.enable_grad():
         y = group_norm_silu_ref(x, ctx.num_groups, weight, bias, ctx.eps, temb=temb, scale_shift=scale_shift,
-                                activation="silu" if ctx.silu else None)
+                                activation=ctx.activation)
         wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
         grads = torch.autograd.grad(y, [inputs[i] for i in wanted], grad_out, create_graph=True, allow_unused=True)
     out = [None] * 5
@@ -106,7 +106,7 @@ def _make_backward(bwd_op):
         else:
             x, weight, bias, temb, scale_shift, mean, rstd = ctx.saved_tensors
             gx, gw, gb, gt, gss = bwd_op(grad_out, x, weight, bias, temb, scale_shift, mean, rstd,
-                                         ctx.num_groups, ctx.silu)
+                                         ctx.num_groups, ctx.activation)
             gw = gw if weight is not None else None
             gb = gb if bias is not None else None
             gt = gt if temb is not None else None
@@ -143,18 +143,20 @@ def _register_triton_ops() -> None:
     @triton_op("gencore::group_norm_silu_fwd_triton", mutates_args=())
     def group_norm_silu_fwd_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                                    temb: torch.Tensor | None, scale_shift: torch.Tensor | None, num_groups: int,
-                                   eps: float, silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        check_args(x, num_groups, weight, bias, eps, temb, scale_shift, "silu" if silu else None)
-        return tk.group_norm_silu_fwd(x, weight, bias, temb, scale_shift, num_groups, eps, silu)
+                                   eps: float, activation: str | None
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_args(x, num_groups, weight, bias, eps, temb, scale_shift, activation)
+        return tk.group_norm_silu_fwd(x, weight, bias, temb, scale_shift, num_groups, eps, activation == "silu")
 
     @triton_op("gencore::group_norm_silu_bwd_triton", mutates_args=())
     def group_norm_silu_bwd_triton(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
                                    bias: torch.Tensor | None, temb: torch.Tensor | None,
                                    scale_shift: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
-                                   num_groups: int, silu: bool
+                                   num_groups: int, activation: str | None
                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        check_args(x, num_groups, weight, bias, 0.0, temb, scale_shift, "silu" if silu else None)
-        return tk.group_norm_silu_bwd(grad_out, x, weight, bias, temb, scale_shift, mean, rstd, num_groups, silu)
+        check_args(x, num_groups, weight, bias, 0.0, temb, scale_shift, activation)
+        return tk.group_norm_silu_bwd(grad_out, x, weight, bias, temb, scale_shift, mean, rstd, num_groups,
+                                      activation == "silu")
 
     group_norm_silu_fwd_triton.register_autograd(_make_backward(torch.ops.gencore.group_norm_silu_bwd_triton),
                                                  setup_context=_setup_context)
@@ -214,4 +216,4 @@ def group_norm_silu(
         return group_norm_silu_ref(x, num_groups, weight, bias, eps, temb=temb, scale_shift=scale_shift,
                                    activation=activation)
     op = torch.ops.gencore.group_norm_silu_fwd_triton if name == "triton" else torch.ops.gencore.group_norm_silu_fwd
-    return op(x, weight, bias, temb, scale_shift, num_groups, float(eps), activation == "silu")[0]
+    return op(x, weight, bias, temb, scale_shift, num_groups, float(eps), activation)[0]

@@ -26,23 +26,23 @@ extern "C" {
 
 int64_t gencore_emulation_gp_chunks(int64_t d) { return gencore::cuda::gp_chunks(d); }
 
-int gencore_emulation_gp_interpolate(int dtype, const void* real, const void* fake, const void* alpha, void* out,
+int gencore_emulation_gradient_penalty_interpolate(int dtype, const void* real, const void* fake, const void* alpha, void* out,
                                      int64_t n, int64_t d) {
-  return static_cast<int>(gencore::cuda::gp_interpolate(kind(dtype), real, fake, alpha, out, n, d, nullptr));
+  return static_cast<int>(gencore::cuda::gradient_penalty_interpolate(kind(dtype), real, fake, alpha, out, n, d, nullptr));
 }
 
-int gencore_emulation_gp_norm_penalty_fwd(int dtype, const void* grad, void* norms, void* penalty, int64_t n,
+int gencore_emulation_gradient_norm_penalty_fwd(int dtype, const void* grad, void* norms, void* penalty, int64_t n,
                                           int64_t d, double center, int one_sided, double grad_scale) {
   const size_t stats_bytes = kind(dtype) == gencore::cuda::GpDtype::kFloat64 ? 8 : 4;
   PoisonedWorkspace ws(static_cast<size_t>(n * gencore::cuda::gp_chunks(d)) * stats_bytes);
-  return static_cast<int>(gencore::cuda::gp_norm_penalty_fwd(kind(dtype), grad, ws.data, norms, penalty, n, d, center,
+  return static_cast<int>(gencore::cuda::gradient_norm_penalty_fwd(kind(dtype), grad, ws.data, norms, penalty, n, d, center,
                                                              one_sided != 0, grad_scale, nullptr));
 }
 
-int gencore_emulation_gp_norm_penalty_bwd(int dtype, const void* grad_penalty, const void* grad, const void* norms,
+int gencore_emulation_gradient_norm_penalty_bwd(int dtype, const void* grad_penalty, const void* grad, const void* norms,
                                           void* out, int64_t n, int64_t d, double center, int one_sided,
                                           double grad_scale) {
-  return static_cast<int>(gencore::cuda::gp_norm_penalty_bwd(kind(dtype), grad_penalty, grad, norms, out, n, d,
+  return static_cast<int>(gencore::cuda::gradient_norm_penalty_bwd(kind(dtype), grad_penalty, grad, norms, out, n, d,
                                                              center, one_sided != 0, grad_scale, nullptr));
 }
 
