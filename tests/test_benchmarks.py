@@ -1,6 +1,8 @@
 """gencore.benchmarks: the ratio table, the memcpy roofline case, timing, and the group_norm_silu case list."""
 from __future__ import annotations
 
+import torch
+
 import gencore
 from gencore.benchmarks import Case, Result, memcpy_case, run, table
 
@@ -53,3 +55,34 @@ def test_every_quick_sampler_step_case_runs():
     assert {c.mode for c in cs} == set(MODES)
     for case in cs:
         case.setup()()
+
+
+def test_peak_memory_counts_what_a_call_holds_at_once():
+    from gencore.benchmarks import peak_memory
+
+    mb = 2**20
+
+    def one_output():
+        return torch.empty(4 * mb, dtype=torch.uint8).fill_(1)
+
+    def temporaries_in_turn():  # two 4 MB temporaries, never alive together, and a 1 MB output
+        for _ in range(2):
+            t = torch.empty(4 * mb, dtype=torch.uint8).fill_(1)
+            del t
+        return torch.empty(mb, dtype=torch.uint8)
+
+    def both_alive():
+        a = torch.empty(4 * mb, dtype=torch.uint8).fill_(1)
+        b = torch.empty(4 * mb, dtype=torch.uint8).fill_(1)
+        return a[:1] + b[:1]
+
+    assert 4 * mb <= peak_memory(one_output, "cpu") < 5 * mb
+    assert 4 * mb <= peak_memory(temporaries_in_turn, "cpu") < 6 * mb
+    assert 8 * mb <= peak_memory(both_alive, "cpu") < 9 * mb
+
+
+def test_table_reports_peak_memory_beside_time():
+    rows = [_result("torch", 2.0), _result("cpu", 1.0)]
+    rows[0].peak_bytes, rows[1].peak_bytes = 80 * 2**20, 40 * 2**20
+    head, _, row = table(rows).splitlines()
+    assert head.rstrip(" |").endswith("peak MB: torch / cpu") and row.rstrip(" |").endswith("80 / 40")

@@ -14,6 +14,11 @@ Three front ends use the same cases:
 Timing: torch.utils.benchmark.Timer.blocked_autorange with the process's thread count (Timer defaults to one
 thread), after warm-up calls (torch.compile compiles there); the median over blocks is reported. CUDA work is
 synchronized by the Timer.
+
+Peak memory (fusing is also about memory): after timing, one more call of each op row (bytes > 0; whole-model rows
+are not measured) records the most memory it held at once beyond what existed before the call, outputs included.
+CUDA: torch.cuda.max_memory_allocated. CPU: the profiler's allocation events (torch.profiler, profile_memory=True)
+summed in time order, with gencore's CPU output cache off for that call so that every provider's outputs count.
 """
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ class Result:
     case: Case
     seconds: float  # median time per call
     times: list[float] = field(default_factory=list)  # per-call time of each block
+    peak_bytes: int | None = None  # most memory held at once during one call (see the module doc); None: not measured
 
     @property
     def gbps(self) -> float:
@@ -96,19 +102,61 @@ def time_closure(fn: Callable[[], object], min_time: float = 0.5, warmup: int = 
     return m.median, list(m.times)
 
 
-def run(cases: Iterable[Case], min_time: float = 0.5, warmup: int = 2, progress: bool = True) -> list[Result]:
-    """Time every case; inputs are built by case.setup() before timing, and dropped right after."""
+def peak_memory(fn: Callable[[], object], device: torch.device | str) -> int:
+    """Bytes of the most memory held at once during one call of fn, beyond what was allocated before it (outputs
+    included: they are dropped only after the call)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        del out
+        return max(0, torch.cuda.max_memory_allocated(device) - before)
+    from torch.profiler import ProfilerActivity, profile
+
+    from .. import backends
+
+    cache = backends.cpu_output_cache()
+    if cache is not None:
+        backends.cpu_output_cache(limit_mb=0)  # a cached output would not count as memory the call needs
+    try:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = fn()
+            del out
+    finally:
+        if cache is not None:
+            backends.cpu_output_cache(limit_mb=cache["limit_mb"])
+    held = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        held += event.self_cpu_memory_usage  # each allocation and free counted once, in its innermost op
+        peak = max(peak, held)
+    return peak
+
+
+def run(cases: Iterable[Case], min_time: float = 0.5, warmup: int = 2, progress: bool = True,
+        memory: bool = True) -> list[Result]:
+    """Time every case (and with memory=True measure its peak memory, op rows only); inputs are built by
+    case.setup() before timing, and dropped right after."""
     results = []
     for case in cases:
         if progress:
             print(f"  {case.name} ...", end="", file=sys.stderr, flush=True)
         fn = case.setup()
         seconds, times = time_closure(fn, min_time=min_time, warmup=warmup)
+        peak = peak_memory(fn, _case_device(fn)) if memory and case.bytes and case.provider != "memcpy" else None
         del fn
-        results.append(Result(case, seconds, times))
+        results.append(Result(case, seconds, times, peak))
         if progress:
-            print(f" {seconds * 1e3:.3f} ms", file=sys.stderr, flush=True)
+            print(f" {seconds * 1e3:.3f} ms" + ("" if peak is None else f", peak {peak / 2**20:.1f} MB"),
+                  file=sys.stderr, flush=True)
     return results
+
+
+def _case_device(fn) -> torch.device:
+    """The device a case runs on: CUDA when the process uses it, else the CPU (cases do not mix devices)."""
+    return torch.device("cuda") if torch.cuda.is_available() and torch.cuda.is_initialized() else torch.device("cpu")
 
 
 def _ms(seconds: float | None) -> str:
@@ -135,6 +183,9 @@ def table(results: list[Result]) -> str:
     head = ["op", "shape", "dtype", "mode"] + [f"{p} ms" for p in providers]
     for p in fused:
         head += [f"{p} {BASELINES[b]}" for b in bases] + [f"{p} GB/s / memcpy"]
+    measured = [p for p in providers if any(p in g and g[p].peak_bytes is not None for g in groups.values())]
+    if measured:
+        head.append("peak MB: " + " / ".join(measured))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (op, shape, dtype, mode), g in groups.items():
         row = [op, shape, dtype, mode] + [_ms(g[p].seconds) if p in g else "-" for p in providers]
@@ -148,6 +199,9 @@ def table(results: list[Result]) -> str:
                 row.append(f"{f.gbps:.1f} / {mem.gbps:.1f} = {f.gbps / mem.gbps:.0%}")
             else:
                 row.append("-")
+        if measured:
+            row.append(" / ".join(f"{g[p].peak_bytes / 2**20:.3g}" if p in g and g[p].peak_bytes is not None
+                                  else "-" for p in measured))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -160,6 +214,8 @@ def bench_case(benchmark, case: Case) -> None:
     fn = case.setup()
     if not getattr(benchmark, "disabled", False):
         fn()  # warm-up outside the measurement (torch.compile compiles here)
+        if case.bytes and case.provider != "memcpy":
+            benchmark.extra_info["peak_mb"] = round(peak_memory(fn, _case_device(fn)) / 2**20, 3)
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         def timed():  # CUDA work is asynchronous: time it to completion
             out = fn()
