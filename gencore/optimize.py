@@ -24,7 +24,10 @@ def optimize(model: nn.Module, *, compile: bool = True, channels_last: bool = Tr
            (`gencore.nn.convert`, same parameters and state_dict keys); gencore's own models already use them.
         2. channels_last=True: parameters and buffers move to channels_last when the model has 2-D convolutions
            (oneDNN and cuDNN convolutions are fastest in NHWC; gencore's fused GroupNorm reads it in place).
-        3. compile=True: wrap in torch.compile (compile_kwargs passed through, e.g. mode="max-autotune").
+        3. compile=True: wrap in torch.compile with gencore's backend (gencore/fusion.py: GroupNorm + SiLU patterns
+           that step 1 does not know, e.g. an `h + temb` before a converted block or F.group_norm / F.silu calls,
+           become the fused op in inference graphs; then Inductor). compile_kwargs pass through, e.g.
+           mode="max-autotune"; a `backend` there replaces gencore's.
 
     The model is switched to eval mode and modified in place (steps 1-2); the returned module is the compiled
     wrapper (or the model itself with compile=False). Inputs may be contiguous or channels_last.
@@ -38,5 +41,8 @@ def optimize(model: nn.Module, *, compile: bool = True, channels_last: bool = Tr
     if channels_last and _has_4d_convs(model):
         model = model.to(memory_format=torch.channels_last)
     if compile:
-        return torch.compile(model, **(compile_kwargs or {}))
+        from .fusion import backend
+
+        kwargs = {"backend": backend, **(compile_kwargs or {})}
+        return torch.compile(model, **kwargs)
     return model
