@@ -2,7 +2,7 @@
 # One call on a GPU machine with no network: build gencore's CUDA kernels for the GPU found, run what needs a GPU
 # (the cuda and triton cases of every op's tests against the reference, the GPU-marked tests), then the GPU
 # benchmark table. Every step runs under its own `timeout`, so the script always reaches its last step and writes a
-# summary; the whole run is sized for under 8 minutes on an H200.
+# summary; the whole run is sized for under 9 minutes on an H200 (a lent machine allows 10 per command).
 #
 #   bash bench/gpu.sh              # results in $OUT when it is set (the folder a lent machine sends back),
 #                                  # else in out/gpu-<UTC time>/
@@ -12,10 +12,10 @@
 # the machine's torch (2.11+cu130 on the lent H200 image) with the packages already there; nothing needs diffusers.
 # Knobs (environment): GENCORE_CUDA_ARCHS (default: the compute capability of GPU 0), MAX_JOBS (default: all
 # cores), PYTHON (default python3), GENCORE_BENCH_MIN_TIME (seconds per bench case, default 0.2), and the step
-# limits in seconds GPU_T_BUILD (200), GPU_T_TESTS (120), GPU_T_BENCH (120).
+# limits in seconds GPU_T_BUILD (200), GPU_T_TESTS (120), GPU_T_BENCH (120), GPU_T_LOOPS (50).
 #
 # Results folder: env.txt (GPU, driver, versions, gencore info), install.log, tests.log + tests.xml, bench.md (the
-# markdown table), bench.log, summary.txt (each step's exit status and seconds). Exit status: non-zero if any step
+# markdown table), sampling.md (eager vs captured sampling loops), summary.txt (each step's exit status and seconds). Exit status: non-zero if any step
 # failed; the later steps still run.
 set -uo pipefail
 
@@ -29,7 +29,7 @@ RESULTS="${OUT:-$ROOT/out/gpu-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$RESULTS"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INDEX=1
-T_BUILD="${GPU_T_BUILD:-200}" T_TESTS="${GPU_T_TESTS:-120}" T_BENCH="${GPU_T_BENCH:-120}"
+T_BUILD="${GPU_T_BUILD:-200}" T_TESTS="${GPU_T_TESTS:-120}" T_BENCH="${GPU_T_BENCH:-120}" T_LOOPS="${GPU_T_LOOPS:-50}"
 status=0
 : >"$RESULTS/summary.txt"
 
@@ -95,10 +95,13 @@ fi
 run "GPU tests" "$T_TESTS" "$RESULTS/tests.log" \
   "$PY" -m pytest -q -ra -p no:cacheprovider --junitxml="$RESULTS/tests.xml" \
   tests/test_group_norm_silu.py tests/test_group_norm_silu_gpu.py tests/test_sampler_step.py \
-  tests/test_gradient_penalty.py tests/test_fake_devices.py -k "cuda or triton or gpu"
+  tests/test_gradient_penalty.py tests/test_fake_devices.py tests/test_diffusion_sampling.py -k "cuda or triton or gpu"
 
 run "GPU benchmark table" "$T_BENCH" "$RESULTS/bench.md" \
   "$PY" -m gencore.cli bench --device cuda --min-time "${GENCORE_BENCH_MIN_TIME:-0.2}"
+
+# Whole sampling loops, eager against one captured CUDA graph (DDIM 50 and DPM-Solver++ 20 steps).
+run "sampling loops: eager vs CUDA graph" "$T_LOOPS" "$RESULTS/sampling.md" "$PY" bench/gpu_sampling.py
 
 printf '\n=== summary (%s) ===\n' "$RESULTS/summary.txt"
 cat "$RESULTS/summary.txt"

@@ -231,3 +231,43 @@ def test_philox_sampling_does_not_depend_on_the_batch():
     part = sample(model, DDIMScheduler(), noise[:1], 6, eta=1.0, philox_seed=7, progress=False)
     torch.testing.assert_close(part, full[:1], **tolerance(torch.float32))
     assert not torch.equal(full, sample(model, DDIMScheduler(), noise, 6, eta=1.0, philox_seed=8, progress=False))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The captured loop: sample(..., cuda_graph=True) and capture_sample
+
+
+def test_captured_loop_refuses_what_it_cannot_replay():
+    from gencore.diffusion import DDIMScheduler, DDPMScheduler, sample
+
+    def model(x, t):
+        return torch.zeros_like(x)
+
+    with pytest.raises(ValueError, match="CUDA device"):
+        sample(model, DDIMScheduler(), (2, 1, 4, 4), 3, cuda_graph=True, progress=False)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="deterministic"):
+            sample(model, DDPMScheduler(), (2, 1, 4, 4), 3, cuda_graph=True, progress=False, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("sampler,steps", [("ddim", 50), ("dpm++", 20)])
+def test_captured_loop_equals_the_eager_loop(sampler, steps):
+    """The whole loop, gencore's UNet included, in one CUDA graph: each replay gives sample()'s images for its noise."""
+    from gencore.diffusion import DDIMScheduler, DPMSolverMultistepScheduler, capture_sample, sample
+    from gencore.models import UNet
+
+    torch.manual_seed(0)
+    model = UNet(in_channels=1, out_channels=1, base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                 attention_levels=(1,), norm_groups=8).cuda().eval()
+    scheduler = (DDIMScheduler(beta_schedule="squaredcos_cap_v2") if sampler == "ddim"
+                 else DPMSolverMultistepScheduler(beta_schedule="squaredcos_cap_v2"))
+    noise = [torch.randn(8, 1, 28, 28, device="cuda", generator=torch.Generator("cuda").manual_seed(s))
+             for s in (1, 2)]
+    graph = capture_sample(model, scheduler, noise[0], steps)
+    for x_t in noise:  # two replays with different noise: the graph reads its input buffer each time
+        expected = sample(model, scheduler, x_t, steps, progress=False)
+        torch.testing.assert_close(graph(x_t), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sample(model, scheduler, noise[1], steps, progress=False, cuda_graph=True),
+                               sample(model, scheduler, noise[1], steps, progress=False), atol=1e-5, rtol=1e-5)

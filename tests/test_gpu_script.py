@@ -16,12 +16,12 @@ def test_dry_run_writes_to_out_and_times_every_step(tmp_path):
     proc = _dry_run(tmp_path)
     assert proc.returncode == 0, proc.stderr
     steps = [line for line in proc.stdout.splitlines() if line.startswith("would run:")]
-    assert len(steps) == 3
+    assert len(steps) == 4
     assert all(re.match(r"would run: timeout -k 10 \d+ ", s) for s in steps)      # each step has its own limit
     limits = [int(re.match(r"would run: timeout -k 10 (\d+)", s).group(1)) for s in steps]
-    assert sum(limits) + 10 * len(limits) < 8 * 60                                  # the whole call fits 8 minutes
+    assert sum(limits) + 10 * len(limits) < 9 * 60                                  # the whole call fits 9 minutes
     summary = tmp_path / "results" / "summary.txt"                                  # results go to $OUT
-    assert summary.is_file() and len(summary.read_text().splitlines()) == 3
+    assert summary.is_file() and len(summary.read_text().splitlines()) == 4
     assert not (SCRIPT.parent.parent / "out").exists() or str(tmp_path) in proc.stdout
 
 

@@ -8,7 +8,7 @@ sampling loop and the training loss.
 """
 from .dpm_solver import DPMSolverMultistepScheduler
 from .losses import LOSS_TYPES, min_snr_weights, training_loss
-from .sampling import sample
+from .sampling import CapturedSampling, capture_sample, sample
 from .diffusers_interop import register_with_diffusers
 from .scheduler_config import (PREDICTION_TYPES, TIMESTEP_SPACINGS, VARIANCE_TYPES, DDIMSchedulerOutput,
                                DDPMSchedulerOutput, SchedulerConfig, SchedulerMixin, SchedulerOutput)
@@ -16,9 +16,9 @@ from .schedulers import DDIMScheduler, DDPMScheduler, DiscreteScheduler
 from .schedules import BETA_SCHEDULES, cosine_betas, make_betas, rescale_zero_terminal_snr
 
 __all__ = [
-    "BETA_SCHEDULES", "DDIMScheduler", "DPMSolverMultistepScheduler", "DDIMSchedulerOutput", "DDPMScheduler", "DDPMSchedulerOutput", "DiscreteScheduler",
-    "LOSS_TYPES",
-    "PREDICTION_TYPES", "SchedulerConfig", "SchedulerMixin", "SchedulerOutput", "TIMESTEP_SPACINGS", "VARIANCE_TYPES",
+    "BETA_SCHEDULES", "CapturedSampling", "DDIMScheduler", "DDIMSchedulerOutput", "DDPMScheduler",
+    "DDPMSchedulerOutput", "DPMSolverMultistepScheduler", "DiscreteScheduler", "LOSS_TYPES", "PREDICTION_TYPES",
+    "SchedulerConfig", "SchedulerMixin", "SchedulerOutput", "TIMESTEP_SPACINGS", "VARIANCE_TYPES", "capture_sample",
     "cosine_betas", "make_betas", "min_snr_weights", "register_with_diffusers", "rescale_zero_terminal_snr", "sample",
     "training_loss",
 ]

@@ -243,13 +243,18 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         self.sigmas = torch.from_numpy(np.append(sigmas, last).astype(np.float32))
         self.timesteps = torch.from_numpy(np.asarray(ts)).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(self.timesteps)
-        self.model_outputs = [None] * cfg["solver_order"]
-        self.lower_order_nums = 0
-        self._step_index = None
+        self.restart()
         self._begin_index = None
         self._tables = TableCache(self._host_table)
         self._repeats = len(set(self.timesteps.tolist())) != len(self.timesteps)  # once here: no host read per step
         self._table(table_device(device), torch.float32, 0)
+
+    def restart(self) -> None:
+        """Forget the solver's history and start the schedule in use again from its first step (its tables stay:
+        nothing is copied to the device, so a CUDA-graph capture may call this)."""
+        self.model_outputs = [None] * self._config["solver_order"]
+        self.lower_order_nums = 0
+        self._step_index = None
 
     def _spaced_timesteps(self, n: int) -> np.ndarray:
         cfg, T = self._config, self._config["num_train_timesteps"]

@@ -14,6 +14,7 @@ from .scheduler_config import SchedulerOutput
 from .schedulers import DDIMScheduler, DiscreteScheduler
 
 SCHEDULERS = (DiscreteScheduler, DPMSolverMultistepScheduler)
+__all__ = ["CapturedSampling", "capture_sample", "intermediate_timesteps", "sample"]
 
 
 def _model_device(model) -> torch.device:
@@ -76,6 +77,7 @@ def sample(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     philox_seed: int | None = None,
+    cuda_graph: bool = False,
 ):
     """Generate samples: start from noise and apply scheduler.step at every timestep of the schedule.
 
@@ -113,6 +115,8 @@ def sample(
             device, float32).
         philox_seed: draw each step's noise inside the fused kernel from Philox keyed on (seed, sample, step)
             instead of the generator (the initial noise still comes from the generator).
+        cuda_graph: capture the whole loop, model included, in one CUDA graph and replay it (see capture_sample,
+            which keeps the graph for repeated calls: a single call captures and replays once, so it is no faster).
 
     Returns:
         The samples x_0, (N, ...) tensor; with return_intermediates, (samples, list of tensors).
@@ -154,6 +158,22 @@ def sample(
     elif float(guidance_scale) != 1.0:
         raise ValueError("guidance_scale != 1 needs class_labels (classifier-free guidance on class labels)")
 
+    loop = _prepare_loop(model, scheduler, x, num_inference_steps, eta=eta,
+                         use_clipped_model_output=use_clipped_model_output, generator=generator, labels=labels,
+                         guided=guided, guidance_scale=guidance_scale, philox_seed=philox_seed)
+    if cuda_graph:
+        if callback is not None or every:
+            raise ValueError("cuda_graph=True replays the captured loop as a whole: no callback or intermediates")
+        return CapturedSampling(loop, x)()
+    return loop(x, callback=callback, every=every, progress=progress)
+
+
+def _prepare_loop(model, scheduler, x, num_inference_steps, *, eta, use_clipped_model_output, generator, labels,
+                  guided, guidance_scale, philox_seed):
+    """Everything of the loop that touches the host (the schedule, its tables on the device), done once; returns
+    loop(x, callback, every, progress), whose steps only launch work on x's device."""
+    is_ddim = isinstance(scheduler, DDIMScheduler)
+    n, device = x.shape[0], x.device
     if num_inference_steps is None:
         num_inference_steps = 50 if is_ddim else 20 if isinstance(scheduler, DPMSolverMultistepScheduler) else len(
             scheduler)
@@ -170,24 +190,113 @@ def sample(
     if philox_seed is None:
         step_kwargs["generator"] = generator
 
-    intermediates = [x] if every else None
-    for i, t in enumerate(tqdm(schedule, disable=not progress, desc="sampling", leave=False)):
-        x_in = scheduler.scale_model_input(x, t)
+    def loop(x, callback=None, every=0, progress=False):
+        if isinstance(scheduler, DPMSolverMultistepScheduler):
+            scheduler.restart()  # a multistep history from an earlier run of this loop (a warm-up) is not ours
+        intermediates = [x] if every else None
+        for i, t in enumerate(tqdm(schedule, disable=not progress, desc="sampling", leave=False)):
+            x_in = scheduler.scale_model_input(x, t)
+            if guided:
+                t_in = torch.full((2 * n,), t, dtype=torch.int64, device=device)
+                out = _as_tensor_output(model(torch.cat([x_in, x_in]), t_in, labels))
+                cond, uncond = out[:n], out[n:]  # learned variance: step() takes its channels from cond
+                extra = {"model_output_uncond": uncond, "guidance_scale": float(guidance_scale)}
+            else:
+                t_in = torch.full((n,), t, dtype=torch.int64, device=device)
+                out = _as_tensor_output(model(x_in, t_in) if labels is None else model(x_in, t_in, labels))
+                cond, extra = out, {}
+            if philox_seed is not None:
+                extra.update(philox_seed=philox_seed, philox_offset=i)
+            output = scheduler.step(cond, t, x, **step_kwargs, **extra)
+            x = output.prev_sample
+            if callback is not None:
+                callback(i, t, output)
+            if every and ((i + 1) % every == 0 or i + 1 == len(schedule)):
+                intermediates.append(x)
+        return (x, intermediates) if every else x
+
+    loop.scheduler, loop.num_inference_steps = scheduler, num_inference_steps
+    loop.deterministic = _deterministic(scheduler, step_kwargs)
+    return loop
+
+
+def _deterministic(scheduler, step_kwargs) -> bool:
+    """Whether the loop draws no noise after x_T (DDIM with eta = 0, DPM-Solver++'s ODE form)."""
+    if isinstance(scheduler, DDIMScheduler):
+        return step_kwargs.get("eta", 0.0) == 0
+    if isinstance(scheduler, DPMSolverMultistepScheduler):
+        return scheduler.config.algorithm_type == "dpmsolver++"
+    return False
+
+
+class CapturedSampling:
+    """A sampling loop captured in one CUDA graph, model included: calling it copies new initial noise into the
+    graph's input and replays every step with no Python and no launch overhead per step.
+
+    Build it with capture_sample(). The graph reads the model's parameters and the scheduler's tables where they
+    were at capture time: update weights in place (load_state_dict does), and do not call set_timesteps on the
+    scheduler again while the graph is in use (capture another one instead).
+    """
+
+    def __init__(self, loop, noise: torch.Tensor, warmup: int = 2):
+        if noise.device.type != "cuda":
+            raise ValueError(f"a CUDA graph needs the sampling loop on a CUDA device, got noise on {noise.device}")
+        if not loop.deterministic:
+            raise ValueError("a captured loop replays the same per-step noise every time; capture deterministic "
+                             "loops only (DDIM with eta=0, DPM-Solver++ with algorithm_type='dpmsolver++')")
+        self.noise = noise.clone()  # the graph's input: replays read it here
+        self._loop = loop
+        stream = torch.cuda.Stream(device=noise.device)
+        stream.wait_stream(torch.cuda.current_stream(noise.device))
+        with torch.cuda.stream(stream):  # warm-up (cuDNN/cuBLAS plans, lazily built tables) outside the capture
+            for _ in range(warmup):
+                loop(self.noise)
+        torch.cuda.current_stream(noise.device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = loop(self.noise)
+        # Everything the graph reads by address stays alive with it: the scheduler's tables of this schedule.
+        self._keep = dict(vars(loop.scheduler))
+
+    def __call__(self, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The samples for `noise` (default: the noise given at capture), as a new tensor."""
+        if noise is not None:
+            if noise.shape != self.noise.shape:
+                raise ValueError(f"noise must have the captured shape {tuple(self.noise.shape)}, got "
+                                 f"{tuple(noise.shape)}")
+            self.noise.copy_(noise)
+        self.graph.replay()
+        return self.output.clone()
+
+
+@torch.no_grad()
+def capture_sample(model: Callable, scheduler, noise: torch.Tensor, num_inference_steps: int | None = None, *,
+                   class_labels=None, guidance_scale: float = 1.0, null_class_label=None,
+                   use_clipped_model_output: bool | None = None) -> CapturedSampling:
+    """sample()'s loop for this model, scheduler, noise shape and options, captured in a CUDA graph.
+
+        graph = capture_sample(model, DDIMScheduler(...), torch.randn(16, 3, 32, 32, device="cuda"), 50)
+        images = graph(torch.randn(16, 3, 32, 32, device="cuda"))     # each call: one replay of all 50 steps
+
+    Deterministic loops only (DDIM with eta=0, DPM-Solver++ in its ODE form): the graph would replay the same
+    per-step noise every time. The model must be capturable (no host synchronisation, no data-dependent Python
+    control flow); gencore's models and ops and diffusers' UNets are. Outputs equal sample()'s for the same noise.
+    """
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError("noise must be the initial noise tensor x_T on a CUDA device (its shape fixes the graph's)")
+    n, device = noise.shape[0], noise.device
+    labels, guided = None, False
+    if class_labels is not None:
+        labels = torch.as_tensor(class_labels, device=device)
+        if labels.shape != (n,):
+            raise ValueError(f"class_labels must have shape ({n},), got {tuple(labels.shape)}")
+        guided = float(guidance_scale) != 1.0
         if guided:
-            t_in = torch.full((2 * n,), t, dtype=torch.int64, device=device)
-            out = _as_tensor_output(model(torch.cat([x_in, x_in]), t_in, labels))
-            cond, uncond = out[:n], out[n:]  # learned variance: step() takes its channels from cond
-            extra = {"model_output_uncond": uncond, "guidance_scale": float(guidance_scale)}
-        else:
-            t_in = torch.full((n,), t, dtype=torch.int64, device=device)
-            out = _as_tensor_output(model(x_in, t_in) if labels is None else model(x_in, t_in, labels))
-            cond, extra = out, {}
-        if philox_seed is not None:
-            extra.update(philox_seed=philox_seed, philox_offset=i)
-        output = scheduler.step(cond, t, x, **step_kwargs, **extra)
-        x = output.prev_sample
-        if callback is not None:
-            callback(i, t, output)
-        if every and ((i + 1) % every == 0 or i + 1 == len(schedule)):
-            intermediates.append(x)
-    return (x, intermediates) if every else x
+            null = torch.as_tensor(_null_label(model, null_class_label), device=device, dtype=labels.dtype)
+            labels = torch.cat([labels, null.expand(n)])
+    elif float(guidance_scale) != 1.0:
+        raise ValueError("guidance_scale != 1 needs class_labels (classifier-free guidance on class labels)")
+    loop = _prepare_loop(model, scheduler, noise, num_inference_steps, eta=None,
+                         use_clipped_model_output=use_clipped_model_output, generator=None, labels=labels,
+                         guided=guided, guidance_scale=guidance_scale, philox_seed=None)
+    return CapturedSampling(loop, noise)
