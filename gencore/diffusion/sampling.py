@@ -46,6 +46,22 @@ def _null_label(model, null_class_label):
                      "null_class_label (or num_classes, whose index is then the null class) attribute")
 
 
+def _model_labels(model, class_labels, guidance_scale, null_class_label, n: int, device):
+    """(the labels the model is called with, whether guided): the N labels, then N null labels when guided."""
+    if class_labels is None:
+        if float(guidance_scale) != 1.0:
+            raise ValueError("guidance_scale != 1 needs class_labels (classifier-free guidance on class labels)")
+        return None, False
+    labels = torch.as_tensor(class_labels, device=device)
+    if labels.shape != (n,):
+        raise ValueError(f"class_labels must have shape ({n},), got {tuple(labels.shape)}")
+    guided = float(guidance_scale) != 1.0
+    if guided:
+        null = torch.as_tensor(_null_label(model, null_class_label), device=device, dtype=labels.dtype)
+        labels = torch.cat([labels, null.expand(n)])
+    return labels, guided
+
+
 def intermediate_timesteps(timesteps: Sequence[int], every: int) -> list[int | None]:
     """The timestep of each state that `sample(..., return_intermediates=every)` returns, for labelling them:
     timesteps[0] for the starting noise, then the timestep each kept state will be denoised at next, and None for the
@@ -145,19 +161,7 @@ def sample(
         x = randn(shape, generator, device, dtype) * scheduler.init_noise_sigma
     n = x.shape[0]
 
-    labels = None
-    guided = False
-    if class_labels is not None:
-        labels = torch.as_tensor(class_labels, device=device)
-        if labels.shape != (n,):
-            raise ValueError(f"class_labels must have shape ({n},), got {tuple(labels.shape)}")
-        guided = float(guidance_scale) != 1.0
-        if guided:
-            null = torch.as_tensor(_null_label(model, null_class_label), device=device, dtype=labels.dtype)
-            labels = torch.cat([labels, null.expand(n)])
-    elif float(guidance_scale) != 1.0:
-        raise ValueError("guidance_scale != 1 needs class_labels (classifier-free guidance on class labels)")
-
+    labels, guided = _model_labels(model, class_labels, guidance_scale, null_class_label, n, device)
     loop = _prepare_loop(model, scheduler, x, num_inference_steps, eta=eta,
                          use_clipped_model_output=use_clipped_model_output, generator=generator, labels=labels,
                          guided=guided, guidance_scale=guidance_scale, philox_seed=philox_seed)
@@ -284,18 +288,7 @@ def capture_sample(model: Callable, scheduler, noise: torch.Tensor, num_inferenc
     """
     if not isinstance(noise, torch.Tensor):
         raise TypeError("noise must be the initial noise tensor x_T on a CUDA device (its shape fixes the graph's)")
-    n, device = noise.shape[0], noise.device
-    labels, guided = None, False
-    if class_labels is not None:
-        labels = torch.as_tensor(class_labels, device=device)
-        if labels.shape != (n,):
-            raise ValueError(f"class_labels must have shape ({n},), got {tuple(labels.shape)}")
-        guided = float(guidance_scale) != 1.0
-        if guided:
-            null = torch.as_tensor(_null_label(model, null_class_label), device=device, dtype=labels.dtype)
-            labels = torch.cat([labels, null.expand(n)])
-    elif float(guidance_scale) != 1.0:
-        raise ValueError("guidance_scale != 1 needs class_labels (classifier-free guidance on class labels)")
+    labels, guided = _model_labels(model, class_labels, guidance_scale, null_class_label, noise.shape[0], noise.device)
     loop = _prepare_loop(model, scheduler, noise, num_inference_steps, eta=None,
                          use_clipped_model_output=use_clipped_model_output, generator=None, labels=labels,
                          guided=guided, guidance_scale=guidance_scale, philox_seed=None)

@@ -31,7 +31,7 @@ from .. import _extension, backends
 from .._rules import accumulation_dtype, is_channels_last, output_like, to_layout
 from ..reference.philox import check_philox_args, philox_uint32 as philox_uint32_ref
 from ..reference.sampler_step import NUM_COEFS, TARGETS, diffusion_training_inputs_ref, sampler_step_ref
-from ._checks import check_fake_devices, check_float_tensor
+from ._checks import check_fake_devices, check_float_tensor, check_like
 
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 
@@ -63,14 +63,7 @@ def _check_coefs(coefs, columns: int, sample: torch.Tensor, sample_name: str) ->
 
 
 def _check_same(name: str, t, ref: torch.Tensor, ref_name: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.shape != ref.shape:
-        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {tuple(t.shape)}")
-    if t.device != ref.device:
-        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; they must be on the same device")
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}; they must match")
+    check_like(name, t, ref, ref_name, ref.shape)
 
 
 def _check_real(name: str, value) -> float:
