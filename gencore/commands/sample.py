@@ -39,9 +39,18 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    import torch
+    """The command, with --backend in force for it alone (main() may run in a process that goes on)."""
+    import contextlib
 
     from .. import backends
+
+    with backends.use_backend(args.backend) if args.backend else contextlib.nullcontext():
+        return _run(args)
+
+
+def _run(args) -> int:
+    import torch
+
     from ..training.checkpoint import load_models
     from ..training.generate import sample_from_checkpoint
 
@@ -49,8 +58,6 @@ def run(args) -> int:
     if suffix not in OUTPUT_SUFFIXES:
         raise ValueError(f"--out must end in {' or '.join(OUTPUT_SUFFIXES)} (a grid or a tensor file), "
                          f"got {args.out!r}")
-    if args.backend:
-        backends.set_backend(args.backend)
     if args.steps is None:
         args.steps = DEFAULT_STEPS[args.sampler]
     device = resolve_device(args.device)

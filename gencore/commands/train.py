@@ -106,13 +106,20 @@ def build(args):
 
 
 def run(args) -> int:
+    """The command, with --backend in force for it alone (main() may run in a process that goes on)."""
+    import contextlib
+
     from .. import backends
+
+    with backends.use_backend(args.backend) if args.backend else contextlib.nullcontext():
+        return _run(args)
+
+
+def _run(args) -> int:
     from ..data import load_dataset
     from ..training import TRAINERS
     from ..training.checkpoint import has_checkpoint
 
-    if args.backend:
-        backends.set_backend(args.backend)
     kind, config = build(args)
     data = load_dataset(args.data, root=args.mnist_root, image_size=args.image_size, channels=args.channels,
                         download=args.download)
