@@ -51,3 +51,23 @@ def mnist_dir():
     if MNIST_DIR is None:
         pytest.skip("MNIST not found: set GENCORE_MNIST_DIR or put the IDX files in ../shared/data/mnist")
     return MNIST_DIR
+
+
+@pytest.fixture(autouse=True)
+def _fused_path_at_every_size(request, monkeypatch):
+    """The tests' tensors are small: without this, gencore.nn's size gate would hand them to torch's own kernels and
+    the tests of the fused modules would test torch. A test of the gate itself asks for `size_gate`."""
+    if "size_gate" in request.fixturenames:
+        return
+    import gencore.nn.size_gate as gate
+
+    monkeypatch.setattr(gate, "MIN_NUMEL_FORWARD", 0)
+    monkeypatch.setattr(gate, "MIN_NUMEL_TRAINING", 0)
+
+
+@pytest.fixture
+def size_gate():
+    """gencore.nn.size_gate with its shipped thresholds."""
+    import gencore.nn.size_gate as gate
+
+    return gate

@@ -103,3 +103,26 @@ def test_autocast_matches_torch_policy():
         y_ref, y = m_ref(x), m(x)
     assert y.dtype == y_ref.dtype  # CPU autocast keeps group_norm in the input dtype (bfloat16 here)
     assert_close(y, y_ref.double(), torch.bfloat16)
+
+
+def test_small_tensors_keep_torchs_kernels(size_gate):
+    """Below the gate's sizes the module computes exactly torch's F.silu(F.group_norm(...)); above it, gencore's
+    fused op; an explicit backend always gets what it asks for."""
+    import torch.nn.functional as F
+
+    from gencore.nn import GroupNormSiLU
+    from gencore.ops import group_norm_silu
+
+    m = GroupNormSiLU(4, 16).eval()
+    small = torch.randn(2, 16, 8, 8)  # 2,048 elements
+    temb = torch.randn(2, 16)
+    with torch.no_grad():
+        torch_out = F.silu(F.group_norm(small + temb[:, :, None, None], 4, m.weight, m.bias, m.eps))
+        assert torch.equal(m(small, temb), torch_out)
+        with gencore.use_backend("cpu"):
+            assert torch.equal(m(small, temb), group_norm_silu(small, 4, m.weight, m.bias, m.eps, temb=temb,
+                                                               backend="cpu"))
+        large = torch.randn(4, 16, 64, 64)  # 262,144 elements
+        assert torch.equal(m(large), group_norm_silu(large, 4, m.weight, m.bias, m.eps, backend="cpu"))
+    assert size_gate.torch_is_faster(torch.randn(2, 16, 32, 32, requires_grad=True))  # 32,768: training-size gate
+    assert not size_gate.torch_is_faster(torch.randn(2, 16, 32, 32))  # inference: fused

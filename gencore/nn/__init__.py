@@ -5,7 +5,8 @@
     convert(module) swaps them into an existing model in place
 
 Both subclass torch.nn.GroupNorm: same constructor, defaults, parameter names and state_dict keys, so a
-torch.nn.GroupNorm checkpoint loads as is and isinstance checks keep working.
+torch.nn.GroupNorm checkpoint loads as is and isinstance checks keep working. Tensors too small for a separate
+fused call to pay (gencore/nn/size_gate.py: CPU, backend "auto") run on torch's own kernels instead.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from ..ops.group_norm_silu import group_norm_silu
 from .diffusers_blocks import fuse_resnet_block, has_closing_norm_pair
+from .size_gate import torch_group_norm_silu, torch_is_faster
 
 __all__ = ["GroupNorm", "GroupNormSiLU", "convert"]
 
@@ -40,6 +42,9 @@ class _FusedGroupNormBase(nn.GroupNorm):
                 return group_norm_silu(x, self.num_groups, weight, bias, self.eps, temb=temb,
                                        scale_shift=scale_shift, activation=self._activation, backend=backend)
         weight, bias = self._params_for(x)
+        if torch_is_faster(x, weight, bias, temb, scale_shift, backend=backend):
+            return torch_group_norm_silu(x, self.num_groups, weight, bias, self.eps, temb, scale_shift,
+                                         self._activation)
         return group_norm_silu(x, self.num_groups, weight, bias, self.eps, temb=temb, scale_shift=scale_shift,
                                activation=self._activation, backend=backend)
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..ops.group_norm_silu import group_norm_silu
+from .size_gate import torch_group_norm_silu, torch_is_faster
 
 _FUSED_CLASSES: dict[type, type] = {}
 
@@ -51,6 +52,8 @@ def _gn_silu(norm: nn.GroupNorm, x: torch.Tensor, temb=None, scale_shift=None) -
         temb = temb.to(x.dtype)
     if scale_shift is not None:
         scale_shift = scale_shift.to(x.dtype)
+    if torch_is_faster(x, weight, bias, temb, scale_shift):
+        return torch_group_norm_silu(x, norm.num_groups, weight, bias, norm.eps, temb, scale_shift)
     return group_norm_silu(x, norm.num_groups, weight, bias, norm.eps, temb=temb, scale_shift=scale_shift,
                            activation="silu")
 
