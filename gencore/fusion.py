@@ -35,8 +35,9 @@ MIN_GROUP_ELEMENTS = 4096
 
 _GROUP_NORM = (F.group_norm, torch.group_norm)
 _SILU = (F.silu,)
-_ADD = (operator.add, torch.add, operator.iadd)
-_MUL = (operator.mul, torch.mul, operator.imul)
+# Out-of-place only: rewriting an in-place `h += t` would drop a mutation another alias of h may read.
+_ADD = (operator.add, torch.add)
+_MUL = (operator.mul, torch.mul)
 
 
 def _value(node):
@@ -85,9 +86,7 @@ def _split_add(node):
 
 
 def _worth_fusing(x: torch.Tensor, num_groups: int) -> bool:
-    n, c = x.shape[0], x.shape[1]
-    per_group = x.numel() // max(1, n * num_groups)
-    return per_group >= MIN_GROUP_ELEMENTS and n >= 1 and c % num_groups == 0
+    return x.numel() // max(1, x.shape[0] * num_groups) >= MIN_GROUP_ELEMENTS
 
 
 def _match(silu):

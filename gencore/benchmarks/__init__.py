@@ -145,7 +145,7 @@ def run(cases: Iterable[Case], min_time: float = 0.5, warmup: int = 2, progress:
             print(f"  {case.name} ...", end="", file=sys.stderr, flush=True)
         fn = case.setup()
         seconds, times = time_closure(fn, min_time=min_time, warmup=warmup)
-        peak = peak_memory(fn, _case_device(fn)) if memory and case.bytes and case.provider != "memcpy" else None
+        peak = peak_memory(fn, _device_in_use()) if memory and _measures_memory(case) else None
         del fn
         results.append(Result(case, seconds, times, peak))
         if progress:
@@ -154,8 +154,13 @@ def run(cases: Iterable[Case], min_time: float = 0.5, warmup: int = 2, progress:
     return results
 
 
-def _case_device(fn) -> torch.device:
-    """The device a case runs on: CUDA when the process uses it, else the CPU (cases do not mix devices)."""
+def _measures_memory(case: Case) -> bool:
+    """Op rows get a peak-memory figure; whole-model rows (bytes 0) and the memcpy roofline do not."""
+    return bool(case.bytes) and case.provider != "memcpy"
+
+
+def _device_in_use() -> torch.device:
+    """The device the cases run on: CUDA once the process uses it, else the CPU (a run does not mix devices)."""
     return torch.device("cuda") if torch.cuda.is_available() and torch.cuda.is_initialized() else torch.device("cpu")
 
 
@@ -214,8 +219,8 @@ def bench_case(benchmark, case: Case) -> None:
     fn = case.setup()
     if not getattr(benchmark, "disabled", False):
         fn()  # warm-up outside the measurement (torch.compile compiles here)
-        if case.bytes and case.provider != "memcpy":
-            benchmark.extra_info["peak_mb"] = round(peak_memory(fn, _case_device(fn)) / 2**20, 3)
+        if _measures_memory(case):
+            benchmark.extra_info["peak_mb"] = round(peak_memory(fn, _device_in_use()) / 2**20, 3)
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         def timed():  # CUDA work is asynchronous: time it to completion
             out = fn()

@@ -219,7 +219,7 @@ def _prepare_loop(model, scheduler, x, num_inference_steps, *, eta, use_clipped_
                 intermediates.append(x)
         return (x, intermediates) if every else x
 
-    loop.scheduler, loop.num_inference_steps = scheduler, num_inference_steps
+    loop.scheduler = scheduler
     loop.deterministic = _deterministic(scheduler, step_kwargs)
     return loop
 
