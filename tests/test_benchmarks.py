@@ -86,3 +86,33 @@ def test_table_reports_peak_memory_beside_time():
     rows[0].peak_bytes, rows[1].peak_bytes = 80 * 2**20, 40 * 2**20
     head, _, row = table(rows).splitlines()
     assert head.rstrip(" |").endswith("peak MB: torch / cpu") and row.rstrip(" |").endswith("80 / 40")
+
+
+def test_a_first_call_case_is_timed_by_one_call_and_figures_become_columns():
+    calls = []
+
+    def setup():
+        return lambda: calls.append(1)
+
+    once = Case("op", "torch_compile", "s", "float32", "first call", 0, setup, repeat=False)
+    shared = Case("op", "torch", "s", "float32", "forward", 0, setup, figures=lambda fn: {"share": "12%"})
+    first, timed = run([once, shared], min_time=0.01, progress=False, memory=False)
+    assert first.times == [first.seconds] and len(calls) > 1 + 2  # once: 1 call; the repeated case: warm-up + blocks
+    calls.clear()
+    run([once], progress=False)
+    assert len(calls) == 1
+    assert timed.figures == {"share": "12%"} and first.figures == {}
+    head, _, row = table([first, timed]).splitlines()[:3]
+    assert head.endswith("| share |") and row.endswith("| - |")  # the figure's own group: torch's row
+    assert table([first, timed]).splitlines()[3].endswith("| torch: 12% |")
+
+
+def test_norm_activation_share_is_the_time_of_group_norm_silu_and_the_embedding_add():
+    from gencore.benchmarks.diffusers import norm_activation_share
+
+    x, t = torch.randn(4, 64, 32, 32), torch.randn(4, 64, 1, 1)
+    w = torch.randn(64, 64, 3, 3)
+    fused_only = norm_activation_share(lambda: torch.nn.functional.silu(torch.nn.functional.group_norm(x + t, 8)))
+    conv_only = norm_activation_share(lambda: torch.nn.functional.conv2d(x, w, padding=1) + x)  # a residual add
+    assert float(fused_only["GN+SiLU+temb share"].rstrip("%")) >= 90
+    assert float(conv_only["GN+SiLU+temb share"].rstrip("%")) <= 1

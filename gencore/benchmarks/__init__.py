@@ -15,6 +15,10 @@ Timing: torch.utils.benchmark.Timer.blocked_autorange with the process's thread 
 thread), after warm-up calls (torch.compile compiles there); the median over blocks is reported. CUDA work is
 synchronized by the Timer.
 
+A case with repeat=False is timed by exactly one call with no warm-up: a first call that compiles (the next call would
+not). A case may carry `figures`: further measures taken from one more call of its closure (e.g. the share of time
+some ops take in it), reported beside the time.
+
 Peak memory (fusing is also about memory): after timing, one more call of each op row (bytes > 0; whole-model rows
 are not measured) records the most memory it held at once beyond what existed before the call, outputs included.
 CUDA: torch.cuda.max_memory_allocated. CPU: the profiler's allocation events (torch.profiler, profile_memory=True)
@@ -41,6 +45,8 @@ class Case:
 
     bytes: bytes the op must move at least (inputs read + outputs written), for GB/s; 0 if not meaningful.
     setup: builds the inputs (outside the timed region) and returns the zero-argument closure that is timed.
+    repeat: False times one single call, without warm-up (what a first call costs, compilation included).
+    figures: given the closure, calls it and returns further measures of that call as {column title: text}.
     """
 
     op: str
@@ -50,6 +56,8 @@ class Case:
     mode: str
     bytes: int
     setup: Callable[[], Callable[[], object]]
+    repeat: bool = True
+    figures: Callable[[Callable[[], object]], dict[str, str]] | None = None
 
     @property
     def name(self) -> str:
@@ -67,6 +75,7 @@ class Result:
     seconds: float  # median time per call
     times: list[float] = field(default_factory=list)  # per-call time of each block
     peak_bytes: int | None = None  # most memory held at once during one call (see the module doc); None: not measured
+    figures: dict[str, str] = field(default_factory=dict)  # the case's further measures (Case.figures)
 
     @property
     def gbps(self) -> float:
@@ -100,6 +109,17 @@ def time_closure(fn: Callable[[], object], min_time: float = 0.5, warmup: int = 
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=min_time)
     return m.median, list(m.times)
+
+
+def time_once(fn: Callable[[], object]) -> float:
+    """Seconds of one call of fn, to completion (no warm-up: this is the first call)."""
+    import time
+
+    _sync(True)
+    start = time.perf_counter()
+    fn()
+    _sync(True)
+    return time.perf_counter() - start
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device | str) -> int:
@@ -144,13 +164,18 @@ def run(cases: Iterable[Case], min_time: float = 0.5, warmup: int = 2, progress:
         if progress:
             print(f"  {case.name} ...", end="", file=sys.stderr, flush=True)
         fn = case.setup()
-        seconds, times = time_closure(fn, min_time=min_time, warmup=warmup)
+        if case.repeat:
+            seconds, times = time_closure(fn, min_time=min_time, warmup=warmup)
+        else:
+            seconds = time_once(fn)
+            times = [seconds]
         peak = peak_memory(fn, _device_in_use()) if memory and _measures_memory(case) else None
+        figures = case.figures(fn) if case.figures else {}
         del fn
-        results.append(Result(case, seconds, times, peak))
+        results.append(Result(case, seconds, times, peak, figures))
         if progress:
-            print(f" {seconds * 1e3:.3f} ms" + ("" if peak is None else f", peak {peak / 2**20:.1f} MB"),
-                  file=sys.stderr, flush=True)
+            print(f" {seconds * 1e3:.3f} ms" + ("" if peak is None else f", peak {peak / 2**20:.1f} MB")
+                  + "".join(f", {k} {v}" for k, v in figures.items()), file=sys.stderr, flush=True)
     return results
 
 
@@ -172,7 +197,8 @@ def _ms(seconds: float | None) -> str:
 
 def table(results: list[Result]) -> str:
     """Markdown: one row per (op, shape, dtype, mode): ms per provider, then for each fused provider its speed-up
-    over each baseline present (BASELINES: baseline time / fused time) and its achieved GB/s as a fraction of memcpy's."""
+    over each baseline present (BASELINES: baseline time / fused time), its achieved GB/s as a fraction of memcpy's,
+    peak memory where measured, and a column per figure title (Case.figures) with the providers that report it."""
     groups: dict[tuple, dict[str, Result]] = {}
     for r in results:
         groups.setdefault(r.case.key, {})[r.case.provider] = r
@@ -191,6 +217,11 @@ def table(results: list[Result]) -> str:
     measured = [p for p in providers if any(p in g and g[p].peak_bytes is not None for g in groups.values())]
     if measured:
         head.append("peak MB: " + " / ".join(measured))
+    titles = []
+    for g in groups.values():
+        for r in g.values():
+            titles += [t for t in r.figures if t not in titles]
+    head += titles
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (op, shape, dtype, mode), g in groups.items():
         row = [op, shape, dtype, mode] + [_ms(g[p].seconds) if p in g else "-" for p in providers]
@@ -207,6 +238,9 @@ def table(results: list[Result]) -> str:
         if measured:
             row.append(" / ".join(f"{g[p].peak_bytes / 2**20:.3g}" if p in g and g[p].peak_bytes is not None
                                   else "-" for p in measured))
+        for title in titles:
+            row.append(", ".join(f"{p}: {g[p].figures[title]}" for p in providers
+                                 if p in g and title in g[p].figures) or "-")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -217,15 +251,20 @@ def bench_case(benchmark, case: Case) -> None:
     benchmark.extra_info.update(op=case.op, provider=case.provider, shape=case.shape, dtype=case.dtype,
                                 mode=case.mode, bytes=case.bytes)
     fn = case.setup()
-    if not getattr(benchmark, "disabled", False):
-        fn()  # warm-up outside the measurement (torch.compile compiles here)
-        if _measures_memory(case):
-            benchmark.extra_info["peak_mb"] = round(peak_memory(fn, _device_in_use()) / 2**20, 3)
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         def timed():  # CUDA work is asynchronous: time it to completion
             out = fn()
             torch.cuda.synchronize()
             return out
-        benchmark(timed)
     else:
-        benchmark(fn)
+        timed = fn
+    if not case.repeat:  # one call, no warm-up: the first call is what is measured
+        benchmark.pedantic(timed, rounds=1, iterations=1, warmup_rounds=0)
+        return
+    if not getattr(benchmark, "disabled", False):
+        fn()  # warm-up outside the measurement (torch.compile compiles here)
+        if _measures_memory(case):
+            benchmark.extra_info["peak_mb"] = round(peak_memory(fn, _device_in_use()) / 2**20, 3)
+        if case.figures:
+            benchmark.extra_info.update(case.figures(fn))
+    benchmark(timed)

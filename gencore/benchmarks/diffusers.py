@@ -8,10 +8,16 @@ Ops:
                       width 256), batch 2 at 32x32 latents.
     vae_decoder       Stable Diffusion's VAE decoder configuration decoding (1, 4, 64, 64) latents to 512x512, where
                       diffusers' GroupNorm tensors are largest ((1, 128, 512, 512) and up); forward only.
+Modes: forward (eval, no_grad), forward+backward (train mode, a mean-square loss), and "first call" (repeat=False:
+one call timed from the compile wrapper's creation to the first forward's output, under fresh Inductor caches, i.e.
+what the first compile costs a user; eager torch beside it for scale).
 Providers: torch (the model as diffusers builds it: torch's own kernels), cpu / cuda (after gencore.nn.convert: every
 ResnetBlock2D's GroupNorm + SiLU + time embedding on the fused op), torch_compile (torch.compile of the original),
-optimize (gencore.optimize: convert + channels_last + torch.compile). bytes = 0: these are whole models.
-quick=True: tiny configurations of the same classes (CI smoke runs).
+optimize (gencore.optimize: convert + channels_last + torch.compile with gencore's backend). bytes = 0: these are
+whole models.
+Figure "GN+SiLU+temb share" (torch rows): the share of the original model's time in ATen ops that GroupNorm, SiLU
+(forward and backward) and the time-embedding add take, from the profiler: the most any fusion of them can save.
+quick=True: tiny configurations of the same classes, no compiling providers (CI smoke runs).
 """
 from __future__ import annotations
 
@@ -81,11 +87,14 @@ def _models(quick: bool):
     ]
 
 
-def _prepared(provider: str, build, device: str):
+def _built(build, device: str):
+    torch.manual_seed(0)
+    return build().to(device)
+
+
+def _prepared(provider: str, model):
     import gencore
 
-    torch.manual_seed(0)
-    model = build().to(device)
     if provider in ("cpu", "cuda"):
         gencore.nn.convert(model)
     elif provider == "torch_compile":
@@ -95,9 +104,66 @@ def _prepared(provider: str, build, device: str):
     return model
 
 
+def _fresh_compile_caches():
+    """Inductor's context of a fresh on-disk cache (and cleared in-memory caches), so that a first call compiles
+    everything, as on a user's first run."""
+    from torch._inductor import utils
+
+    fresh = getattr(utils, "fresh_cache", None) or utils.fresh_inductor_cache
+    return fresh()
+
+
+def _first_call_setup(provider: str, build, inputs, device: str):
+    def setup():
+        model = _built(build, device).eval()
+        args, kwargs = inputs(device)
+
+        def first_call():
+            torch._dynamo.reset()
+            with _fresh_compile_caches(), torch.no_grad():
+                return _prepared(provider, model)(*args, **kwargs)
+        return first_call
+    return setup
+
+
+# ATen ops whose time a fused GroupNorm + SiLU (+ time embedding) replaces, by self time in the profiler.
+_NORM_ACTIVATION_OPS = frozenset({"aten::group_norm", "aten::native_group_norm", "aten::native_group_norm_backward",
+                                  "aten::silu", "aten::silu_", "aten::silu_backward"})
+
+
+def _is_embedding_add(event) -> bool:
+    """x + temb[:, :, None, None]: an add of a 4-D tensor and its (N, C, 1, 1) broadcast."""
+    if event.name not in ("aten::add", "aten::add_"):
+        return False
+    shapes = [s for s in (event.input_shapes or []) if s]
+    return (len(shapes) >= 2 and len(shapes[0]) == 4 and len(shapes[1]) == 4 and shapes[1][2:] == [1, 1]
+            and shapes[0][2:] != [1, 1])
+
+
+def norm_activation_share(fn) -> dict[str, str]:
+    """Profile one call of fn: the share of its time in ATen ops (self time, on the device that ran them) taken by
+    GroupNorm, SiLU and the time-embedding add: the ceiling of what fusing them can save."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+
+    def self_time(e):
+        return e.self_device_time_total if cuda else e.self_cpu_time_total
+
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    total = sum(self_time(e) for e in events)
+    fusable = sum(self_time(e) for e in events if e.name in _NORM_ACTIVATION_OPS or _is_embedding_add(e))
+    return {"GN+SiLU+temb share": f"{fusable / total:.0%}" if total else "-"}
+
+
 def _setup(provider: str, build, inputs, mode: str, device: str):
     def setup():
-        model = _prepared(provider, build, device)
+        model = _prepared(provider, _built(build, device))
         args, kwargs = inputs(device)
         if mode == "forward":
             model.eval()
@@ -131,6 +197,11 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
     for op, build, inputs, modes, label in _models(quick):
         for mode in modes:
             for provider in providers:
-                out.append(Case(op, provider, label, "float32", mode, 0, _setup(provider, build, inputs, mode, device)))
+                out.append(Case(op, provider, label, "float32", mode, 0, _setup(provider, build, inputs, mode, device),
+                                figures=norm_activation_share if provider == "torch" else None))
+        if not quick:
+            for provider in ("torch", "torch_compile", "optimize"):
+                out.append(Case(op, provider, label, "float32", "first call", 0,
+                                _first_call_setup(provider, build, inputs, device), repeat=False))
     return out
 
