@@ -18,9 +18,12 @@ inline at::ScalarType accumulation_type(at::ScalarType t) { return t == at::kDou
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
-// Channels (dim 1) innermost and the rest dense (channels_last or its 3-D/5-D analogue): read in place as (N, S, C).
+// Channels (dim 1) innermost and the rest dense (channels_last or its 3-D/5-D analogue): read in place as (N, S, C),
+// written in that layout. A single sample whose batch stride is below its size (an attention output reshaped from
+// (1, HW, C)) is not: torch's suggest_memory_format calls it contiguous and so does this rule (_rules.py says why).
 inline bool is_channels_last(const at::Tensor& t) {
-  return t.dim() >= 3 && !t.is_contiguous() && t.movedim(1, -1).is_contiguous();
+  return t.dim() >= 3 && !t.is_contiguous() && t.movedim(1, -1).is_contiguous() &&
+         (t.size(0) != 1 || t.stride(0) >= t.numel());
 }
 
 // t in the layout the kernels read: channels innermost if channels_last, else contiguous (no copy when already so).

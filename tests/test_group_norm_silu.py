@@ -182,6 +182,21 @@ def test_layouts(backend, shape):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_single_sample_takes_the_layout_torch_gives_it(backend):
+    """diffusers' attention blocks return (1, C, H, W) views of a (1, HW, C) tensor: channels innermost, batch stride
+    C. torch's GroupNorm answers them (suggest_memory_format) with a contiguous output, and a drop-in must too: a
+    channels_last output made every later convolution of an SD VAE decoder run on channels_last inputs."""
+    base = _make((1, 12, (6, 5), 4), torch.float32, device_for(backend))
+    attention_view = base["x"].flatten(2).transpose(1, 2).contiguous().transpose(1, 2).reshape(base["x"].shape)
+    canonical = base["x"].contiguous(memory_format=torch.channels_last)
+    assert attention_view.stride(0) == 12 and attention_view.stride(1) == 1
+    for x in (attention_view, canonical):
+        y = _check_fwd_bwd(backend, dict(base, x=x), torch.float32)
+        torch_y = torch.nn.functional.group_norm(x.cpu(), 4)
+        assert y.stride() == torch_y.stride(), f"{backend}: strides {y.stride()}, torch's {torch_y.stride()}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(2, 12, (6, 5), 4), (2, 40, (3, 7), 5)], ids=["C12", "C40-vector-tail"])
 def test_channels_last_every_dtype(backend, dtype, shape):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._rules import is_channels_last, to_layout
+
 
 def _per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
     """(N, C) -> (N, C, 1, ..., 1) broadcastable against an (N, C, *spatial) tensor of `ndim` dims."""
@@ -57,10 +59,8 @@ def group_norm_silu_ref(
     if activation == "silu":
         a = F.silu(a)
     y = a if upcast else a.to(out_dtype)
-    # Keep the input's layout (channels_last in, channels_last out), by the same rule as every backend.
-    if not x.is_contiguous() and x.dim() >= 3 and x.movedim(1, -1).is_contiguous():
-        y = y.movedim(1, -1).contiguous().movedim(-1, 1)
-    return y
+    # The output in the layout every backend writes for x (gencore/_rules.py).
+    return to_layout(y, is_channels_last(x))
 
 
 def group_norm_silu_stats_ref(x: torch.Tensor, num_groups: int, eps: float = 1e-5, temb: torch.Tensor | None = None):
