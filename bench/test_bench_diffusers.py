@@ -1,7 +1,5 @@
 """Benchmarks of diffusers' models (UNet2DModel, a small SD-like UNet2DConditionModel, the SD VAE decoder at 512x512)
-as diffusers builds them, after gencore.nn.convert, under torch.compile, and under gencore.optimize: forward,
-forward+backward, the first call (compile included, fresh Inductor caches; one round), and on the original's rows
-the share of its time GroupNorm, SiLU and the time-embedding add take (extra_info; the ceiling of the fusion).
+as diffusers builds them, after gencore.nn.convert, under torch.compile, and under gencore.optimize.
 
     pytest bench/test_bench_diffusers.py --benchmark-only     compare providers (full-size configurations)
     pytest bench --benchmark-disable                          run each case once (tiny configurations; CI)

@@ -69,9 +69,6 @@ def add_parser(sub, name):
                    "(default 5 for wgan-gp, 1 otherwise)")
     g.add_argument("--gp-lambda", type=positive_float, default=10.0)
     g.add_argument("--spectral-norm", action="store_true", help="spectral norm in the discriminator")
-    g.add_argument("--augment", default="", metavar="POLICY",
-                   help="gan/cgan: DiffAugment of the discriminator's inputs, e.g. translation,cutout "
-                        "(for small training sets; default: none)")
     g.add_argument("--discriminator", choices=("dcgan", "projection"), default="dcgan",
                    help="cgan discriminator: label channel (the tutorial's) or projection")
     return p
@@ -101,8 +98,6 @@ def build(args):
                                   cfg_dropout=args.cfg_dropout, sample_steps=args.sample_steps, **common)
     gan = dict(latent_dim=args.latent_dim, features=args.features, spectral_norm=args.spectral_norm,
                discriminator=args.discriminator)
-    if args.augment:
-        gan["augment"] = args.augment
     if args.n_critic is not None:
         gan["n_critic"] = args.n_critic
     if args.kind == "wgan-gp":

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..gan.augment import diff_augment, parse_policy
 from ..models import (ConditionalDCGANDiscriminator, ConditionalDCGANGenerator, DCGANDiscriminator, DCGANGenerator,
                       ProjectionDiscriminator, WGANGPCritic)
 from .trainer import TrainConfig, Trainer, make_ema
@@ -33,8 +32,6 @@ class GANConfig(TrainConfig):
         conditional: class-conditional generator and discriminator (needs labels).
         discriminator: "dcgan" (labels as an extra channel, the tutorial's ConditionalGAN, or the plain DCGAN
             discriminator when unconditional) or "projection" (projection discriminator; conditional only).
-        augment: DiffAugment policy for every image the discriminator sees, real and fake, in both steps, e.g.
-            "translation,cutout" (gencore.gan.augment: for small training sets); "" for none (the tutorial).
     """
 
     lr: float | None = 2e-4
@@ -46,11 +43,9 @@ class GANConfig(TrainConfig):
     spectral_norm: bool = False
     conditional: bool = False
     discriminator: str = "dcgan"
-    augment: str = ""
 
     def validate(self) -> None:
         super().validate()
-        parse_policy(self.augment)
         if self.discriminator not in DISCRIMINATORS:
             raise ValueError(f"discriminator must be one of {DISCRIMINATORS}, got {self.discriminator!r}")
         if not isinstance(self.n_critic, int) or self.n_critic < 1:
@@ -69,11 +64,6 @@ class WGANGPConfig(GANConfig):
     n_critic: int = 5
     gp_lambda: float = 10.0
     critic_norm: str = "none"
-
-    def validate(self) -> None:
-        super().validate()
-        if self.augment:  # its critic step and penalty read the images directly
-            raise ValueError("augment is not supported by the WGAN-GP trainer (gan and cgan only)")
 
 
 class GANTrainer(Trainer):
@@ -132,7 +122,6 @@ class GANTrainer(Trainer):
 
     def _disc(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         d = self.models["discriminator"]
-        x = diff_augment(x, self.config.augment)
         return d(x, labels) if self.conditional else d(x)
 
     def _fake_labels(self, n: int) -> torch.Tensor | None:
