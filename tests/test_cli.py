@@ -137,6 +137,8 @@ def test_sample_errors(capsys, tmp_path):
     (["sample", "--checkpoint", "x", "--sampler", "euler"], "invalid choice"),
     (["sample", "--checkpoint", "x", "--eta", "-1"], "non-negative"),
     (["train", "ddpm", "--out", "x", "--base-channels", "1"], "an integer >= 2"),
+    (["train", "ddpm", "--out", "x", "--lr-schedule", "step"], "invalid choice"),
+    (["train", "gan", "--out", "x", "--lr-warmup-steps", "-1"], "non-negative"),
 ])
 def test_bad_flags(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
@@ -176,6 +178,20 @@ def test_missing_mnist_tells_the_cli_user_what_to_do(capsys, tmp_path):
     code, _, err = run(capsys, "train", "ddpm", "--data", "mnist", "--mnist-dir", str(tmp_path),
                        "--out", str(tmp_path / "o"))
     assert code == 2 and "--mnist-dir" in err and "--download" in err
+
+
+def test_lr_schedule_flags_reach_the_trainer():
+    from gencore.cli import build_parser
+    from gencore.commands.train import build
+    from gencore.training.trainer import lr_factor
+
+    args = build_parser().parse_args(["train", "ddpm", "--out", "x", "--lr", "1e-3", "--lr-schedule", "cosine",
+                                      "--lr-warmup-steps", "20", "--device", "cpu"])
+    _, config = build(args)
+    assert (config.lr_schedule, config.lr_warmup_steps, config.lr) == ("cosine", 20, 1e-3)
+    _, config = build(build_parser().parse_args(["train", "gan", "--out", "x", "--device", "cpu"]))
+    assert (config.lr_schedule, config.lr_warmup_steps) == ("constant", 0)  # the default is unchanged
+    assert lr_factor(60, 100, config.lr_schedule, config.lr_warmup_steps) == 1.0
 
 
 def test_base_channels_16_trains_on_the_default_groups(capsys, tmp_path):

@@ -32,6 +32,11 @@ def add_parser(sub, name):
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per step and process")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="learning rate (default: 2e-4 for ddpm/gan/cgan, 1e-4 for wgan-gp)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant",
+                   help="after the warm-up, keep the learning rate or decay it to 0 at the last step (diffusers' "
+                        "--lr_scheduler)")
+    p.add_argument("--lr-warmup-steps", type=non_negative_int, default=0,
+                   help="linear learning-rate warm-up over this many steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--backend", default=None, help="gencore backend for the fused ops (default: auto)")
@@ -80,7 +85,8 @@ def build(args):
     from ..training import DDPMConfig, GANConfig, WGANGPConfig
 
     device = str(resolve_device(args.device))
-    common = dict(batch_size=args.batch_size, seed=args.seed, device=device, amp=args.bf16,
+    common = dict(batch_size=args.batch_size, lr_schedule=args.lr_schedule, lr_warmup_steps=args.lr_warmup_steps,
+                  seed=args.seed, device=device, amp=args.bf16,
                   grad_clip=args.grad_clip, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
                   log_every=args.log_every, n_samples=args.n_samples, out_dir=args.out, progress=not args.no_progress)
     if args.lr is not None:
