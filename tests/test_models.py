@@ -226,6 +226,29 @@ def test_dcgan_tutorial_architecture_at_64():
     assert not any(isinstance(m, torch.nn.Sigmoid) for m in d.modules())  # logits: the sigmoid is in the loss
 
 
+@pytest.mark.parametrize("size", [28, 64])
+def test_dcgan_extra_layers(size):
+    """extra_layers adds stride-1 3x3 convolutions at the generator's last and the discriminator's first hidden
+    resolution; the image sizes and the rest of the stack stay the tutorial's."""
+    torch.manual_seed(0)
+    g = DCGANGenerator(features=8, image_size=size, extra_layers=2)
+    d = DCGANDiscriminator(features=8, image_size=size, extra_layers=2)
+    plain = DCGANGenerator(features=8, image_size=size)
+    convs = [m for m in g.modules() if type(m) is torch.nn.Conv2d]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [(8, 8, (3, 3), (1, 1))] * 2
+    assert ([m.in_channels for m in g.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+            == [m.in_channels for m in plain.modules() if isinstance(m, torch.nn.ConvTranspose2d)])
+    assert sum(type(m) is torch.nn.Conv2d and m.kernel_size == (3, 3) for m in d.modules()) == 2
+    x = g(torch.randn(3, 100))
+    assert x.shape == (3, 1, size, size) and d(x).shape == (3,)
+    d(x).sum().backward()
+    _grads_finite(g)
+    _grads_finite(d)
+    desc = describe(g)
+    assert desc["config"]["extra_layers"] == 2
+    build_model(desc["name"], desc["config"]).load_state_dict(g.state_dict())
+
+
 @pytest.mark.parametrize("size", [28, 32, 64])
 @pytest.mark.parametrize("norm", ["none", "layer"])
 def test_wgan_critic_double_backward(size, norm):
@@ -271,6 +294,8 @@ def test_projection_discriminator_uses_labels():
     (lambda: DCGANGenerator(image_size=48), "image_size"),
     (lambda: DCGANDiscriminator(norm="instance"), "norm"),
     (lambda: DCGANGenerator(latent_dim=0), "latent_dim"),
+    (lambda: DCGANGenerator(extra_layers=-1), "extra_layers"),
+    (lambda: DCGANDiscriminator(extra_layers=1.5), "extra_layers"),
 ])
 def test_gan_bad_config(make, match):
     with pytest.raises(ValueError, match=match):

@@ -185,6 +185,15 @@ def test_gan_options_hinge_spectral_ema_projection(digits_tiny):
         assert len(hist["g_loss"]) == 2 and all(v == v for v in hist["g_loss"] + hist["d_loss"])
 
 
+def test_gan_extra_layers_and_r1(digits_tiny):
+    for kw in (dict(extra_layers=1, r1_gamma=0.1), dict(extra_layers=1, r1_gamma=0.1, conditional=True)):
+        t = GANTrainer(digits_tiny, GANConfig(**{**COMMON, "features": 8, "steps": 2, **kw}))
+        hist = t.train()
+        assert len(hist["r1"]) == 2 and all(0 < v < float("inf") for v in hist["r1"])
+        g = t.models["generator"]
+        assert sum(type(m) is torch.nn.Conv2d for m in g.modules()) == 1
+
+
 def test_trainer_config_errors(digits_tiny):
     with pytest.raises(ValueError, match="batch_size"):
         ddpm(digits_tiny, batch_size=0)
@@ -196,6 +205,10 @@ def test_trainer_config_errors(digits_tiny):
         cgan(ImageDataset(digits_tiny.images))
     with pytest.raises(ValueError, match="projection"):
         gan(digits_tiny, discriminator="projection")
+    with pytest.raises(ValueError, match="r1_gamma"):
+        gan(digits_tiny, r1_gamma=-1.0)
+    with pytest.raises(ValueError, match="extra_layers"):
+        gan(digits_tiny, extra_layers=-1)
 
 
 def test_ema_warms_up_like_diffusers():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ._args import (HelpFormatter, int_at_least_2, int_list, non_negative_int, positive_float, positive_int,
-                    resolve_device)
+from ._args import (HelpFormatter, int_at_least_2, int_list, non_negative_float, non_negative_int, positive_float,
+                    positive_int, resolve_device)
 
 KINDS = ("ddpm", "gan", "wgan-gp", "cgan")
 
@@ -70,9 +70,14 @@ def add_parser(sub, name):
     g.add_argument("--loss", choices=("bce", "non_saturating", "hinge"), default="bce", help="gan/cgan loss")
     g.add_argument("--latent-dim", type=positive_int, default=100)
     g.add_argument("--features", type=positive_int, default=64)
+    g.add_argument("--extra-layers", type=non_negative_int, default=0,
+                   help="stride-1 3x3 conv layers added at the generator's last and the discriminator's first "
+                        "resolution (WGAN's DCGAN n_extra_layers)")
     g.add_argument("--n-critic", type=positive_int, default=None, help="critic steps per generator step "
                    "(default 5 for wgan-gp, 1 otherwise)")
     g.add_argument("--gp-lambda", type=positive_float, default=10.0)
+    g.add_argument("--r1-gamma", type=non_negative_float, default=0.0,
+                   help="R1 penalty weight on the discriminator (StyleGAN's gamma; 0: off)")
     g.add_argument("--spectral-norm", action="store_true", help="spectral norm in the discriminator")
     g.add_argument("--discriminator", choices=("dcgan", "projection"), default="dcgan",
                    help="cgan discriminator: label channel (the tutorial's) or projection")
@@ -102,7 +107,9 @@ def build(args):
                                   prediction_type=args.prediction_type, loss_type=args.loss_type,
                                   snr_gamma=args.snr_gamma, class_conditional=args.class_conditional,
                                   cfg_dropout=args.cfg_dropout, sample_steps=args.sample_steps, **common)
-    gan = dict(latent_dim=args.latent_dim, features=args.features, spectral_norm=args.spectral_norm,
+    gan = dict(latent_dim=args.latent_dim, features=args.features, extra_layers=args.extra_layers,
+               r1_gamma=args.r1_gamma,
+               spectral_norm=args.spectral_norm,
                discriminator=args.discriminator)
     if args.n_critic is not None:
         gan["n_critic"] = args.n_critic

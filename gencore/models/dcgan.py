@@ -36,6 +36,12 @@ def dcgan_init_(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _check_non_negative(**values) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+
 def _check_positive(**values) -> None:
     for name, value in values.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -50,14 +56,18 @@ class DCGANGenerator(nn.Module):
         features: feature maps of the last hidden layer (ngf = 64); layer i from the output has features * 2^i.
         out_channels: image channels (1 for MNIST, 3 for colour).
         image_size: 16, 28, 32 or 64.
+        extra_layers: stride-1 3x3 conv + BatchNorm + ReLU layers before the output layer, at the last hidden
+            resolution (the WGAN code's n_extra_layers): depth without changing the tutorial's pyramid.
     """
 
-    def __init__(self, *, latent_dim: int = 100, features: int = 64, out_channels: int = 1, image_size: int = 64):
+    def __init__(self, *, latent_dim: int = 100, features: int = 64, out_channels: int = 1, image_size: int = 64,
+                 extra_layers: int = 0):
         super().__init__()
         _check_positive(latent_dim=latent_dim, features=features, out_channels=out_channels)
+        _check_non_negative(extra_layers=extra_layers)
         first, doublings = _layout(image_size)
         self.config = dict(latent_dim=latent_dim, features=features, out_channels=out_channels,
-                           image_size=image_size)
+                           image_size=image_size, extra_layers=extra_layers)
         self.latent_dim, self.image_size, self.out_channels = latent_dim, image_size, out_channels
         ch = features * 2 ** (doublings - 1)
         layers: list[nn.Module] = [nn.ConvTranspose2d(latent_dim, ch, first, 1, 0, bias=False),
@@ -65,6 +75,8 @@ class DCGANGenerator(nn.Module):
         for _ in range(doublings - 1):
             layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
             ch //= 2
+        for _ in range(extra_layers):
+            layers += [nn.Conv2d(ch, ch, 3, 1, 1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(ch, out_channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.main = nn.Sequential(*layers)
         dcgan_init_(self)
@@ -88,17 +100,20 @@ class DCGANDiscriminator(nn.Module):
         norm: "batch" (the tutorial's BatchNorm after every hidden conv but the first), "layer" (GroupNorm with one
             group, i.e. LayerNorm over C, H, W: per-sample, so compatible with a gradient penalty) or "none".
         spectral_norm: wrap every convolution in spectral normalization (Miyato et al.).
+        extra_layers: stride-1 3x3 conv (+ norm) + LeakyReLU layers after the first, at its resolution (the WGAN
+            code's n_extra_layers).
     """
 
     def __init__(self, *, in_channels: int = 1, features: int = 64, image_size: int = 64, norm: str = "batch",
-                 spectral_norm: bool = False):
+                 spectral_norm: bool = False, extra_layers: int = 0):
         super().__init__()
         _check_positive(in_channels=in_channels, features=features)
+        _check_non_negative(extra_layers=extra_layers)
         if norm not in DISCRIMINATOR_NORMS:
             raise ValueError(f"norm must be one of {DISCRIMINATOR_NORMS}, got {norm!r}")
         last, doublings = _layout(image_size)
         self.config = dict(in_channels=in_channels, features=features, image_size=image_size, norm=norm,
-                           spectral_norm=spectral_norm)
+                           spectral_norm=spectral_norm, extra_layers=extra_layers)
         self.in_channels, self.image_size = in_channels, image_size
         sn = _spectral_norm if spectral_norm else (lambda m: m)
 
@@ -111,6 +126,8 @@ class DCGANDiscriminator(nn.Module):
 
         ch = features
         layers: list[nn.Module] = [sn(nn.Conv2d(in_channels, ch, 4, 2, 1, bias=False)), nn.LeakyReLU(0.2, True)]
+        for _ in range(extra_layers):
+            layers += [sn(nn.Conv2d(ch, ch, 3, 1, 1, bias=False)), *normalization(ch), nn.LeakyReLU(0.2, True)]
         for _ in range(doublings - 1):
             layers += [sn(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False)), *normalization(ch * 2),
                        nn.LeakyReLU(0.2, True)]
@@ -136,12 +153,12 @@ class WGANGPCritic(DCGANDiscriminator):
     unbounded scores (N,)."""
 
     def __init__(self, *, in_channels: int = 1, features: int = 64, image_size: int = 64, norm: str = "none",
-                 spectral_norm: bool = False):
+                 spectral_norm: bool = False, extra_layers: int = 0):
         if norm == "batch":
             raise ValueError("a WGAN-GP critic must not use batch norm (the penalty is per sample); "
                              "use norm='none' or 'layer'")
         super().__init__(in_channels=in_channels, features=features, image_size=image_size, norm=norm,
-                         spectral_norm=spectral_norm)
+                         spectral_norm=spectral_norm, extra_layers=extra_layers)
 
 
 def _check_labels(labels: torch.Tensor, n: int, num_classes: int) -> torch.Tensor:
@@ -157,22 +174,22 @@ class ConditionalDCGANGenerator(nn.Module):
     Parameters:
         num_classes: number of classes K; labels are ints in [0, K).
         embed_dim: width of the label embedding appended to z (default 50).
-        latent_dim, features, out_channels, image_size: as DCGANGenerator.
+        latent_dim, features, out_channels, image_size, extra_layers: as DCGANGenerator.
 
     forward(z, labels): z (N, latent_dim), labels (N,) int -> images (N, out_channels, S, S).
     """
 
     def __init__(self, *, num_classes: int = 10, embed_dim: int = 50, latent_dim: int = 100, features: int = 64,
-                 out_channels: int = 1, image_size: int = 64):
+                 out_channels: int = 1, image_size: int = 64, extra_layers: int = 0):
         super().__init__()
         _check_positive(num_classes=num_classes, embed_dim=embed_dim)
         self.config = dict(num_classes=num_classes, embed_dim=embed_dim, latent_dim=latent_dim, features=features,
-                           out_channels=out_channels, image_size=image_size)
+                           out_channels=out_channels, image_size=image_size, extra_layers=extra_layers)
         self.num_classes, self.latent_dim, self.image_size = num_classes, latent_dim, image_size
         self.out_channels = out_channels
         self.label_embedding = nn.Embedding(num_classes, embed_dim)
         self.net = DCGANGenerator(latent_dim=latent_dim + embed_dim, features=features, out_channels=out_channels,
-                                  image_size=image_size)
+                                  image_size=image_size, extra_layers=extra_layers)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         z = z.flatten(1)
@@ -188,19 +205,19 @@ class ConditionalDCGANDiscriminator(nn.Module):
 
     Parameters:
         num_classes: number of classes K.
-        in_channels, features, image_size, norm, spectral_norm: as DCGANDiscriminator.
+        in_channels, features, image_size, norm, spectral_norm, extra_layers: as DCGANDiscriminator.
     """
 
     def __init__(self, *, num_classes: int = 10, in_channels: int = 1, features: int = 64, image_size: int = 64,
-                 norm: str = "batch", spectral_norm: bool = False):
+                 norm: str = "batch", spectral_norm: bool = False, extra_layers: int = 0):
         super().__init__()
         _check_positive(num_classes=num_classes)
         self.config = dict(num_classes=num_classes, in_channels=in_channels, features=features,
-                           image_size=image_size, norm=norm, spectral_norm=spectral_norm)
+                           image_size=image_size, norm=norm, spectral_norm=spectral_norm, extra_layers=extra_layers)
         self.num_classes, self.image_size = num_classes, image_size
         self.label_embedding = nn.Embedding(num_classes, image_size * image_size)
         self.net = DCGANDiscriminator(in_channels=in_channels + 1, features=features, image_size=image_size,
-                                      norm=norm, spectral_norm=spectral_norm)
+                                      norm=norm, spectral_norm=spectral_norm, extra_layers=extra_layers)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         labels = _check_labels(labels, x.shape[0], self.num_classes)
@@ -215,7 +232,7 @@ class ProjectionDiscriminator(nn.Module):
 
     Parameters:
         num_classes: number of classes K.
-        in_channels, features, image_size: as DCGANDiscriminator.
+        in_channels, features, image_size, extra_layers: as DCGANDiscriminator.
         norm: "none" (default), "layer" or "batch" in the trunk.
         spectral_norm: spectral normalization of every conv, the linear head and the class embedding.
 
@@ -223,14 +240,14 @@ class ProjectionDiscriminator(nn.Module):
     """
 
     def __init__(self, *, num_classes: int = 10, in_channels: int = 1, features: int = 64, image_size: int = 64,
-                 norm: str = "none", spectral_norm: bool = True):
+                 norm: str = "none", spectral_norm: bool = True, extra_layers: int = 0):
         super().__init__()
         _check_positive(num_classes=num_classes)
         self.config = dict(num_classes=num_classes, in_channels=in_channels, features=features,
-                           image_size=image_size, norm=norm, spectral_norm=spectral_norm)
+                           image_size=image_size, norm=norm, spectral_norm=spectral_norm, extra_layers=extra_layers)
         self.num_classes = num_classes
         self.trunk = DCGANDiscriminator(in_channels=in_channels, features=features, image_size=image_size,
-                                        norm=norm, spectral_norm=spectral_norm)
+                                        norm=norm, spectral_norm=spectral_norm, extra_layers=extra_layers)
         self.trunk.head = nn.Identity()  # only the feature extractor is used
         ch = self.trunk.feature_channels
         sn = _spectral_norm if spectral_norm else (lambda m: m)

@@ -26,8 +26,11 @@ class GANConfig(TrainConfig):
     Parameters:
         loss: "bce" (the tutorial's), "non_saturating" or "hinge" (see gencore.gan).
         latent_dim, features: generator z size and feature maps (the tutorial's 100 and 64).
+        extra_layers: stride-1 3x3 conv layers added to both networks (see DCGANGenerator); 0 is the tutorial's.
         lr, betas: Adam for both networks (the tutorial's 2e-4, (0.5, 0.999)).
         n_critic: discriminator updates per generator update.
+        r1_gamma: weight gamma of StyleGAN's R1 penalty, gamma / 2 * mean ||grad_x D(real)||^2, added to the
+            discriminator loss (0: off).
         spectral_norm: spectral normalization on the discriminator's layers.
         conditional: class-conditional generator and discriminator (needs labels).
         discriminator: "dcgan" (labels as an extra channel, the tutorial's ConditionalGAN, or the plain DCGAN
@@ -39,7 +42,9 @@ class GANConfig(TrainConfig):
     loss: str = "bce"
     latent_dim: int = 100
     features: int = 64
+    extra_layers: int = 0
     n_critic: int = 1
+    r1_gamma: float = 0.0
     spectral_norm: bool = False
     conditional: bool = False
     discriminator: str = "dcgan"
@@ -50,6 +55,8 @@ class GANConfig(TrainConfig):
             raise ValueError(f"discriminator must be one of {DISCRIMINATORS}, got {self.discriminator!r}")
         if not isinstance(self.n_critic, int) or self.n_critic < 1:
             raise ValueError(f"n_critic must be a positive int, got {self.n_critic!r}")
+        if isinstance(self.r1_gamma, bool) or not isinstance(self.r1_gamma, (int, float)) or not self.r1_gamma >= 0:
+            raise ValueError(f"r1_gamma must be a non-negative number, got {self.r1_gamma!r}")
         self.betas = tuple(float(b) for b in self.betas)
 
 
@@ -84,14 +91,14 @@ class GANTrainer(Trainer):
             if cfg.discriminator == "projection":
                 return ProjectionDiscriminator(num_classes=self.dataset.num_classes, in_channels=c,
                                                features=cfg.features, image_size=size,
-                                               spectral_norm=cfg.spectral_norm or True)
+                                               spectral_norm=cfg.spectral_norm or True, extra_layers=cfg.extra_layers)
             return ConditionalDCGANDiscriminator(num_classes=self.dataset.num_classes, in_channels=c,
                                                  features=cfg.features, image_size=size,
-                                                 spectral_norm=cfg.spectral_norm)
+                                                 spectral_norm=cfg.spectral_norm, extra_layers=cfg.extra_layers)
         if cfg.discriminator == "projection":
             raise ValueError("the projection discriminator needs a conditional GAN (gencore train cgan)")
         return DCGANDiscriminator(in_channels=c, features=cfg.features, image_size=size,
-                                  spectral_norm=cfg.spectral_norm)
+                                  spectral_norm=cfg.spectral_norm, extra_layers=cfg.extra_layers)
 
     def build(self) -> None:
         cfg: GANConfig = self.config
@@ -105,9 +112,11 @@ class GANTrainer(Trainer):
                 raise ValueError("a conditional GAN needs a labelled dataset (mnist, digits, or a folder of class "
                                  "sub-folders)")
             g = ConditionalDCGANGenerator(num_classes=self.dataset.num_classes, latent_dim=cfg.latent_dim,
-                                          features=cfg.features, out_channels=c, image_size=h)
+                                          features=cfg.features, out_channels=c, image_size=h,
+                                          extra_layers=cfg.extra_layers)
         else:
-            g = DCGANGenerator(latent_dim=cfg.latent_dim, features=cfg.features, out_channels=c, image_size=h)
+            g = DCGANGenerator(latent_dim=cfg.latent_dim, features=cfg.features, out_channels=c, image_size=h,
+                               extra_layers=cfg.extra_layers)
         d = self._make_discriminator(c, h)
         self.models = {"generator": g.to(self.device), "discriminator": d.to(self.device)}
         self.optimizers = {role: torch.optim.Adam(m.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -138,8 +147,16 @@ class GANTrainer(Trainer):
             with torch.no_grad():
                 fake = self._fake(n, fake_labels)
             d_loss = discriminator_loss(self._disc(real, labels), self._disc(fake, fake_labels), self.config.loss)
+        losses = {"d_loss": d_loss.item()}
+        if self.config.r1_gamma:
+            from ..gan import r1_penalty
+
+            r1 = r1_penalty(self.models["discriminator"], real.float(),
+                            {"labels": labels} if self.conditional else None)
+            d_loss = d_loss + 0.5 * self.config.r1_gamma * r1
+            losses["r1"] = r1.item()
         self.optimizer_step("discriminator", d_loss)
-        return {"d_loss": d_loss.item()}
+        return losses
 
     def generator_step(self) -> dict[str, float]:
         from ..gan import generator_loss
@@ -196,7 +213,7 @@ class WGANGPTrainer(GANTrainer):
         if self.conditional:
             raise ValueError("the WGAN-GP trainer is unconditional; use gencore train cgan for class conditioning")
         return WGANGPCritic(in_channels=c, features=cfg.features, image_size=size, norm=cfg.critic_norm,
-                            spectral_norm=cfg.spectral_norm)
+                            spectral_norm=cfg.spectral_norm, extra_layers=cfg.extra_layers)
 
     def discriminator_step(self, real, labels) -> dict[str, float]:
         from ..gan import discriminator_loss, gradient_penalty
