@@ -194,6 +194,11 @@ def test_lr_schedule_flags_reach_the_trainer():
     assert lr_factor(60, 100, config.lr_schedule, config.lr_warmup_steps) == 1.0
 
 
+def test_r1_gamma_with_wgan_gp_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "wgan-gp", "--data", "digits", "--out", str(tmp_path), "--r1-gamma", "1")
+    assert code == 2 and "gp_lambda" in err and "Traceback" not in err
+
+
 def test_base_channels_16_trains_on_the_default_groups(capsys, tmp_path):
     code, out, err = run(capsys, "train", "ddpm", "--data", "digits", "--limit", "16", "--batch-size", "8",
                          "--base-channels", "16", "--channel-mult", "1,2", "--num-res-blocks", "1",

@@ -209,6 +209,8 @@ def test_trainer_config_errors(digits_tiny):
         gan(digits_tiny, r1_gamma=-1.0)
     with pytest.raises(ValueError, match="extra_layers"):
         gan(digits_tiny, extra_layers=-1)
+    with pytest.raises(ValueError, match="gp_lambda"):
+        WGANGPTrainer(digits_tiny, WGANGPConfig(**COMMON, r1_gamma=1.0))
 
 
 def test_ema_warms_up_like_diffusers():

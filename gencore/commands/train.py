@@ -77,7 +77,7 @@ def add_parser(sub, name):
                    "(default 5 for wgan-gp, 1 otherwise)")
     g.add_argument("--gp-lambda", type=positive_float, default=10.0)
     g.add_argument("--r1-gamma", type=non_negative_float, default=0.0,
-                   help="R1 penalty weight on the discriminator (StyleGAN's gamma; 0: off)")
+                   help="gan/cgan: R1 penalty weight on the discriminator (StyleGAN's gamma; 0: off)")
     g.add_argument("--spectral-norm", action="store_true", help="spectral norm in the discriminator")
     g.add_argument("--discriminator", choices=("dcgan", "projection"), default="dcgan",
                    help="cgan discriminator: label channel (the tutorial's) or projection")
@@ -108,9 +108,7 @@ def build(args):
                                   snr_gamma=args.snr_gamma, class_conditional=args.class_conditional,
                                   cfg_dropout=args.cfg_dropout, sample_steps=args.sample_steps, **common)
     gan = dict(latent_dim=args.latent_dim, features=args.features, extra_layers=args.extra_layers,
-               r1_gamma=args.r1_gamma,
-               spectral_norm=args.spectral_norm,
-               discriminator=args.discriminator)
+               r1_gamma=args.r1_gamma, spectral_norm=args.spectral_norm, discriminator=args.discriminator)
     if args.n_critic is not None:
         gan["n_critic"] = args.n_critic
     if args.kind == "wgan-gp":

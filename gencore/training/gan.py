@@ -72,6 +72,12 @@ class WGANGPConfig(GANConfig):
     gp_lambda: float = 10.0
     critic_norm: str = "none"
 
+    def validate(self) -> None:
+        super().validate()
+        if self.r1_gamma:
+            raise ValueError("r1_gamma applies to the gan/cgan trainers; WGAN-GP's critic has its own gradient "
+                             "penalty (gp_lambda)")
+
 
 class GANTrainer(Trainer):
     """DCGAN (and conditional GAN) training. models: {"generator", "discriminator"}; optional generator EMA."""
