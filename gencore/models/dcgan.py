@@ -36,16 +36,11 @@ def dcgan_init_(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _check_non_negative(**values) -> None:
+def _check_ints(minimum: int = 1, **values) -> None:
+    """Each value is an int (not a bool) >= minimum: 1 for sizes and counts, 0 for optional layers."""
     for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-
-
-def _check_positive(**values) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 class DCGANGenerator(nn.Module):
@@ -63,8 +58,8 @@ class DCGANGenerator(nn.Module):
     def __init__(self, *, latent_dim: int = 100, features: int = 64, out_channels: int = 1, image_size: int = 64,
                  extra_layers: int = 0):
         super().__init__()
-        _check_positive(latent_dim=latent_dim, features=features, out_channels=out_channels)
-        _check_non_negative(extra_layers=extra_layers)
+        _check_ints(latent_dim=latent_dim, features=features, out_channels=out_channels)
+        _check_ints(0, extra_layers=extra_layers)
         first, doublings = _layout(image_size)
         self.config = dict(latent_dim=latent_dim, features=features, out_channels=out_channels,
                            image_size=image_size, extra_layers=extra_layers)
@@ -107,8 +102,8 @@ class DCGANDiscriminator(nn.Module):
     def __init__(self, *, in_channels: int = 1, features: int = 64, image_size: int = 64, norm: str = "batch",
                  spectral_norm: bool = False, extra_layers: int = 0):
         super().__init__()
-        _check_positive(in_channels=in_channels, features=features)
-        _check_non_negative(extra_layers=extra_layers)
+        _check_ints(in_channels=in_channels, features=features)
+        _check_ints(0, extra_layers=extra_layers)
         if norm not in DISCRIMINATOR_NORMS:
             raise ValueError(f"norm must be one of {DISCRIMINATOR_NORMS}, got {norm!r}")
         last, doublings = _layout(image_size)
@@ -182,7 +177,7 @@ class ConditionalDCGANGenerator(nn.Module):
     def __init__(self, *, num_classes: int = 10, embed_dim: int = 50, latent_dim: int = 100, features: int = 64,
                  out_channels: int = 1, image_size: int = 64, extra_layers: int = 0):
         super().__init__()
-        _check_positive(num_classes=num_classes, embed_dim=embed_dim)
+        _check_ints(num_classes=num_classes, embed_dim=embed_dim)
         self.config = dict(num_classes=num_classes, embed_dim=embed_dim, latent_dim=latent_dim, features=features,
                            out_channels=out_channels, image_size=image_size, extra_layers=extra_layers)
         self.num_classes, self.latent_dim, self.image_size = num_classes, latent_dim, image_size
@@ -211,7 +206,7 @@ class ConditionalDCGANDiscriminator(nn.Module):
     def __init__(self, *, num_classes: int = 10, in_channels: int = 1, features: int = 64, image_size: int = 64,
                  norm: str = "batch", spectral_norm: bool = False, extra_layers: int = 0):
         super().__init__()
-        _check_positive(num_classes=num_classes)
+        _check_ints(num_classes=num_classes)
         self.config = dict(num_classes=num_classes, in_channels=in_channels, features=features,
                            image_size=image_size, norm=norm, spectral_norm=spectral_norm, extra_layers=extra_layers)
         self.num_classes, self.image_size = num_classes, image_size
@@ -242,7 +237,7 @@ class ProjectionDiscriminator(nn.Module):
     def __init__(self, *, num_classes: int = 10, in_channels: int = 1, features: int = 64, image_size: int = 64,
                  norm: str = "none", spectral_norm: bool = True, extra_layers: int = 0):
         super().__init__()
-        _check_positive(num_classes=num_classes)
+        _check_ints(num_classes=num_classes)
         self.config = dict(num_classes=num_classes, in_channels=in_channels, features=features,
                            image_size=image_size, norm=norm, spectral_norm=spectral_norm, extra_layers=extra_layers)
         self.num_classes = num_classes
