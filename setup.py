@@ -109,7 +109,7 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     packages=PACKAGES,
-    # The Triton kernels live in the top-level folder kernels/ (one file per op, as the guide lays out) but are
+    # The Triton kernels live in the top-level folder kernels/ (one file per op, docs/architecture.md) but are
     # installed as gencore.kernels: a top-level `kernels` module would clash with other packages.
     package_dir={"gencore.kernels": "kernels"},
     package_data={"gencore": ["metrics/weights/*.safetensors", "metrics/weights/*.json"]},

@@ -2,14 +2,14 @@
 # One call on a GPU machine with no network: build gencore's CUDA kernels for the GPU found, run what needs a GPU
 # (the cuda and triton cases of every op's tests against the reference, the GPU-marked tests), then the GPU
 # benchmark table. Every step runs under its own `timeout`, so the script always reaches its last step and writes a
-# summary; the whole run is sized for under 9 minutes on an H200 (a lent machine allows 10 per command).
+# summary; the whole run is sized for under 9 minutes on an H200, so it fits a job limited to 10 minutes.
 #
-#   bash bench/gpu.sh              # results in $OUT when it is set (the folder a lent machine sends back),
+#   bash bench/gpu.sh              # results in $OUT when it is set (e.g. the folder a batch job collects),
 #                                  # else in out/gpu-<UTC time>/
 #   bash bench/gpu.sh --dry-run    # print the steps and check paths and tools, run nothing (works without a GPU)
 #
 # Installs nothing from the network: `pip install --no-deps --no-index --no-build-isolation -e .` builds against
-# the machine's torch (2.11+cu130 on the lent H200 image) with the packages already there; nothing needs diffusers.
+# the machine's CUDA build of torch (2.11 or later) with the packages already there; nothing needs diffusers.
 # Knobs (environment): GENCORE_CUDA_ARCHS (default: the compute capability of GPU 0), MAX_JOBS (default: all
 # cores), PYTHON (default python3), GENCORE_BENCH_MIN_TIME (seconds per bench case, default 0.2), and the step
 # limits in seconds GPU_T_BUILD (200), GPU_T_TESTS (120), GPU_T_BENCH (120), GPU_T_LOOPS (50).
@@ -24,7 +24,7 @@ DRY_RUN=0
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 PY="${PYTHON:-python3}"
-# $OUT names the folder whose files come back from a lent machine: write there, never reassign it.
+# $OUT, when set, names the results folder its caller collects: write there, never reassign it.
 RESULTS="${OUT:-$ROOT/out/gpu-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$RESULTS"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"

@@ -1,4 +1,4 @@
-"""bench/gpu.sh, proven without a GPU: its dry run checks the steps it would take on the lent machine."""
+"""bench/gpu.sh, proven without a GPU: its dry run checks the steps it would take on a GPU machine."""
 import os
 import re
 import subprocess
