@@ -1,10 +1,12 @@
 """gencore.nn drop-ins: torch's signature, parameter names, state_dict keys, and the same numbers."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import gencore
 import gencore.nn as gnn
+from gencore.ops import group_norm_silu
 from gencore.testing import assert_close
 
 BACKENDS = ["reference"] + [b for b in ("cpu",) if b in gencore.available_backends()]
@@ -106,14 +108,9 @@ def test_autocast_matches_torch_policy():
 
 
 def test_small_tensors_keep_torchs_kernels(size_gate):
-    """Below the gate's sizes the module computes exactly torch's F.silu(F.group_norm(...)); above it, gencore's
-    fused op; an explicit backend always gets what it asks for."""
-    import torch.nn.functional as F
-
-    from gencore.nn import GroupNormSiLU
-    from gencore.ops import group_norm_silu
-
-    m = GroupNormSiLU(4, 16).eval()
+    """Where the gate hands a call to torch, the module computes exactly torch's F.silu(F.group_norm(x + temb));
+    where it does not, exactly gencore's fused op; an explicit backend always gets what it asks for."""
+    m = gnn.GroupNormSiLU(4, 16).eval()
     small = torch.randn(2, 16, 8, 8)  # 2,048 elements
     temb = torch.randn(2, 16)
     with torch.no_grad():
@@ -124,5 +121,67 @@ def test_small_tensors_keep_torchs_kernels(size_gate):
                                                                backend="cpu"))
         large = torch.randn(4, 16, 64, 64)  # 262,144 elements
         assert torch.equal(m(large), group_norm_silu(large, 4, m.weight, m.bias, m.eps, backend="cpu"))
-    assert size_gate.torch_is_faster(torch.randn(2, 16, 32, 32, requires_grad=True))  # 32,768: training-size gate
-    assert not size_gate.torch_is_faster(torch.randn(2, 16, 32, 32))  # inference: fused
+        # 65,536 elements: fused with an add to fold in, torch's without one
+        temb = torch.randn(1, 16)
+        assert torch.equal(m(large[:1], temb), group_norm_silu(large[:1], 4, m.weight, m.bias, m.eps, temb=temb,
+                                                               backend="cpu"))
+        assert torch.equal(m(large[:1]), F.silu(F.group_norm(large[:1], 4, m.weight, m.bias, m.eps)))
+
+
+# The gate's rule (gencore/nn/size_gate.py), just under and at each threshold, on shapes of the diffusers benchmark
+# models: (shape, what the call fuses, layout, autograd records, whether torch's path serves it).
+GATE_RULE = [
+    # contiguous, forward: GroupNorm + SiLU + add from 64K elements, GroupNorm + SiLU from 256K, GroupNorm from 8M
+    ((2, 256, 8, 8), "silu+add", "contiguous", False, True),
+    ((2, 128, 16, 16), "silu+add", "contiguous", False, False),
+    ((2, 64, 32, 32), "silu", "contiguous", False, True),
+    ((2, 128, 32, 32), "silu", "contiguous", False, False),
+    ((1, 256, 128, 128), "plain", "contiguous", False, True),
+    ((1, 128, 256, 256), "plain", "contiguous", False, False),
+    # contiguous, autograd recording: 256K, 1M, 32M
+    ((2, 64, 32, 32), "silu+add", "contiguous", True, True),
+    ((2, 128, 32, 32), "silu+add", "contiguous", True, False),
+    ((2, 256, 32, 32), "silu", "contiguous", True, True),
+    ((8, 128, 32, 32), "silu", "contiguous", True, False),
+    ((1, 128, 256, 256), "plain", "contiguous", True, True),
+    ((1, 512, 256, 256), "plain", "contiguous", True, False),
+    # channels-last (and any other non-contiguous layout): eight times the contiguous thresholds
+    ((8, 512, 8, 8), "silu+add", "channels_last", False, True),
+    ((8, 256, 16, 16), "silu+add", "channels_last", False, False),
+    ((8, 512, 16, 16), "silu", "channels_last", False, True),
+    ((1, 512, 64, 64), "silu", "channels_last", False, False),
+    ((8, 512, 16, 16), "silu+add", "channels_last", True, True),
+    ((1, 512, 64, 64), "silu+add", "channels_last", True, False),
+    ((1, 256, 128, 128), "silu", "channels_last", True, True),
+    ((1, 128, 256, 256), "silu", "channels_last", True, False),
+    ((8, 256, 256), "plain", "transposed", False, True),  # diffusers' attention norm: (N, HW, C).transpose(1, 2)
+    ((1, 512, 4096), "silu+add", "transposed", False, False),
+]
+
+
+def _laid_out(shape, layout):
+    if layout == "channels_last":
+        return torch.empty(shape, memory_format=torch.channels_last)
+    if layout == "transposed":
+        return torch.empty(shape[0], shape[2], shape[1]).transpose(1, 2)
+    return torch.empty(shape)
+
+
+@pytest.mark.parametrize("shape, fuses, layout, records, torch_serves", GATE_RULE)
+def test_size_gate_rule(size_gate, shape, fuses, layout, records, torch_serves):
+    x = _laid_out(shape, layout)
+    c = shape[1]
+    weight, bias = torch.ones(c, requires_grad=records), torch.zeros(c, requires_grad=records)
+    temb = torch.zeros(shape[0], c) if fuses == "silu+add" else None
+    activation = None if fuses == "plain" else "silu"
+    assert size_gate.torch_is_faster(x, weight, bias, temb, None, activation) == torch_serves
+    if fuses == "silu+add":  # a scale/shift is folded in like the add
+        ss = torch.zeros(shape[0], 2 * c)
+        assert size_gate.torch_is_faster(x, weight, bias, None, ss, activation) == torch_serves
+    with torch.no_grad():  # autograd records nothing here, whatever requires grad: the forward threshold
+        assert size_gate.torch_is_faster(x, weight, bias, temb, None, activation) == size_gate.torch_is_faster(
+            x, weight.detach(), bias.detach(), temb, None, activation)
+    # An explicit backend, in any of its forms, always gets the fused op.
+    assert not size_gate.torch_is_faster(x, weight, bias, temb, None, activation, backend="cpu")
+    with gencore.use_backend("cpu"):
+        assert not size_gate.torch_is_faster(x, weight, bias, temb, None, activation)

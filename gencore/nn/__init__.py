@@ -5,8 +5,10 @@
     convert(module) swaps them into an existing model in place
 
 Both subclass torch.nn.GroupNorm: same constructor, defaults, parameter names and state_dict keys, so a
-torch.nn.GroupNorm checkpoint loads as is and isinstance checks keep working. Tensors too small for a separate
-fused call to pay (gencore/nn/size_gate.py: CPU, backend "auto") run on torch's own kernels instead.
+torch.nn.GroupNorm checkpoint loads as is and isinstance checks keep working. On the CPU with backend "auto", calls
+for which a separate fused call does not pay run on torch's own kernels instead (gencore/nn/size_gate.py: tensors
+too small for the passes the fused call saves to repay its fixed cost; a plain GroupNorm, which saves no pass, below
+millions of elements).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class _FusedGroupNormBase(nn.GroupNorm):
                 return group_norm_silu(x, self.num_groups, weight, bias, self.eps, temb=temb,
                                        scale_shift=scale_shift, activation=self._activation, backend=backend)
         weight, bias = self._params_for(x)
-        if torch_is_faster(x, weight, bias, temb, scale_shift, backend=backend):
+        if torch_is_faster(x, weight, bias, temb, scale_shift, self._activation, backend=backend):
             return torch_group_norm_silu(x, self.num_groups, weight, bias, self.eps, temb, scale_shift,
                                          self._activation)
         return group_norm_silu(x, self.num_groups, weight, bias, self.eps, temb=temb, scale_shift=scale_shift,

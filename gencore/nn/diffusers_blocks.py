@@ -52,7 +52,7 @@ def _gn_silu(norm: nn.GroupNorm, x: torch.Tensor, temb=None, scale_shift=None) -
         temb = temb.to(x.dtype)
     if scale_shift is not None:
         scale_shift = scale_shift.to(x.dtype)
-    if torch_is_faster(x, weight, bias, temb, scale_shift):
+    if torch_is_faster(x, weight, bias, temb, scale_shift, "silu"):
         return torch_group_norm_silu(x, norm.num_groups, weight, bias, norm.eps, temb, scale_shift)
     return group_norm_silu(x, norm.num_groups, weight, bias, norm.eps, temb=temb, scale_shift=scale_shift,
                            activation="silu")
