@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import gencore
+import gencore.nn as gnn
+import gencore.nn.diffusers_blocks as blocks
 from gencore.nn.diffusers_blocks import is_fused
+from gencore.testing import assert_close
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -30,10 +33,10 @@ def _unet2d_condition(time_norm="default"):
         norm_num_groups=8, cross_attention_dim=24, attention_head_dim=8, resnet_time_scale_shift=time_norm)
 
 
-def _inputs(model, n=2, seed=1):
+def _inputs(model, n=2, seed=1, size=16):
     g = torch.Generator().manual_seed(seed)
     c = model.config.in_channels
-    x = torch.randn(n, c, 16, 16, generator=g)
+    x = torch.randn(n, c, size, size, generator=g)
     t = torch.tensor([10, 500])[:n]
     extra = {}
     if "cross_attention_dim" in model.config:
@@ -71,13 +74,13 @@ def test_converted_unet_matches_the_original(build, time_norm):
     # Outputs and every parameter's gradient, in training mode.
     xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
     outs = [m(xi, t, **extra).sample for m, xi in zip((original, converted), xs)]
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=2e-5)
+    assert_close(outs[1], outs[0], torch.float32)
     for out in outs:
         out.square().mean().backward()
-    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-4, atol=1e-6)
+    assert_close(xs[1].grad, xs[0].grad, torch.float32, kind="grad")
     for (name, p), q in zip(original.named_parameters(), converted.parameters()):
         if p.grad is not None:
-            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-6, msg=name)
+            assert_close(q.grad, p.grad, torch.float32, kind="grad", msg=name)
 
 
 def test_dropout_in_training_and_eval_mode():
@@ -118,3 +121,53 @@ def test_blocks_it_cannot_fuse_are_left_alone():
     gencore.nn.convert(block)
     assert is_fused(block)
     torch.testing.assert_close(block(x, None), expected, rtol=1e-4, atol=1e-5)  # no time embedding at all
+
+
+def _count_paths(monkeypatch):
+    """How many GroupNorm calls of the converted model take the fused op and how many torch's ops."""
+    counts = {"fused": 0, "torch": 0}
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+    for module in (gnn, blocks):
+        monkeypatch.setattr(module, "group_norm_silu", counting("fused", module.group_norm_silu))
+        monkeypatch.setattr(module, "torch_group_norm_silu", counting("torch", module.torch_group_norm_silu))
+    return counts
+
+
+@pytest.mark.parametrize("build", [_unet2d, _unet2d_condition], ids=["UNet2DModel", "UNet2DConditionModel"])
+def test_shipped_gate_leaves_small_models_to_torch_exactly(build, size_gate, monkeypatch):
+    """Under the shipped size gate every call of a tiny model is torch's own: the converted model computes what the
+    original does, op for op, so outputs and every gradient are bit for bit the same."""
+    original = build()
+    converted = gencore.nn.convert(copy.deepcopy(original))
+    counts = _count_paths(monkeypatch)
+    x, t, extra = _inputs(original)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    outs = [m(xi, t, **extra).sample for m, xi in zip((original, converted), xs)]
+    assert counts["torch"] > 0 and counts["fused"] == 0
+    assert torch.equal(outs[1], outs[0])
+    for out in outs:
+        out.square().mean().backward()
+    assert torch.equal(xs[1].grad, xs[0].grad)
+    for (name, p), q in zip(original.named_parameters(), converted.parameters()):
+        if p.grad is not None:
+            assert torch.equal(q.grad, p.grad), name
+
+
+def test_shipped_gate_mixes_both_paths_within_tolerance(size_gate, monkeypatch):
+    """At 64x64 the shipped gate sends the residual blocks' GroupNorm + SiLU + temb (131,072 elements) to the fused
+    op and the rest (the first norm and the closing one without an add, the attention's plain GroupNorm) to torch:
+    the mix gives the original's outputs within the float32 tolerance."""
+    original = _unet2d_condition().eval()
+    converted = gencore.nn.convert(copy.deepcopy(original))
+    counts = _count_paths(monkeypatch)
+    x, t, extra = _inputs(original, size=64)
+    with torch.no_grad():
+        expected = original(x, t, **extra).sample
+        actual = converted(x, t, **extra).sample
+    assert counts["fused"] > 0 and counts["torch"] > 0
+    assert_close(actual, expected, torch.float32)
