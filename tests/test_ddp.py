@@ -1,20 +1,23 @@
-"""DDP: the trainers under torchrun with 2 CPU processes (gloo) keep the replicas equal, see different data, and
-only rank 0 writes checkpoints."""
+"""DDP: the trainers under torchrun with 2 CPU processes (gloo) keep the replicas equal, see different data, only
+rank 0 writes checkpoints, and a signal to one process stops both at the same step with rank 0's checkpoint of it."""
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 
-import pytest
 import torch
+from safetensors.torch import load_file
 
 SCRIPT = textwrap.dedent("""
-    import os, sys
+    import json, os, signal, sys
     import torch
     import torch.distributed as dist
     import gencore
     from gencore.data import load_digits
-    from gencore.training import DDPMConfig, DDPMTrainer, GANConfig, WGANGPConfig, GANTrainer, WGANGPTrainer
+    from gencore.training import (DDPMConfig, DDPMTrainer, GANConfig, WGANGPConfig, GANTrainer, WGANGPTrainer,
+                                  TrainingInterrupted)
     from gencore.training.checkpoint import save_tensors
 
     out = sys.argv[1]
@@ -36,13 +39,27 @@ SCRIPT = textwrap.dedent("""
                    if v.is_floating_point()}
         tensors["first_batch"] = first
         save_tensors(os.path.join(out, f"{name}-rank{rank}.safetensors"), tensors)
+
+    # SIGTERM reaches rank 1 alone, during step 2: both processes stop after that step, rank 0 writes its checkpoint.
+    class SignalledOnRank1(GANTrainer):
+        def train_step(self, step):
+            if step == 1 and rank == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().train_step(step)
+
+    t = SignalledOnRank1(data, GANConfig(features=8, **{**common, "steps": 50}, out_dir=os.path.join(out, "signal")))
+    try:
+        t.train()
+        result = "finished"
+    except TrainingInterrupted as exc:
+        result = {"signum": exc.signum, "step": exc.step, "checkpoint": exc.checkpoint}
+    with open(os.path.join(out, f"signal-rank{rank}.json"), "w") as f:
+        json.dump(result, f)
     dist.destroy_process_group()
 """)
 
 
 def test_ddp_two_cpu_processes_keep_replicas_equal(tmp_path):
-    from safetensors.torch import load_file
-
     script = tmp_path / "ddp_script.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GENCORE_BACKEND": "reference"}
@@ -59,3 +76,8 @@ def test_ddp_two_cpu_processes_keep_replicas_equal(tmp_path):
             torch.testing.assert_close(r1[k], r0[k], atol=0, rtol=0, msg=f"{name}: {k} differs between replicas")
     # rank 0 alone wrote the checkpoint (and the same checkpoint resumes in a single process)
     assert (tmp_path / "ddpm" / "latest.json").is_file()
+    signalled = [json.loads((tmp_path / f"signal-rank{r}.json").read_text()) for r in (0, 1)]
+    checkpoint = str(tmp_path / "signal" / "checkpoint-00000002")
+    assert signalled == [{"signum": signal.SIGTERM, "step": 2, "checkpoint": checkpoint},
+                         {"signum": signal.SIGTERM, "step": 2, "checkpoint": None}]
+    assert json.loads((tmp_path / "signal" / "latest.json").read_text())["step"] == 2

@@ -3,14 +3,16 @@ run, checkpoints are atomic and corrupt ones are reported, sampling from checkpo
 min-SNR, classifier-free label dropout)."""
 import json
 import os
+import signal
 
 import pytest
 import torch
 
 import gencore
 from gencore.data import ImageDataset, load_dataset, load_digits
-from gencore.training import (CheckpointError, DDPMConfig, DDPMTrainer, GANConfig, GANTrainer, WGANGPConfig,
-                              WGANGPTrainer, sample_from_checkpoint)
+from gencore.training import (CheckpointError, DDPMConfig, DDPMTrainer, GANConfig, GANTrainer, TrainingInterrupted,
+                              WGANGPConfig, WGANGPTrainer, sample_from_checkpoint)
+from gencore.training.paths import OutputPathError
 
 TINY_UNET = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(), norm_groups=4)
 COMMON = dict(batch_size=16, progress=False, log_every=1, n_samples=4)
@@ -112,6 +114,81 @@ def test_kill_and_resume_equals_uninterrupted(digits_tiny, tmp_path, make):
     for k in sa:
         torch.testing.assert_close(sc[k], sa[k], atol=0, rtol=0, msg=k)
     assert c.history == a.history
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("make", [ddpm, wgan], ids=["ddpm", "wgan-gp"])
+def test_signal_writes_a_checkpoint_of_the_step_reached(digits_tiny, tmp_path, make, signum):
+    """SIGINT or SIGTERM in the middle of step 3 (of 6, no periodic checkpoints): the step finishes, a checkpoint
+    of step 3 is written and TrainingInterrupted names it; resumed, the run ends where an uninterrupted one does.
+    The signal handlers are the caller's again afterwards."""
+    a = make(digits_tiny, steps=6, out_dir=str(tmp_path / "a"))
+    a.train()
+
+    b = make(digits_tiny, steps=6, out_dir=str(tmp_path / "b"))
+    step = b.train_step
+
+    def signalled_during_step_3(k):
+        if k == 2:
+            os.kill(os.getpid(), signum)  # delivered at once, in the middle of the step
+        return step(k)
+
+    b.train_step = signalled_during_step_3
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(TrainingInterrupted) as info:
+        b.train()
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert (info.value.signum, info.value.step) == (signum, 3)
+    assert info.value.checkpoint == str(tmp_path / "b" / "checkpoint-00000003")
+    assert json.loads((tmp_path / "b" / "latest.json").read_text())["step"] == 3
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+
+    c = make(digits_tiny, steps=6, out_dir=str(tmp_path / "b"))
+    assert c.resume() == 3
+    c.train()
+    sa, sc = _state(a), _state(c)
+    for k in sa:
+        torch.testing.assert_close(sc[k], sa[k], atol=0, rtol=0, msg=k)
+
+
+def test_signal_after_a_periodic_checkpoint_writes_no_second_one(digits_tiny, tmp_path):
+    t = gan(digits_tiny, steps=6, checkpoint_every=2, out_dir=str(tmp_path))
+    step = t.train_step
+
+    def signalled_during_step_4(k):
+        if k == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(k)
+
+    t.train_step = signalled_during_step_4
+    with pytest.raises(TrainingInterrupted) as info:
+        t.train()
+    assert info.value.step == 4 and info.value.checkpoint == str(tmp_path / "checkpoint-00000004")
+    assert sorted(d for d in os.listdir(tmp_path) if d.startswith("checkpoint-")) == ["checkpoint-00000004"]
+
+
+def test_signal_without_out_dir_is_a_plain_keyboard_interrupt(digits_tiny):
+    t = gan(digits_tiny, steps=6)
+    step = t.train_step
+
+    def interrupted(k):
+        if k == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # nowhere to write a checkpoint: Python's own KeyboardInterrupt
+        return step(k)
+
+    t.train_step = interrupted
+    with pytest.raises(KeyboardInterrupt) as info:
+        t.train()
+    assert not isinstance(info.value, TrainingInterrupted)
+
+
+def test_unwritable_out_dir_is_refused_before_training(digits_tiny, tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out_dir, reason in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "run", "is a file"),
+                            ("/proc/gencore-run", "cannot create files in /proc")):
+        with pytest.raises(OutputPathError, match=reason) as info:
+            gan(digits_tiny, steps=1, out_dir=str(out_dir))
+        assert str(out_dir) in str(info.value) and "out_dir" in str(info.value)
 
 
 def test_checkpoint_layout_and_atomic_leftovers(digits_tiny, tmp_path):

@@ -5,16 +5,35 @@ sample grids, loss curves and atomic safetensors+JSON checkpoints that resume ex
     from gencore.training import DDPMConfig, DDPMTrainer
     trainer = DDPMTrainer(load_digits(), DDPMConfig(steps=2000, out_dir="runs/ddpm", unet=dict(base_channels=32)))
     trainer.train()
+
+The names below are imported on first use (PEP 562), so that `gencore.training.options` (plain data) and
+`gencore.training.paths` import without torch: `gencore --help` reads its choices from them.
 """
-from .checkpoint import CheckpointError, load_models, read_config, resolve_checkpoint
-from .ddpm import DDPMConfig, DDPMTrainer
-from .gan import GANConfig, GANTrainer, WGANGPConfig, WGANGPTrainer
-from .generate import sample_from_checkpoint
-from .trainer import TrainConfig, Trainer
+from __future__ import annotations
 
-TRAINERS = {"ddpm": (DDPMTrainer, DDPMConfig), "gan": (GANTrainer, GANConfig), "wgan-gp": (WGANGPTrainer, WGANGPConfig),
-            "cgan": (GANTrainer, GANConfig)}
+import importlib
 
-__all__ = ["CheckpointError", "DDPMConfig", "DDPMTrainer", "GANConfig", "GANTrainer", "TRAINERS", "TrainConfig",
-           "Trainer", "WGANGPConfig", "WGANGPTrainer", "load_models", "read_config", "resolve_checkpoint",
-           "sample_from_checkpoint"]
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "CheckpointError": "checkpoint", "load_models": "checkpoint", "read_config": "checkpoint",
+    "resolve_checkpoint": "checkpoint",
+    "DDPMConfig": "ddpm", "DDPMTrainer": "ddpm",
+    "GANConfig": "gan", "GANTrainer": "gan", "WGANGPConfig": "gan", "WGANGPTrainer": "gan",
+    "sample_from_checkpoint": "generate",
+    "TRAINERS": "registry",
+    "TrainConfig": "trainer", "Trainer": "trainer", "TrainingInterrupted": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

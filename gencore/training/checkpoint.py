@@ -33,6 +33,11 @@ import tempfile
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from ..diffusion import DDPMScheduler
+from ..models import build_model
 
 FORMAT = "gencore-checkpoint"
 VERSION = 2          # 2: manifest.json with checksums; version 1 checkpoints (no manifest) still load
@@ -108,8 +113,6 @@ def _read_json(path: str):
 
 def save_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """safetensors file of CPU, contiguous, unshared copies (safetensors refuses aliased storage)."""
-    from safetensors.torch import save_file
-
     save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, path, metadata=metadata)
     _fsync_file(path)
 
@@ -117,9 +120,6 @@ def save_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str
 def load_tensors(path: str, device: str | torch.device = "cpu", *, finite: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; with `finite`, every floating-point tensor must hold only finite values
     (weights that went NaN must not load and train on silently)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not os.path.isfile(path):
         raise CheckpointError(f"{path} is missing: not a complete gencore checkpoint")
     try:
@@ -136,8 +136,6 @@ def load_tensors(path: str, device: str | torch.device = "cpu", *, finite: bool 
 
 def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
     """{key: shape} of a safetensors file from its header alone (nothing is loaded)."""
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(path, framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -296,8 +294,6 @@ def read_config(path: str, *, verify: bool = True) -> dict:
     if config["kind"] == "ddpm":
         scheduler = expect(config, "scheduler", dict, where)
         expect(scheduler, "num_train_timesteps", int, f"{where} [scheduler]", optional=True)
-        from ..diffusion import DDPMScheduler
-
         try:
             DDPMScheduler.from_config(dict(scheduler))
         except (TypeError, ValueError) as exc:
@@ -309,8 +305,6 @@ def build_checked_model(desc: dict, weights_file: str, where: str) -> torch.nn.M
     """The model that `desc` ({"name", "config"}) describes, built only after its parameter shapes, worked out on
     the meta device (no memory), match the tensors in `weights_file`: a config that asks for a huge model is
     refused before anything is allocated, with a message naming both files."""
-    from ..models import build_model
-
     try:
         with torch.device("meta"):
             skeleton = build_model(desc["name"], desc["config"])

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..diffusion import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, sample, training_loss
+from ..diffusion.sampling import intermediate_timesteps
 from ..models import UNet
+from .options import DDPM_LOSS_TYPES, DEFAULT_STEPS, SAMPLERS  # noqa: F401 (DEFAULT_STEPS: re-exported)
 from .trainer import TrainConfig, Trainer, make_ema
-
-LOSS_TYPES = ("l2", "l1", "huber")
 
 
 @dataclass
@@ -47,25 +48,16 @@ class DDPMConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        if self.loss_type not in DDPM_LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {DDPM_LOSS_TYPES}, got {self.loss_type!r}")
         if not 0.0 <= self.cfg_dropout < 1.0:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {self.cfg_dropout!r}")
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma must be positive, got {self.snr_gamma!r}")
 
 
-# The samplers of a trained model, and each one's default number of steps: DDPM ancestral sampling over every
-# training timestep, DDIM, and DPM-Solver++ 2M, whose 20 steps land as close to the exact ODE solution as DDIM's 50
-# (tests/test_dpm_solver.py; no Karras sigmas: on the cosine schedule these models use they hurt).
-SAMPLERS = ("ddim", "dpm++", "ddpm")
-DEFAULT_STEPS = {"ddim": 50, "dpm++": 20, "ddpm": 1000}
-
-
 def make_scheduler(config: dict, sampler: str = "ddpm"):
     """A gencore.diffusion scheduler (one of SAMPLERS) from a checkpoint's stored scheduler config."""
-    from ..diffusion import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
     classes = {"ddim": DDIMScheduler, "dpm++": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}
     if sampler not in classes:
         raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}, got {sampler!r}")
@@ -75,8 +67,6 @@ def make_scheduler(config: dict, sampler: str = "ddpm"):
 def progressive_labels(config: dict, sampler: str, steps: int, every: int) -> list[str]:
     """Column labels of a progressive strip from diffusion_sample(..., return_intermediates=every): "t=<timestep>"
     of each state, "x_0" for the result."""
-    from ..diffusion.sampling import intermediate_timesteps
-
     sched = make_scheduler(config["scheduler"], sampler)
     sched.set_timesteps(steps)
     return ["x_0" if t is None else f"t={t}" for t in intermediate_timesteps(sched.timesteps.tolist(), every)]
@@ -86,8 +76,6 @@ def diffusion_sample(model: nn.Module, config: dict, n: int, *, sampler: str = "
                      eta: float = 0.0, generator=None, class_labels=None, guidance_scale: float = 1.0,
                      device="cpu", progress: bool = False, return_intermediates: int | None = None):
     """Sample n images from a UNet with the scheduler config of `config["scheduler"]` (a sampler of SAMPLERS)."""
-    from ..diffusion import sample
-
     sched = make_scheduler(config["scheduler"], sampler)
     c, h, w = config["data"]["image_shape"] if "data" in config else (model.in_channels, 28, 28)
     kwargs = dict(generator=generator, class_labels=class_labels, progress=progress)
@@ -114,8 +102,6 @@ class DDPMTrainer(Trainer):
         super().__init__(dataset, config)
 
     def build(self) -> None:
-        from ..diffusion import DDPMScheduler
-
         cfg: DDPMConfig = self.config
         c = self.dataset.images.shape[1]
         self.conditional = cfg.class_conditional
@@ -147,8 +133,6 @@ class DDPMTrainer(Trainer):
         return {"scheduler": dict(self.scheduler.config)}
 
     def train_step(self, step: int) -> dict[str, float]:
-        from ..diffusion import training_loss
-
         cfg: DDPMConfig = self.config
         x0, labels = self.batch(step)
         model = self.models["model"]

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..gan import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 from ..models import (ConditionalDCGANDiscriminator, ConditionalDCGANGenerator, DCGANDiscriminator, DCGANGenerator,
                       ProjectionDiscriminator, WGANGPCritic)
-from .trainer import TrainConfig, Trainer, make_ema
-
-GAN_LOSSES = ("bce", "non_saturating", "hinge")
-DISCRIMINATORS = ("dcgan", "projection")
+from .options import DISCRIMINATORS, GAN_LOSSES
+from .trainer import TrainConfig, Trainer, broadcast_state, make_ema
 
 
 @dataclass
@@ -145,8 +144,6 @@ class GANTrainer(Trainer):
         return torch.randint(0, self.dataset.num_classes, (n,), device=self.device)
 
     def discriminator_step(self, real, labels) -> dict[str, float]:
-        from ..gan import discriminator_loss
-
         n = real.shape[0]
         fake_labels = self._fake_labels(n)
         with self.autocast():
@@ -155,8 +152,6 @@ class GANTrainer(Trainer):
             d_loss = discriminator_loss(self._disc(real, labels), self._disc(fake, fake_labels), self.config.loss)
         losses = {"d_loss": d_loss.item()}
         if self.config.r1_gamma:
-            from ..gan import r1_penalty
-
             r1 = r1_penalty(self.models["discriminator"], real.float(),
                             {"labels": labels} if self.conditional else None)
             d_loss = d_loss + 0.5 * self.config.r1_gamma * r1
@@ -165,8 +160,6 @@ class GANTrainer(Trainer):
         return losses
 
     def generator_step(self) -> dict[str, float]:
-        from ..gan import generator_loss
-
         n = self.config.batch_size
         fake_labels = self._fake_labels(n)
         d = self.models["discriminator"]
@@ -186,8 +179,6 @@ class GANTrainer(Trainer):
             losses = self.discriminator_step(real, labels if self.conditional else None)
         losses.update(self.generator_step())
         if self.world > 1:  # BatchNorm running statistics: keep the replicas identical (rank 0's)
-            from .trainer import broadcast_state
-
             broadcast_state([m for m in self.models.values() if any(True for _ in m.buffers())])
         return losses
 
@@ -222,8 +213,6 @@ class WGANGPTrainer(GANTrainer):
                             spectral_norm=cfg.spectral_norm, extra_layers=cfg.extra_layers)
 
     def discriminator_step(self, real, labels) -> dict[str, float]:
-        from ..gan import discriminator_loss, gradient_penalty
-
         cfg: WGANGPConfig = self.config
         n = real.shape[0]
         critic = self.models["discriminator"]

@@ -32,7 +32,7 @@ def grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.
 
 def save_png(array: np.ndarray, path: str, scale: int = 1) -> str:
     """Write a (H, W, 1 or 3) uint8 array as PNG atomically (temporary file, then rename); nearest upscaling."""
-    from PIL import Image
+    from PIL import Image  # Pillow is optional (the demo extra): only pictures need it
 
     mode_array = array[..., 0] if array.shape[-1] == 1 else array
     img = Image.fromarray(mode_array, mode="L" if array.shape[-1] == 1 else "RGB")
@@ -69,7 +69,7 @@ def save_progressive_strip(intermediates: list[torch.Tensor], path: str, scale: 
 
 def _with_header(array: np.ndarray, labels: list[str], *, cell: int, scale: int) -> np.ndarray:
     """Upscale a grid by `scale` and put a row of centred text labels above its columns (Pillow's built-in font)."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw, ImageFont  # optional, as in save_png
 
     img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
@@ -93,7 +93,7 @@ def _with_header(array: np.ndarray, labels: list[str], *, cell: int, scale: int)
 
 def plot_losses(history: dict[str, list[float]], path: str, title: str = "") -> str | None:
     """Loss curves (one line per loss, x = step) as PNG via matplotlib; returns None when matplotlib is missing."""
-    try:
+    try:  # optional (the demo extra): a run without it has no loss plot
         import matplotlib
 
         matplotlib.use("Agg")

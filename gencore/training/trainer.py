@@ -12,7 +12,9 @@ import dataclasses
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -20,12 +22,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
 
+from ..models import describe, unwrap
 from . import checkpoint as ckpt
 from .images import plot_losses, save_grid
-
-
-LR_SCHEDULES = ("constant", "cosine", "linear")
+from .options import LR_SCHEDULES
+from .paths import check_output_folder
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
@@ -156,8 +161,6 @@ def ema_decay_at(decay: float, num_averaged: int | torch.Tensor) -> torch.Tensor
 def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
     """An exponential moving average of model's parameters and buffers (torch's AveragedModel), with the decay
     warm-up of ema_decay_at."""
-    from torch.optim.swa_utils import AveragedModel
-
     @torch.no_grad()
     def update(ema_params, params, num_averaged):
         # AveragedModel copies the weights on its first update and calls this from the second on (num_averaged >= 1).
@@ -171,6 +174,59 @@ def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMo
     ema = AveragedModel(model, multi_avg_fn=update, use_buffers=True)
     ema.requires_grad_(False)
     return ema
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stopping on a signal
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped Trainer.train() after a whole step, of which it wrote a checkpoint.
+
+    Attributes: signum (signal.SIGINT or SIGTERM), step (the step reached), checkpoint (its folder; None on the
+    processes other than rank 0, which do not write)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"{signal.Signals(signum).name} at step {step}; checkpoint: {checkpoint}")
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only record that the run should stop (`signum`), so the training loop can
+    finish its step and write a checkpoint. The first signal restores the previous handlers: a second one acts as
+    it would without this (Ctrl-C: KeyboardInterrupt at once; SIGTERM: the process ends). Python lets only the main
+    thread install handlers; elsewhere (or with enabled=False) this does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, *, enabled: bool = True, announce: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.announce = announce
+        self.signum = 0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if self.enabled:
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _record(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+        if self.announce:  # os.write, not print: a handler may interrupt a print under way
+            again = "Ctrl-C" if signum == signal.SIGINT else "the signal"
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                        f"({again} again stops at once, without one)\n".encode())
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            # None: a handler installed outside Python, which cannot be put back; the default is the nearest.
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        self._previous.clear()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -192,14 +248,15 @@ class Trainer:
         self.dataset = dataset
         self.rank, self.world, self.device = init_distributed(config.device)
         self.device = torch.device(self.device)
+        if config.out_dir and self.is_main:  # refuse an unwritable run folder now, not at the first checkpoint
+            check_output_folder(config.out_dir, "out_dir")
         self.step = 0
+        self._saved = (None, None)  # (step, folder) of the last checkpoint this trainer wrote
         self.history: dict[str, list[float]] = {"step": []}
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.ema: dict[str, nn.Module] = {}
         self.images_seen = 0
-
-        from torch.utils.data import DistributedSampler
 
         self.sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
                                           seed=config.seed, drop_last=True)
@@ -275,57 +332,75 @@ class Trainer:
             ema.update_parameters(self.raw(role))
 
     def raw(self, role: str) -> nn.Module:
-        from ..models import unwrap
-
         return unwrap(self.models[role])
 
     # -- the loop -----------------------------------------------------------------------------------------------------
     def train(self, steps: int | None = None) -> dict[str, list[float]]:
         """Train up to `steps` total steps (default config.steps): a number of steps, never a time limit, so that
         the same config and seed give the same model on a fast or a slow machine. Writes the final checkpoint,
-        grid and loss curve when config.out_dir is set. Returns the loss history."""
+        grid and loss curve when config.out_dir is set. Returns the loss history.
+
+        With config.out_dir set, SIGINT (Ctrl-C) or SIGTERM lets the step under way finish, writes a checkpoint of
+        it and raises TrainingInterrupted (a KeyboardInterrupt) naming the step and the checkpoint folder; a second
+        signal acts at once, as it would without this (the checkpoint then is the last one written). Under DDP the
+        processes agree after each step on whether one of them was signalled, so all stop at the same step."""
         cfg = self.config
         total = cfg.steps if steps is None else steps
         bar = None
         if cfg.progress and self.is_main and self.step < total:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=total, initial=self.step, desc=self.kind, unit="step", dynamic_ncols=True,
                        file=sys.stderr)
         for m in self.models.values():
             m.train()
         t0, seen0 = time.perf_counter(), self.images_seen
         try:
-            while self.step < total:
-                losses = self.train_step(self.step)
-                self.update_ema()
-                self.step += 1
-                last = self.step == total
-                if self.step % cfg.log_every == 0 or last:
-                    self.history["step"].append(self.step)
-                    for k, v in losses.items():
-                        self.history.setdefault(k, []).append(float(v))
-                if bar is not None:
-                    dt = time.perf_counter() - t0
-                    rate = (self.images_seen - seen0) / dt if dt > 0 else 0.0
-                    bar.set_postfix({**{k: f"{v:.4f}" for k, v in losses.items()}, "img/s": f"{rate:.0f}"},
-                                    refresh=False)
-                    bar.update(1)
-                if cfg.out_dir and cfg.sample_every and self.step % cfg.sample_every == 0 and self.step < total:
-                    self.write_samples()
-                if cfg.out_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
+            with StopSignals(enabled=bool(cfg.out_dir), announce=self.is_main) as stop:
+                while self.step < total:
+                    losses = self.train_step(self.step)
+                    self.update_ema()
+                    self.step += 1
+                    last = self.step == total
+                    if self.step % cfg.log_every == 0 or last:
+                        self.history["step"].append(self.step)
+                        for k, v in losses.items():
+                            self.history.setdefault(k, []).append(float(v))
+                    if bar is not None:
+                        dt = time.perf_counter() - t0
+                        rate = (self.images_seen - seen0) / dt if dt > 0 else 0.0
+                        bar.set_postfix({**{k: f"{v:.4f}" for k, v in losses.items()}, "img/s": f"{rate:.0f}"},
+                                        refresh=False)
+                        bar.update(1)
+                    if cfg.out_dir and cfg.sample_every and self.step % cfg.sample_every == 0 and not last:
+                        self.write_samples()
+                    if cfg.out_dir and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    signum = self._agreed_stop(stop) if cfg.out_dir else 0
+                    if signum and not last:  # at the last step the run ends as usual, with its final outputs
+                        raise TrainingInterrupted(signum, self.step, self._checkpoint_of_this_step())
         finally:
             if bar is not None:
                 bar.close()
         self.elapsed = time.perf_counter() - t0
         if cfg.out_dir:
-            if not cfg.checkpoint_every or self.step % cfg.checkpoint_every:
-                self.save_checkpoint()
+            self._checkpoint_of_this_step()
             self.last_grid = self.write_samples()
             if self.is_main:
                 plot_losses(self.history, os.path.join(cfg.out_dir, "losses.png"), title=self.kind)
         return self.history
+
+    def _agreed_stop(self, stop: StopSignals) -> int:
+        """The signal number that asks this run to stop (0: none), the same on every process: under DDP the
+        largest over the processes (a signal may reach only some of them)."""
+        if self.world == 1:
+            return stop.signum
+        flag = torch.tensor([stop.signum], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def _checkpoint_of_this_step(self) -> str | None:
+        """The checkpoint folder of the current step: the one already written, else a new one."""
+        step, path = self._saved
+        return path if step == self.step else self.save_checkpoint()
 
     # -- outputs ------------------------------------------------------------------------------------------------------
     def samples_generator(self) -> torch.Generator:
@@ -373,8 +448,6 @@ class Trainer:
                 tensors.update({f"rng.{r}.{k}": v for k, v in rt.items()})
             state_json = {"step": self.step, "history": self.history, "optimizers": opt_json,
                           "rng": [p for _, p in gathered], "world_size": self.world, "images_seen": self.images_seen}
-            from ..models import describe
-
             config = {"kind": self.kind, "conditional": bool(getattr(self, "conditional", False)),
                       "models": {role: describe(m) for role, m in self.models.items()},
                       "trainer": dataclasses.asdict(cfg),
@@ -385,6 +458,7 @@ class Trainer:
             path = ckpt.write_checkpoint(cfg.out_dir, self.step, config, self.state_dicts(), tensors, state_json)
         if self.world > 1:
             dist.barrier()
+        self._saved = (self.step, path)
         return path
 
     def resume(self, path: str | None = None) -> int:
