@@ -22,7 +22,7 @@ def load_digits(*, image_size: int = 28) -> ImageDataset:
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
     try:
-        from sklearn.datasets import load_digits as sk_load_digits
+        from sklearn.datasets import load_digits as sk_load_digits  # optional: only these digits need it
     except ImportError as exc:
         raise ImportError("the embedded digits need scikit-learn: pip install 'gencore[demo]' "
                           "(or pass --data mnist / a folder of images)") from exc

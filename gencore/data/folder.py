@@ -20,7 +20,7 @@ def load_image_folder(path: str, *, image_size: int = 28, channels: int = 1, lim
     limit: read only the first `limit` files (sorted order).
     """
     try:
-        from PIL import Image
+        from PIL import Image  # optional: only image folders need it
     except ImportError as exc:
         raise ImportError("reading image folders needs Pillow: pip install pillow") from exc
     if channels not in (1, 3):

@@ -10,14 +10,16 @@ classifier that ships with gencore as their feature extractor (offline; no downl
 from .classifier import MnistClassifier, check_images, classifier_info, load_mnist_classifier
 from .fid import FID, FeatureStatistics, frechet_distance, sqrtm_psd
 from .inception import load_inception_v3
-from .scores import PrecisionRecall, diversity_score, inception_score, precision_recall
+from .scores import ClassCoverage, PrecisionRecall, class_coverage, diversity_score, inception_score, precision_recall
 
 __all__ = [
+    "ClassCoverage",
     "FID",
     "FeatureStatistics",
     "MnistClassifier",
     "PrecisionRecall",
     "check_images",
+    "class_coverage",
     "classifier_info",
     "diversity_score",
     "frechet_distance",

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 __all__ = ["MnistClassifier", "check_images", "classifier_info", "classifier_weights_path", "classify_in_batches",
@@ -104,8 +105,6 @@ def load_mnist_classifier(device: str | torch.device = "cpu", *, verify: bool = 
     checked against the shipped JSON record first (a damaged install fails loudly instead of giving wrong numbers).
     Raises FileNotFoundError if the weights are not installed.
     """
-    from safetensors.torch import load_file
-
     path = classifier_weights_path()
     if not path.is_file():
         raise FileNotFoundError(f"the MNIST classifier weights are missing: {path} (train them with "

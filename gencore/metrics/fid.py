@@ -26,6 +26,10 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from .classifier import check_images, classifier_info, load_mnist_classifier
 
 __all__ = ["FID", "FeatureStatistics", "frechet_distance", "sqrtm_psd"]
 
@@ -168,8 +172,6 @@ class FID:
                  device: str | torch.device | None = None, batch_size: int = 500, name: str | None = None):
         self._check_images = None  # the default classifier's input check; custom extractors check their own
         if feature_extractor is None:
-            from .classifier import check_images, classifier_info, load_mnist_classifier
-
             model = load_mnist_classifier(device or "cpu")
             feature_extractor = model.features
             name = name or f"gencore-mnist-classifier:{classifier_info()['sha256'][:16]}"
@@ -259,8 +261,6 @@ class FID:
     def save_reference(self, path: str | os.PathLike, real: bool = True) -> None:
         """Save the real (or generated) statistics (count, mean, scatter; float64) as safetensors, atomically,
         with the feature extractor's name in the metadata."""
-        from safetensors.torch import save
-
         m = self._real if real else self._fake
         if m.count < 2:
             raise ValueError(f"nothing to save: {m.count} {'real' if real else 'generated'} samples (need >= 2)")
@@ -280,13 +280,9 @@ class FID:
     def load_reference(self, path: str | os.PathLike, real: bool = True) -> None:
         """Replace the real (or generated) statistics with ones saved by `save_reference`. Raises ValueError if
         they were computed with a different feature extractor (by name) or width."""
-        from safetensors import safe_open
-
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"FID statistics file not found: {path}")
-        from safetensors import SafetensorError
-
         try:
             with safe_open(path, framework="pt") as f:
                 meta = f.metadata() or {}

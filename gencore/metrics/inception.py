@@ -12,6 +12,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 __all__ = ["InceptionFeatures", "load_inception_v3"]
@@ -50,7 +51,7 @@ def load_inception_v3(weights: str | os.PathLike, device: str | torch.device = "
     RuntimeError if the file does not hold InceptionV3 weights.
     """
     try:
-        from torchvision.models import inception_v3
+        from torchvision.models import inception_v3  # optional: only InceptionV3 features need torchvision
     except ImportError as exc:
         raise ImportError(f"InceptionV3 features need torchvision ({exc}); install it, or use the shipped MNIST "
                           f"classifier (gencore.metrics.load_mnist_classifier)") from exc
@@ -58,8 +59,6 @@ def load_inception_v3(weights: str | os.PathLike, device: str | torch.device = "
     if not os.path.isfile(path):
         raise FileNotFoundError(f"InceptionV3 weights not found: {path} (gencore does not download them)")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)  # no pickle code execution

@@ -1,6 +1,6 @@
-"""Inception Score, diversity score, and k-NN precision / recall.
+"""Inception Score, class coverage, diversity score, and k-NN precision / recall.
 
-All three take plain tensors (class logits or probabilities, images or features), so they work with any feature
+All take plain tensors (class logits or probabilities, images or features), so they work with any feature
 extractor; gencore.metrics.load_mnist_classifier() supplies logits and features for digits.
 """
 from __future__ import annotations
@@ -10,7 +10,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["PrecisionRecall", "diversity_score", "inception_score", "precision_recall"]
+__all__ = ["ClassCoverage", "PrecisionRecall", "class_coverage", "diversity_score", "inception_score",
+           "precision_recall"]
 
 # Pairwise-distance blocks are limited to about this many float64 entries (2^23 = 64 MiB; peak memory is about two
 # blocks), so that 10,000 x 10,000 distance matrices are computed in strips rather than all at once.
@@ -123,6 +124,41 @@ def inception_score(logits_or_probs, splits: int = 10, *, inputs: str = "auto") 
         scores.append(float(kl.mean().exp()))
     arr = np.asarray(scores)
     return float(arr.mean()), float(arr.std())
+
+
+# -- class coverage -------------------------------------------------------------------------------------------------
+
+class ClassCoverage(NamedTuple):
+    """How generated samples spread over a classifier's classes (see class_coverage)."""
+    counts: list[int]           # samples per class (the classifier's most likely class of each)
+    present: int                # classes read at least once
+    rare: list[int]             # classes read less than a fifth as often as an even spread would
+    kl_from_uniform: float      # KL(class histogram || uniform) in nats: 0 even, log C for a single class
+    effective_classes: float    # exp(entropy of the histogram): C when even, 1 for a single class
+
+    @property
+    def collapsed(self) -> bool:
+        """Some class is missing or rare: a sign of mode collapse (or of too few samples to tell)."""
+        return bool(self.rare)
+
+
+def class_coverage(logits_or_probs) -> ClassCoverage:
+    """Which classes the samples are read as, from (N, C) class logits or probabilities (one row per sample).
+
+    A sampler that draws one class well has a confident classifier reading (mean max-softmax near 1) yet covers
+    one class: its counts show it, its KL from uniform is log C and its effective number of classes is 1. A class
+    counts as rare below N / (5 C) samples (with 1,000 samples of 10 classes: fewer than 20 where an even spread has
+    100), so that the sampling noise of an even spread does not mark a class rare once N / C is about 20 or more.
+    """
+    x = _tensor("logits_or_probs", logits_or_probs, dims=2, min_rows=1)
+    n, c = x.shape
+    counts = torch.bincount(x.argmax(dim=1), minlength=c).tolist()
+    share = torch.tensor(counts, dtype=torch.float64) / n
+    nonzero = share[share > 0]
+    entropy = float(-(nonzero * nonzero.log()).sum())
+    rare = [k for k, count in enumerate(counts) if count * 5 * c < n]
+    return ClassCoverage(counts=counts, present=sum(1 for v in counts if v), rare=rare,
+                         kl_from_uniform=max(0.0, float(np.log(c)) - entropy), effective_classes=float(np.exp(entropy)))
 
 
 # -- distances ------------------------------------------------------------------------------------------------------
