@@ -1,12 +1,24 @@
 """The `gencore` command: demo --quick, train / resume / sample end to end, --help, and clear errors for bad flags,
 missing files and corrupt checkpoints."""
+import argparse
+import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file
 
-from gencore.cli import main
+import gencore.cli
+from gencore.cli import build_parser, main
+from gencore.commands.train import build
 
 TINY = ["--base-channels", "8", "--channel-mult", "1,2", "--num-res-blocks", "1", "--attention-levels", "",
         "--norm-groups", "4", "--n-samples", "4", "--sample-steps", "2"]
@@ -18,7 +30,10 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "sample"])
+COMMANDS = ["demo", "train", "sample", "eval", "bench", "info"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_help(capsys, command):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
@@ -26,8 +41,24 @@ def test_help(capsys, command):
     assert "usage: gencore " + command in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "sample", "eval"])
-def test_help_states_each_default_once(capsys, command):
+def _subparsers():
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_states_every_default_once(capsys, command):
+    """Every option that takes a value says its default (argparse's own "(default: ...)", or the help's words
+    for a default chosen later), and none says it twice or says "None"."""
+    subparser = _subparsers()[command]
+    formatter = subparser._get_formatter()
+    chosen = {a for group in subparser._mutually_exclusive_groups if group.required for a in group._group_actions}
+    for action in subparser._actions:
+        # flags, --help, and what must be given (train's --out; eval's --fake or --checkpoint) have no default
+        if not action.option_strings or action.nargs == 0 or action.required or action in chosen:
+            continue
+        assert "(default" in formatter._get_help_string(action), (command, action.option_strings)
     with pytest.raises(SystemExit):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
@@ -35,9 +66,70 @@ def test_help_states_each_default_once(capsys, command):
     assert re.search(r"\(default[^)]*\) \(default", text) is None  # "(default: 100, or 20 ...) (default: ...)"
 
 
+# Runs `gencore --help` and every `gencore COMMAND --help` in a fresh interpreter and reports which modules loaded.
+# With STUB, the package `gencore` is an empty module over the source folder: gencore/__init__.py does not run, so
+# what loads is what the command line itself imports.
+HELP_PROBE = textwrap.dedent("""
+    import contextlib, io, json, sys, types
+    if sys.argv[1] == "stub":
+        package = types.ModuleType("gencore")
+        package.__path__ = [sys.argv[2]]
+        sys.modules["gencore"] = package
+    from gencore.cli import main
+    codes = []
+    for argv in [["--help"]] + [[command, "--help"] for command in sys.argv[3:]]:
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                main(argv)
+            except SystemExit as exc:
+                codes.append(exc.code)
+    print(json.dumps({"codes": codes, "modules": sorted(sys.modules)}))
+""")
+
+
+def _help_modules(mode: str) -> tuple[list, list[str]]:
+    package = os.path.dirname(os.path.abspath(gencore.cli.__file__))
+    proc = subprocess.run([sys.executable, "-c", HELP_PROBE, mode, package, *COMMANDS], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result["codes"], result["modules"]
+
+
+def _heavy(modules: list[str]) -> list[str]:
+    return [m for m in modules if m.split(".")[0] in ("torch", "numpy", "safetensors", "triton")]
+
+
+def test_help_imports_nothing_heavy_from_the_command_line():
+    """What gencore/cli.py and the parsers import for --help: no torch, numpy, safetensors or triton, and no part
+    of gencore beyond the parsers' plain-data options."""
+    codes, modules = _help_modules("stub")
+    assert codes == [0] * (len(COMMANDS) + 1)
+    assert _heavy(modules) == []
+    assert [m for m in modules if m.startswith("gencore")] == ["gencore", "gencore.cli", "gencore.commands",
+                                                                "gencore.commands._args", "gencore.training",
+                                                                "gencore.training.options"]
+
+
+def test_help_does_not_import_torch():
+    """`gencore --help` through the real package, as the installed `gencore` script runs it."""
+    codes, modules = _help_modules("package")
+    assert codes == [0] * (len(COMMANDS) + 1)
+    heavy = _heavy(modules)
+    if heavy:
+        proc = subprocess.run([sys.executable, "-c", "import sys, gencore; print('torch' in sys.modules)"],
+                              capture_output=True, text=True, timeout=120)
+        if proc.stdout.strip() == "True":
+            pytest.xfail("`import gencore` (gencore/__init__.py) imports torch, and every `gencore` command "
+                         "imports the package first; the command line itself imports none (the test above)")
+    assert heavy == []
+
+
 def test_demo_quick(capsys, tmp_path):
-    code, out, err = run(capsys, "demo", "--quick", "--out", str(tmp_path), "--no-progress")
+    out_dir = tmp_path / "missing" / "demo"  # missing parents are created
+    code, out, err = run(capsys, "demo", "--quick", "--out", str(out_dir), "--no-progress")
     assert code == 0, err
+    tmp_path = out_dir
     for name in ("ddpm_samples.png", "ddpm_progressive.png", "gan_samples.png", "ddpm/losses.png",
                  "gan/losses.png"):
         assert os.path.getsize(tmp_path / name) > 100, name
@@ -49,9 +141,6 @@ def test_demo_quick(capsys, tmp_path):
 
 def test_demo_is_decided_by_steps_not_the_clock(capsys, tmp_path):
     """The same seed and step counts draw the same pictures: nothing depends on how fast the machine is."""
-    from PIL import Image
-    import numpy as np
-
     pictures = []
     for name in ("a", "b"):
         code, _, err = run(capsys, "demo", "--quick", "--ddpm-steps", "3", "--gan-steps", "3",
@@ -84,8 +173,6 @@ def test_train_resume_sample(capsys, tmp_path):
     code, out, err = run(capsys, "sample", "--checkpoint", run_dir, "--n", "5", "--steps", "2", "--out", tensors,
                          "--backend", "reference")
     assert code == 0, err
-    from safetensors.torch import load_file
-
     images = load_file(tensors)["images"]
     assert images.shape == (5, 1, 28, 28) and images.dtype == torch.float32 and images.abs().max() <= 1
     # DPM-Solver++ from the same checkpoint (its default of 20 steps; 3 here)
@@ -94,8 +181,34 @@ def test_train_resume_sample(capsys, tmp_path):
     assert code == 0, err
     images = load_file(tensors)["images"]
     assert images.shape == (3, 1, 28, 28) and torch.isfinite(images).all()
-    code, _, err = run(capsys, "sample", "--checkpoint", run_dir, "--out", str(tmp_path / "s.jpg"))
-    assert code == 2 and "--out must end in .png or .safetensors" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "--checkpoint", run_dir, "--out", str(tmp_path / "s.jpg")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--out: must end in .png or .safetensors" in err and "Traceback" not in err
+
+
+def test_resume_takes_the_unet_options_not_given_from_the_run(capsys, tmp_path):
+    """A run made with other UNet options (e.g. the larger defaults of earlier versions) resumes without repeating
+    them; an option given that contradicts the run is refused with the file and the parameter named."""
+    run_dir = str(tmp_path / "run")
+    unet = ["--base-channels", "8", "--channel-mult", "1,2", "--num-res-blocks", "2", "--attention-levels", "1",
+            "--norm-groups", "4"]
+    base = ["train", "ddpm", "--data", "digits", "--limit", "32", "--batch-size", "16", "--out", run_dir,
+            "--sample-every", "0", "--n-samples", "2", "--sample-steps", "2", "--no-progress"]
+    code, _, err = run(capsys, *base, *unet, "--steps", "1")
+    assert code == 0, err
+    code, out, err = run(capsys, *base, "--steps", "2", "--resume")
+    assert code == 0 and "resumed ddpm from step 1" in out, err
+    config = json.loads(open(os.path.join(run_dir, "checkpoint-00000002", "config.json")).read())
+    assert config["trainer"]["unet"]["num_res_blocks"] == 2 and config["trainer"]["unet"]["attention_levels"] == [1]
+    code, _, err = run(capsys, *base, "--steps", "3", "--resume", "--base-channels", "16")
+    assert code == 2 and "does not fit" in err and "Traceback" not in err
+
+
+def test_default_unet_is_the_small_one():
+    _, config = build(build_parser().parse_args(["train", "ddpm", "--out", "x", "--device", "cpu"]))
+    assert config.unet == {"base_channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
+                           "attention_levels": [], "norm_groups": 8, "dropout": 0.0, "time_embedding_norm": "default"}
 
 
 @pytest.mark.parametrize("kind", ["gan", "wgan-gp", "cgan"])
@@ -181,8 +294,6 @@ def test_missing_mnist_tells_the_cli_user_what_to_do(capsys, tmp_path):
 
 
 def test_lr_schedule_flags_reach_the_trainer():
-    from gencore.cli import build_parser
-    from gencore.commands.train import build
     args = build_parser().parse_args(["train", "ddpm", "--out", "x", "--lr", "1e-3", "--lr-schedule", "cosine",
                                       "--lr-warmup-steps", "20", "--device", "cpu"])
     _, config = build(args)
@@ -215,9 +326,6 @@ def test_train_missing_data_and_resume(capsys, tmp_path):
 
 
 def test_train_image_folder(capsys, tmp_path):
-    from PIL import Image
-    import numpy as np
-
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
@@ -233,12 +341,6 @@ def test_train_image_folder(capsys, tmp_path):
 def test_sigkill_mid_run_then_resume(capsys, tmp_path):
     """A real kill (SIGKILL, no clean-up) while checkpoints are written every step leaves a loadable checkpoint
     that --resume continues from."""
-    import json
-    import signal
-    import subprocess
-    import sys
-    import time
-
     run_dir = tmp_path / "run"
     argv = ["train", "gan", "--data", "digits", "--limit", "32", "--batch-size", "16", "--features", "8",
             "--checkpoint-every", "1", "--sample-every", "0", "--no-progress", "--out", str(run_dir)]
@@ -259,3 +361,36 @@ def test_sigkill_mid_run_then_resume(capsys, tmp_path):
     code, out, err = run(capsys, *argv, "--steps", str(step + 1), "--resume")
     assert code == 0, err
     assert f"resumed gan from step {step}" in out
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_train_keeps_the_step_reached(capsys, tmp_path, signum, status):
+    """Ctrl-C (SIGINT) or SIGTERM to `gencore train` with no periodic checkpoint due: it writes a checkpoint of the
+    step reached, names it and the step, and exits 130 / 143; --resume continues from that step."""
+    run_dir = tmp_path / "run"
+    argv = ["train", "gan", "--data", "digits", "--limit", "32", "--batch-size", "16", "--features", "8",
+            "--checkpoint-every", "0", "--sample-every", "1", "--n-samples", "2", "--no-progress",
+            "--out", str(run_dir)]
+    proc = subprocess.Popen([sys.executable, "-m", "gencore.cli", *argv, "--steps", "100000"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:  # a sample grid per step: training is under way
+            if len(list((run_dir / "samples").glob("*.png"))) >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == status, err
+    match = re.search(rf"stopped by {signal.Signals(signum).name} at step (\d+); checkpoint of that step: (\S+) "
+                      r"\(continue with --resume\)", err)
+    assert match, err
+    step, folder = int(match.group(1)), match.group(2)
+    assert step >= 2 and "Traceback" not in err
+    assert json.loads((run_dir / "latest.json").read_text()) == {"checkpoint": os.path.basename(folder),
+                                                                  "step": step}
+    code, out, err = run(capsys, *argv, "--steps", str(step + 1), "--resume")
+    assert code == 0 and f"resumed gan from step {step}" in out, err

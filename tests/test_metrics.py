@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from gencore.cli import main
+from gencore.data import mnist_split
 from gencore.metrics import (
     FID,
     check_images,
+    class_coverage,
     classifier_info,
     diversity_score,
     frechet_distance,
@@ -446,14 +449,33 @@ def test_inception_needs_torchvision_and_local_weights(tmp_path):
             load_inception_v3(tmp_path / "inception.pth")
 
 
+# -- class coverage -------------------------------------------------------------------------------------------------
+
+def test_class_coverage_exact():
+    one_class = torch.nn.functional.one_hot(torch.full((50,), 3), 10).double()
+    cov = class_coverage(one_class)
+    assert cov.counts == [0, 0, 0, 50, 0, 0, 0, 0, 0, 0] and cov.present == 1
+    assert cov.rare == [0, 1, 2, 4, 5, 6, 7, 8, 9] and cov.collapsed
+    assert cov.kl_from_uniform == pytest.approx(math.log(10), abs=1e-12) and cov.effective_classes == pytest.approx(1)
+    even = torch.nn.functional.one_hot(torch.arange(50) % 10, 10).double() * 5  # logits
+    cov = class_coverage(even)
+    assert cov.counts == [5] * 10 and cov.present == 10 and cov.rare == [] and not cov.collapsed
+    assert cov.kl_from_uniform == pytest.approx(0, abs=1e-12) and cov.effective_classes == pytest.approx(10)
+    # two classes, 30 / 20 of 50: KL = log 10 - H(0.6, 0.4)
+    two = torch.nn.functional.one_hot(torch.tensor([1] * 30 + [7] * 20), 10).double()
+    expected = math.log(10) + 0.6 * math.log(0.6) + 0.4 * math.log(0.4)
+    assert class_coverage(two).kl_from_uniform == pytest.approx(expected, abs=1e-12)
+    # a class under a fifth of its even share (1,000 samples: under 20 of 100) is rare; 20 is not
+    counts = [20, 19] + [120] * 8 + [41]
+    logits = torch.nn.functional.one_hot(torch.cat([torch.full((c,), k) for k, c in enumerate(counts[:10])]), 10)
+    assert class_coverage(logits.double()).rare == [1]
+
+
 # -- gencore eval -----------------------------------------------------------------------------------------------------
 
 @needs_weights
 def test_eval_command(mnist_dir, tmp_path, monkeypatch, capsys):
     from safetensors.torch import save_file
-
-    from gencore.cli import main
-    from gencore.data import mnist_split
 
     monkeypatch.setenv("GENCORE_MNIST_DIR", str(mnist_dir))
     fake = mnist_split("train", mnist_dir).images[:500]
@@ -471,7 +493,8 @@ def test_eval_command(mnist_dir, tmp_path, monkeypatch, capsys):
     assert results["inception_score"] > 6
     # real digits: the classifier is confident and every digit appears
     assert results["confidence"] > 0.95 and min(results["class_counts"]) > 0 and sum(results["class_counts"]) == 500
-    assert "confidence" in printed and "classes" in printed
+    assert "confidence" in printed and "classes    10 of 10 present" in printed
+    assert not results["collapsed"] and results["warning"] is None and results["classes_present"] == 10
 
     # a folder of PNGs and an .npz give the same numbers as the tensor file
     from PIL import Image
@@ -487,7 +510,6 @@ def test_eval_command(mnist_dir, tmp_path, monkeypatch, capsys):
 
 
 def test_eval_command_errors(tmp_path, capsys):
-    from gencore.cli import main
 
     assert main(["eval", "--fake", str(tmp_path / "missing.safetensors")]) == 2
     assert "no such file" in capsys.readouterr().err
@@ -501,7 +523,6 @@ def test_eval_command_errors(tmp_path, capsys):
 
 @needs_weights
 def test_eval_checkpoint_uses_sampler(tmp_path, monkeypatch, capsys):
-    from gencore.cli import main
 
     calls = {}
 
@@ -511,11 +532,55 @@ def test_eval_checkpoint_uses_sampler(tmp_path, monkeypatch, capsys):
                      steps=steps, eta=eta, guidance_scale=guidance_scale, ema=ema)
         return torch.rand(n, 1, 28, 28, generator=generator) * 2 - 1
 
-    monkeypatch.setattr("gencore.training.generate.sample_from_checkpoint", sample_from_checkpoint)
+    monkeypatch.setattr("gencore.commands.evaluate.sample_from_checkpoint", sample_from_checkpoint)
+    monkeypatch.setattr("gencore.commands.evaluate.read_config",
+                        lambda path: {"kind": "ddpm", "step": 7, "data": {"image_shape": [1, 28, 28]}})
     np.save(tmp_path / "real.npy", (np.random.default_rng(0).random((40, 28, 28)) * 255).astype(np.uint8))
     assert main(["eval", "--real", str(tmp_path / "real.npy"), "--checkpoint", "runs/x", "--n", "30",
                  "--batch-size", "16", "--device", "cpu", "--sampler", "ddpm", "--steps", "100",
                  "--guidance-scale", "2.5", "--no-ema"]) == 0
     assert calls == {"checkpoint_dir": "runs/x", "n": 30, "batch_size": 16, "device": "cpu", "sampler": "ddpm",
                      "steps": 100, "eta": 0.0, "guidance_scale": 2.5, "ema": False}
-    assert "30 samples of runs/x" in capsys.readouterr().out
+    assert "30 samples of runs/x (ddpm at step 7; seed 0; raw weights, not the EMA; ddpm 100 steps" in \
+        capsys.readouterr().out
+
+
+@needs_weights
+def test_eval_warns_when_every_sample_is_one_class(tmp_path, capsys):
+    """The exact oracle of mode collapse: 200 copies of one image. The classifier reads all 200 as the same digit
+    c, so the class counts are exactly [200 at c], the Inception Score is exactly 1 (every split's p(y) equals each
+    p(y|x)), the KL from uniform is log 10 and eval warns; the confidence alone would have rated it highly."""
+    real = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    real[:, 4:24, 12:16] = 255  # something digit-like
+    np.save(tmp_path / "real.npy", real)
+    np.save(tmp_path / "fake.npy", np.repeat(real[:1], 200, axis=0))
+    assert main(["eval", "--real", str(tmp_path / "real.npy"), "--fake", str(tmp_path / "fake.npy"),
+                 "--json", str(tmp_path / "m.json"), "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    results = json.loads((tmp_path / "m.json").read_text())
+    digit = int(np.argmax(results["class_counts"]))
+    assert results["class_counts"] == [200 if k == digit else 0 for k in range(10)]
+    assert results["classes_present"] == 1 and results["collapsed"]
+    assert results["inception_score"] == pytest.approx(1.0, abs=1e-9)
+    assert results["class_kl_from_uniform"] == pytest.approx(math.log(10), abs=1e-9)
+    assert results["effective_classes"] == pytest.approx(1.0)
+    assert "classes    1 of 10 present" in out
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "9 of 10 are rare or absent" in warning[0]
+    assert f"the others: {digit}: 200." in warning[0]
+    assert results["warning"] == warning[0].split("warning: ", 1)[1]
+
+
+@needs_weights
+def test_eval_of_real_digits_of_one_class(mnist_dir, tmp_path, capsys):
+    """500 real MNIST images of one digit: legible (high confidence) yet collapsed: warned, IS near 1."""
+    data = mnist_split("train", mnist_dir)
+    eights = data.images[data.labels == 8][:500]
+    np.save(tmp_path / "eights.npy", eights.numpy())
+    assert main(["eval", "--fake", str(tmp_path / "eights.npy"), "--mnist-dir", str(mnist_dir),
+                 "--json", str(tmp_path / "m.json")]) == 0
+    _, err = capsys.readouterr()
+    results = json.loads((tmp_path / "m.json").read_text())
+    assert results["confidence"] > 0.9  # what made such a model look excellent
+    assert results["inception_score"] < 1.5 and results["class_kl_from_uniform"] > 2
+    assert results["collapsed"] and "warning" in err and "8: " in err

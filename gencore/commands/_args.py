@@ -1,5 +1,5 @@
-"""argparse value types shared by the subcommands: each rejects a bad value with a message saying what was expected
-(argparse then names the flag)."""
+"""argparse value types shared by the subcommands (each rejects a bad value with a message saying what was expected;
+argparse then names the flag) and the help formatter. No torch here: gencore.cli builds its parsers from this."""
 from __future__ import annotations
 
 import argparse
@@ -34,32 +34,10 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,2, got {text!r}") from None
 
 
-def resolve_device(spec: str | None, *, flag: str = "--device"):
-    """The torch device for a --device value: None or "auto" means cuda when available, else cpu. A device that
-    this machine does not have is a ValueError (one line from the CLI) instead of torch's AssertionError later."""
-    import torch
-
-    if spec is None or spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"{flag}: {spec!r} is not a device (expected cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{flag} {spec}: no CUDA device here (this torch {torch.__version__} "
-                             f"{'has no CUDA support' if torch.version.cuda is None else 'finds no GPU'}); "
-                             f"use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"{flag} {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type not in ("cpu", "mps", "xpu"):
-        raise ValueError(f"{flag}: unsupported device {spec!r}")
-    return device
-
-
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """argparse's defaults formatter (descriptions kept as written), except that it adds nothing where the help already says its default, or where
-    the default is None or False (a flag, or a value chosen later): no "(default: 100, ...) (default: None)"."""
+    """argparse's defaults formatter (descriptions kept as written), except that it adds nothing where the help
+    already says its default, or where the default is None or False (a flag, or a value chosen later, which the help
+    then states): no "(default: 100, ...) (default: None)"."""
 
     def _get_help_string(self, action):
         text = action.help or ""

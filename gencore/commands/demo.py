@@ -1,57 +1,31 @@
-"""`gencore demo`: the first command to run. Offline, on CPU, in about five minutes on 2 cores: trains a
-class-conditional DDPM and a conditional DCGAN on scikit-learn's handwritten digits (16x16) with gencore's fused
-backend, samples the DDPM with guided DDIM, and writes sample grids (one column per digit), the labelled
-progressive-generation strip and loss curves. It measures how good the samples are (a classifier trained on real
-digits reads them, beside its reading of real digits it never saw) and how much faster the fused backend runs the
-same DDPM training step than the plain-PyTorch reference.
-
-The budget is a number of steps, so a slow or busy machine takes longer but draws the same pictures for the same
-seed."""
+"""`gencore demo` (arguments and settings: gencore.cli): trains a class-conditional DDPM and a conditional DCGAN on
+scikit-learn's digits, writes sample grids, the progressive-generation strip and loss curves, and measures sample
+quality and the fused backend's speed-up; see gencore.cli.DEMO_DESCRIPTION."""
 from __future__ import annotations
 
 import os
+import statistics
 import time
 
-from ._args import HelpFormatter, positive_int
+import torch
 
-# (quick, full) settings. The full demo takes ~5 minutes on a quiet 2-core machine; --quick is a smoke test.
-SETTINGS = {
-    "quick": dict(image_size=16, ddpm_steps=12, gan_steps=12, batch_size=32,
-                  unet=dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=()),
-                  gan_features=16, sample_steps=5, n_quality=40, timing_steps=2, classifier_epochs=2),
-    "full": dict(image_size=16, ddpm_steps=800, gan_steps=1500, batch_size=64,
-                 unet=dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=()),
-                 gan_features=32, sample_steps=50, n_quality=200, timing_steps=10, classifier_epochs=12),
-}
+from .. import _extension, backends
+from ..cli import DEMO_SETTINGS
+from ..data import load_digits
+from ..metrics.classifier import train_classifier
+from ..training import DDPMConfig, DDPMTrainer, GANConfig, GANTrainer
+from ..training.ddpm import diffusion_sample, progressive_labels
+from ..training.images import save_grid, save_progressive_strip
+from ..training.paths import check_output_folder
+
 TRAIN_IMAGES = 1500      # the generative models and the judging classifier learn from these digits ...
 GUIDANCE_SCALE = 2.0     # classifier-free guidance of the DDPM samples
 CONFIDENT = 0.9          # a sample counts as read when the classifier gives the asked digit this probability
 
 
-def add_parser(sub, name):
-    p = sub.add_parser(name, help="train a small DDPM and GAN on embedded digits, write pictures (start here)",
-                       description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a much smaller run (seconds): checks that everything works")
-    p.add_argument("--out", default="gencore-demo", help="folder for the pictures and checkpoints "
-                                                          "(default: gencore-demo)")
-    p.add_argument("--ddpm-steps", type=positive_int, default=None,
-                   help=f"DDPM training steps (default: {SETTINGS['full']['ddpm_steps']}, "
-                        f"or {SETTINGS['quick']['ddpm_steps']} with --quick)")
-    p.add_argument("--gan-steps", type=positive_int, default=None,
-                   help=f"GAN training steps (default: {SETTINGS['full']['gan_steps']}, "
-                        f"or {SETTINGS['quick']['gan_steps']} with --quick)")
-    p.add_argument("--seed", type=int, default=0, help="seed of everything (default: 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
-
-
 def _time_interleaved(factories: dict, steps: int) -> dict[str, float]:
     """Median seconds per DDPM training step of each backend, from fresh identical trainers whose steps alternate
     (A, B, A, B, ...), so that a change in the machine's load hits both alike. One warm-up step each first."""
-    import statistics
-
-    from .. import backends
-
     trainers, times = {}, {name: [] for name in factories}
     for name, factory in factories.items():
         with backends.use_backend(name):
@@ -69,8 +43,6 @@ def _time_interleaved(factories: dict, steps: int) -> dict[str, float]:
 def _read_share(classifier, images, labels) -> tuple[float, float, list[int]]:
     """(share of images read as their label with probability >= CONFIDENT, mean probability of the label,
     images per predicted digit)."""
-    import torch
-
     with torch.no_grad():
         probs = torch.softmax(classifier(images.float().clamp(-1, 1)), dim=1)
     p = probs[torch.arange(len(labels)), labels]
@@ -79,20 +51,12 @@ def _read_share(classifier, images, labels) -> tuple[float, float, list[int]]:
 
 
 def run(args) -> int:
-    import torch
-
-    from .. import _extension, backends
-    from ..data import load_digits
-    from ..metrics.classifier import train_classifier
-    from ..training import DDPMConfig, DDPMTrainer, GANConfig, GANTrainer
-    from ..training.ddpm import diffusion_sample, progressive_labels
-    from ..training.images import save_grid, save_progressive_strip
-
     t_start = time.perf_counter()
-    s = dict(SETTINGS["quick" if args.quick else "full"])
+    out = args.out
+    check_output_folder(out, "--out")  # before minutes of training
+    s = dict(DEMO_SETTINGS["quick" if args.quick else "full"])
     s["ddpm_steps"] = args.ddpm_steps or s["ddpm_steps"]
     s["gan_steps"] = args.gan_steps or s["gan_steps"]
-    out = args.out
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(args.seed)
 

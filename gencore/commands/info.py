@@ -1,13 +1,14 @@
-"""`gencore info`: versions, and each backend available or not, with the reason."""
+"""`gencore info` (arguments: gencore.cli): versions, and each backend available or not, with the reason."""
 from __future__ import annotations
 
 import platform
 import shutil
 import subprocess
 
+import torch
 
-def add_parser(sub, name):
-    return sub.add_parser(name, help="versions and which backends work here, and why not")
+import gencore
+from gencore import backends
 
 
 def _compiler() -> str:
@@ -15,20 +16,16 @@ def _compiler() -> str:
         path = shutil.which(cc)
         if path:
             try:
-                return subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+                version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+                return version.stdout.splitlines()[0]
             except (OSError, subprocess.SubprocessError, IndexError):
                 return path
     return "none found"
 
 
 def run(args) -> int:
-    import torch
-
-    import gencore
-    from gencore import backends
-
     try:
-        import triton
+        import triton  # optional: only Linux x86_64/aarch64 have it, and it may fail to import
         triton_version = triton.__version__
     except Exception as exc:  # noqa: BLE001 - report whatever broke
         triton_version = f"not available ({exc.__class__.__name__}: {exc})"
