@@ -10,6 +10,7 @@ run in float32: a few float32 roundings apart, within the same 5e-5 budget. Clos
 from __future__ import annotations
 
 import copy
+import importlib
 import itertools
 import json
 import math
@@ -18,8 +19,12 @@ import pickle
 import pytest
 import torch
 
-from gencore.diffusion import (BETA_SCHEDULES, DDIMScheduler, DDPMScheduler, make_betas, rescale_zero_terminal_snr)
-from gencore.testing import assert_close, tolerance
+import gencore
+import gencore.diffusion.thresholding as thresholding
+from gencore.diffusion import (BETA_SCHEDULES, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, make_betas,
+                               rescale_zero_terminal_snr)
+from gencore.reference.philox import philox_normal
+from gencore.testing import assert_close, backend_params, device_for, tolerance
 
 SHAPE = (3, 2, 4, 4)
 F32 = tolerance(torch.float32)
@@ -261,6 +266,34 @@ def test_ddim_options_match_diffusers(use_clipped, set_alpha_to_one, thresholdin
         assert_close(a.pred_original_sample, b.pred_original_sample, msg=f"t={int(t)}")
 
 
+@pytest.mark.parametrize("spacing,n", [("leading", 50), ("trailing", 50), ("linspace", 13), ("trailing", 13)])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("set_alpha_to_one", [True, False])
+def test_ddim_off_schedule_timesteps_match_diffusers(spacing, n, eta, set_alpha_to_one):
+    """diffusers' DDIM steps from any timestep t to t - T // num_inference_steps, and code written for it does
+    (diffusers' own tests step from timesteps 0, 1, 10, 49 whatever the schedule): gencore takes the same step from
+    a timestep off the schedule, alone or beside on-schedule timesteps in a per-sample batch."""
+    d = diffusers()
+    kw = dict(timestep_spacing=spacing, set_alpha_to_one=set_alpha_to_one, clip_sample=False)
+    ours, theirs = DDIMScheduler(**kw), upcast(d.DDIMScheduler(**kw))
+    ours.set_timesteps(n)
+    theirs.set_timesteps(n)
+    on = set(ours.timesteps.tolist())
+    off = [t for t in (0, 1, 10, 49, 500, 923, 998) if t not in on]
+    assert off
+    x, m, z = rand(*SHAPE, seed=1), rand(*SHAPE, seed=2), rand(*SHAPE, seed=3)
+    for t in off:
+        a = ours.step(m, t, x, eta=eta, variance_noise=z)
+        b = theirs.step(*d64(m), t, *d64(x), eta=eta, variance_noise=z.double())
+        assert_close(a.prev_sample, b.prev_sample, msg=f"t={t}")
+        assert ours.previous_timestep(t) == max(t - 1000 // n, -1)
+    mixed = torch.tensor([off[0], int(ours.timesteps[1]), off[-1]])
+    per_sample = ours.step(m, mixed, x, eta=eta, variance_noise=z).prev_sample
+    for k, t in enumerate(mixed.tolist()):
+        alone = ours.step(m[k:k + 1], t, x[k:k + 1], eta=eta, variance_noise=z[k:k + 1]).prev_sample
+        torch.testing.assert_close(per_sample[k:k + 1], alone, rtol=0, atol=0)
+
+
 DDPM_VARIANCES = ["fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range"]
 
 
@@ -325,6 +358,98 @@ def test_ddpm_fixed_large_log_is_fixed_large():
         pa = a.step(m, t, x, variance_noise=z).prev_sample
         assert bool(torch.isfinite(pa).all())
         assert torch.equal(pa, b.step(m, t, x, variance_noise=z).prev_sample)
+
+
+def test_ddpm_variance_type_none_is_fixed_small():
+    """A DPM-Solver config carries variance_type=None (diffusers' "not given"); diffusers' DDPM built from it adds
+    the posterior variance, as "fixed_small" does."""
+    x, m, z = rand(*SHAPE, seed=1), rand(*SHAPE, seed=2), rand(*SHAPE, seed=3)
+    a, b = DDPMScheduler(variance_type=None), DDPMScheduler(variance_type="fixed_small")
+    for t in (999, 500, 1):
+        torch.testing.assert_close(a.step(m, t, x, variance_noise=z).prev_sample,
+                                   b.step(m, t, x, variance_noise=z).prev_sample, rtol=0, atol=0)
+    explicit = DPMSolverMultistepScheduler(variance_type=None).config  # passed, so not a default DDPM replaces
+    assert DDPMScheduler.from_config(explicit).config.variance_type is None
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log",
+                                           "learned", "learned_range"])
+def test_get_variance_matches_diffusers(variance_type):
+    """_get_variance is private in diffusers, but code and tests written for diffusers call it (float64 here,
+    float32 there: 1e-4 relative apart at t = 1)."""
+    d = diffusers()
+    ours, theirs = DDPMScheduler(variance_type=variance_type), d.DDPMScheduler(variance_type=variance_type)
+    v = torch.rand(3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for inference_steps in (None, 10):
+        if inference_steps:
+            ours.set_timesteps(inference_steps)
+            theirs.set_timesteps(inference_steps)
+        for t in ours.timesteps.tolist()[:3] + ours.timesteps.tolist()[-2:]:
+            got, want = ours._get_variance(t, predicted_variance=v), theirs._get_variance(t, predicted_variance=v)
+            torch.testing.assert_close(got, want.to(got.dtype), rtol=2e-4, atol=1e-12, msg=f"t={t}")
+    ddim, theirs = DDIMScheduler(set_alpha_to_one=False), d.DDIMScheduler(set_alpha_to_one=False)
+    for t, prev in ((0, 0), (420, 400), (980, 960), (487, 486), (999, 998), (10, -1)):
+        torch.testing.assert_close(ddim._get_variance(t, prev), theirs._get_variance(t, prev), rtol=2e-4, atol=1e-12)
+
+
+def test_ddpm_loop_differs_from_diffusers_only_by_its_float32_coefficients():
+    """diffusers' test_full_loop_with_noise (two DDPM steps, t = 1 and 0, from add_noise) sums to 387.9466 there
+    and to 387.9676 here. The cause is diffusers' float32 arithmetic: beta_1 = 1 - abar_1 / abar_0 = 1.1994e-4 loses
+    four digits to cancellation and comes out 1.0e-4 relative low, and with it the posterior mean's weight of x0
+    (0.5453). diffusers' own step with its coefficients computed in float64 (the same float32 samples, noise and
+    generator) gives gencore's sum."""
+    d = diffusers()
+    n = 4 * 3 * 8 * 8
+    x0 = (torch.arange(n).reshape(3, 8, 8, 4) / n).permute(3, 0, 1, 2)  # diffusers' dummy_sample_deter
+    noise = (torch.arange(n).flip(-1).reshape(3, 8, 8, 4) / n).permute(3, 0, 1, 2)  # ... and dummy_noise_deter
+
+    def loop(s):
+        ts = s.timesteps[998:]
+        x = s.add_noise(x0, noise, ts[:1])
+        generator = torch.manual_seed(0)
+        for t in ts:
+            tt = t.reshape(-1, 1, 1, 1).float()
+            x = s.step(x * tt / (tt + 1), t, x, generator=generator).prev_sample
+        return float(x.double().abs().sum())
+
+    ours, theirs = loop(DDPMScheduler()), loop(d.DDPMScheduler())
+    theirs_f64_coefficients = loop(upcast(d.DDPMScheduler()))  # 0-d float64 coefficients keep float32 samples
+    assert abs(theirs - 387.9466) < 1e-3 and abs(ours - 387.9676) < 1e-3
+    assert abs(ours - theirs_f64_coefficients) <= 1e-6 * ours
+    abar = d.DDPMScheduler().alphas_cumprod
+    beta32, beta64 = 1 - abar[1] / abar[0], 1 - abar[1].double() / abar[0].double()
+    assert float(beta32.double() / beta64) - 1 == pytest.approx(-1.0e-4, abs=1e-6)
+
+
+def test_config_values_read_as_attributes_with_diffusers_warning():
+    """diffusers' ConfigMixin: scheduler.beta_start reads the config with a FutureWarning, register_to_config
+    stores any name (only constructor fields rebuild the scheduler), and a missing name is diffusers'
+    AttributeError."""
+    for cls in (DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler):
+        s = cls(beta_start=0.0002)
+        s.dummy_attribute = 5
+        with pytest.warns(FutureWarning, match="config attribute `beta_start`"):
+            assert s.beta_start == 0.0002
+        s.register_to_config(test_attribute=5)
+        assert s.config.test_attribute == 5 and s.config.beta_start == 0.0002
+        with pytest.warns(FutureWarning):
+            assert getattr(s, "test_attribute") == 5
+        assert s.dummy_attribute == 5 and hasattr(s, "save_pretrained")
+        with pytest.raises(AttributeError, match=f"^'{cls.__name__}' object has no attribute 'does_not_exist'$"):
+            s.does_not_exist
+        s.register_to_config(beta_start=0.0003)  # a field: rebuilt from it, the extra name kept
+        assert float(s.betas[0]) == pytest.approx(0.0003) and s.config.test_attribute == 5
+        assert copy.deepcopy(s).config == s.config and pickle.loads(pickle.dumps(s)).config == s.config
+
+
+def test_guidance_scale_is_checked_where_it_enters():
+    s = DDIMScheduler()
+    s.set_timesteps(10)
+    x = rand(*SHAPE, seed=0)
+    with pytest.raises(TypeError, match="guidance_scale must be a float"):
+        s.step(x, 900, x, model_output_uncond=x, guidance_scale="2")
+    with pytest.raises(ValueError, match="guidance_scale must be finite"):
+        DDPMScheduler().step(x, 900, x, model_output_uncond=x, guidance_scale=math.inf)
 
 
 @pytest.mark.parametrize("cls_name", ["DDPMScheduler", "DDIMScheduler"])
@@ -428,16 +553,20 @@ def test_return_tuple():
 
 
 def test_coefficient_table_is_built_by_set_timesteps():
-    s = DDIMScheduler()
-    s.set_timesteps(5)
-    table = s.coefficient_table()
-    assert table.shape == (1000, 11) and table.dtype == torch.float32
-    assert bool((table[s.timesteps, 9:] == 0).all())  # DDIM is a one-step method: no history
-    on = s.timesteps
-    assert bool(torch.isfinite(table[on]).all())
-    off = torch.ones(1000, dtype=torch.bool)
-    off[on] = False
-    assert bool(torch.isnan(table[off]).all())  # rows the schedule does not visit are unusable on purpose
+    for cls in (DDIMScheduler, DDPMScheduler):
+        s = cls()
+        s.set_timesteps(5)
+        table = s.coefficient_table()
+        assert table.shape == (1000, 11) and table.dtype == torch.float32
+        assert bool((table[s.timesteps, 9:] == 0).all())  # one-step methods: no history
+        on = s.timesteps
+        assert bool(torch.isfinite(table[on]).all())
+        off = torch.ones(1000, dtype=torch.bool)
+        off[on] = False
+        if cls is DDIMScheduler:  # diffusers' step from any timestep: every row is a step
+            assert bool(torch.isfinite(table[off]).all())
+        else:  # DDPM refuses a timestep off its schedule (diffusers too): those rows are unusable on purpose
+            assert bool(torch.isnan(table[off]).all())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -536,9 +665,17 @@ def test_timestep_outside_the_schedule(cls):
     s = cls()
     s.set_timesteps(10)
     x = rand(*SHAPE, seed=0)
-    for bad in (923, 1000, -1, torch.tensor(923), torch.tensor([900, 923, 900])):
-        with pytest.raises(ValueError, match="timestep .* not on the schedule"):
+    for bad in (1000, -1, torch.tensor(1000), torch.tensor([900, -3, 900])):
+        with pytest.raises(ValueError, match=r"timestep -?\d+ is outside \[0, num_train_timesteps=1000\)"):
             s.step(x, bad, x)
+    off = (923, torch.tensor(923), torch.tensor([900, 923, 900]))
+    if cls is DDPMScheduler:  # diffusers' DDPM cannot step from there either
+        for bad in off:
+            with pytest.raises(ValueError, match="timestep .* not on the schedule"):
+                s.step(x, bad, x)
+    else:  # diffusers' DDIM steps from any timestep (test_scheduler_ddim_off_schedule_timesteps_match_diffusers)
+        for t in off:
+            assert torch.isfinite(s.step(x, t, x).prev_sample).all()
     with pytest.raises(TypeError, match="timestep"):
         s.step(x, 900.0, x)
     with pytest.raises(ValueError, match="timestep must be"):
@@ -569,8 +706,6 @@ def test_shape_mismatch():
 @pytest.mark.parametrize("cls,kwargs", [(DDIMScheduler, {"eta": 1.0}), (DDPMScheduler, {})])
 def test_philox_noise_is_keyed_on_sample_and_step(cls, kwargs):
     """philox_seed draws gencore.reference.philox's noise for (seed, sample, step): the same whatever the batch."""
-    from gencore.reference.philox import philox_normal
-
     s = cls()
     s.set_timesteps(10)
     x, m = rand(*SHAPE, seed=1), rand(*SHAPE, seed=2)
@@ -602,8 +737,6 @@ def test_philox_offset_of_a_device_timestep_is_never_read_back(cls, monkeypatch)
 
 @pytest.mark.parametrize("limit", [40, 10])  # chunks of samples; then samples larger than torch.quantile takes
 def test_thresholding_beyond_torch_quantile_limit(monkeypatch, limit):
-    import gencore.diffusion.thresholding as thresholding
-
     s = DDIMScheduler(thresholding=True, sample_max_value=3.0, dynamic_thresholding_ratio=0.9)
     s.set_timesteps(10)
     x, m = rand(*SHAPE, seed=1, scale=3), rand(*SHAPE, seed=2)
@@ -665,8 +798,6 @@ def test_ddim_loop_captures_in_a_cuda_graph():
 # ---------------------------------------------------------------------------------------------------------------------
 # The schedulers on every backend of the fused op (each held to the reference backend)
 
-from gencore.testing import backend_params, device_for  # noqa: E402
-
 
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -676,10 +807,6 @@ from gencore.testing import backend_params, device_for  # noqa: E402
     (DDPMScheduler, {"variance_type": "fixed_large", "prediction_type": "sample"}, {}),
 ])
 def test_step_on_every_backend(backend, dtype, cls, options, step_kwargs):
-    import importlib
-
-    import gencore
-
     op_module = importlib.import_module("gencore.ops.sampler_step")  # (gencore.ops.sampler_step is the function)
     if backend not in op_module.IMPLEMENTED:
         pytest.skip(f"sampler_step has no {backend} implementation in this build")

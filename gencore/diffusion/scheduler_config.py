@@ -31,6 +31,7 @@ import math
 import numbers
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -80,6 +81,10 @@ def _as_mapping(config) -> Mapping:
     return config
 
 
+# gencore.diffusion's scheduler classes by name: what `compatibles` resolves _compatibles against.
+_SCHEDULER_CLASSES: dict[str, type] = {}
+
+
 class SchedulerMixin:
     """diffusers' scheduler configuration API for a class whose constructor arguments are ``_fields``.
 
@@ -98,6 +103,8 @@ class SchedulerMixin:
         # the others are "default values", which another scheduler class built from this config replaces with
         # its own defaults.
         super().__init_subclass__(**kwargs)
+        if cls.__module__.startswith(__package__ + "."):
+            _SCHEDULER_CLASSES[cls.__name__] = cls
         init = cls.__dict__.get("__init__")
         if init is None:
             return
@@ -113,13 +120,13 @@ class SchedulerMixin:
     def _store_config(self, values: Mapping) -> None:
         """Keep the validated constructor values as the configuration, with diffusers' bookkeeping keys:
         _class_name, and (when some were not passed) _use_default_values, the fields left at their default."""
-        passed = getattr(self, "_passed_fields", set(self._fields))
+        passed = self.__dict__.get("_passed_fields", set(self._fields))
         config = {"_class_name": type(self).__name__}
         defaulted = [k for k in self._fields if k not in passed]
         if defaulted:
             config["_use_default_values"] = defaulted
         config.update({k: values[k] for k in self._fields})
-        config.update(getattr(self, "_hidden_config", {}))
+        config.update(self.__dict__.get("_hidden_config", {}))
         self._config = SchedulerConfig(config)
 
     @property
@@ -210,17 +217,35 @@ class SchedulerMixin:
     save_pretrained = save_config
 
     def register_to_config(self, **changes) -> None:
-        """Change configuration values and rebuild the scheduler from them (keeping its inference schedule)."""
-        unknown = sorted(set(changes) - set(self._fields))
-        if unknown:
-            raise TypeError(f"{type(self).__name__} has no configuration fields {', '.join(unknown)}")
-        values = {k: self._config[k] for k in self._fields}
-        values.update(changes)
-        defaulted = set(self._config.get("_use_default_values", ())) - set(changes)
-        schedule = self._inference_schedule()
-        type(self).__init__(self, **{k: v for k, v in values.items() if k not in defaulted})
-        if schedule is not None:
-            self.set_timesteps(timesteps=schedule[0], device=schedule[1])
+        """Change configuration values. A constructor field rebuilds the scheduler from the new values (keeping
+        its inference schedule): gencore builds its tables from the configuration, which must not be ignored. Any
+        other name is stored in the configuration only, as diffusers stores it (config[name], and an attribute
+        with diffusers' FutureWarning)."""
+        extra = {k: v for k, v in changes.items() if k not in self._fields}
+        fields = {k: v for k, v in changes.items() if k in self._fields}
+        if fields:
+            values = {k: self._config[k] for k in self._fields}
+            values.update(fields)
+            defaulted = set(self._config.get("_use_default_values", ())) - set(fields)
+            schedule = self._inference_schedule()
+            type(self).__init__(self, **{k: v for k, v in values.items() if k not in defaulted})
+            if schedule is not None:
+                self.set_timesteps(timesteps=schedule[0], device=schedule[1])
+        if extra:
+            self._hidden_config = {**self.__dict__.get("_hidden_config", {}), **extra}
+            self._config = SchedulerConfig({**self._config, **extra})
+
+    def __getattr__(self, name):
+        # Called only for names that are not attributes. diffusers' ConfigMixin reads a configuration value as an
+        # attribute too (scheduler.beta_start), deprecated there with a FutureWarning: the same here, so that code
+        # written for diffusers reads gencore's schedulers alike.
+        config = self.__dict__.get("_config")
+        if config is not None and name in config and not name.startswith("__"):
+            warnings.warn(f"Accessing config attribute `{name}` directly via '{type(self).__name__}' object "
+                          f"attribute is deprecated. Please access '{name}' over '{type(self).__name__}'s config "
+                          f"object instead, e.g. 'scheduler.config.{name}'.", FutureWarning, stacklevel=2)
+            return config[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def _inference_schedule(self):
         """(timesteps, device) of the schedule set by set_timesteps, or None: what register_to_config restores."""
@@ -236,15 +261,14 @@ class SchedulerMixin:
     @_internal_dict.setter
     def _internal_dict(self, config) -> None:
         config = _as_mapping(config)
-        self.register_to_config(**{k: config[k] for k in self._fields if k in config and config[k] != self._config[k]})
+        self.register_to_config(**{k: v for k, v in config.items() if not k.startswith("_") and (
+            k not in self._config or v != self._config[k])})
 
     @property
     def compatibles(self) -> list[type]:
         """The gencore.diffusion scheduler classes that take this one's configuration (itself included)."""
-        import gencore.diffusion as module
-
-        return [type(self)] + [getattr(module, name) for name in self._compatibles
-                               if name != type(self).__name__ and hasattr(module, name)]
+        return [type(self)] + [_SCHEDULER_CLASSES[name] for name in self._compatibles
+                               if name != type(self).__name__ and name in _SCHEDULER_CLASSES]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -274,6 +298,17 @@ def check_bool(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
     return bool(value)
+
+
+def check_guidance_scale(value) -> float:
+    """Classifier-free guidance's weight w, checked once where it enters (scheduler.step, sample()) and trusted
+    below: a finite real number (1: no guidance; 0: the unconditional prediction alone)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"guidance_scale must be a float, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"guidance_scale must be finite, got {value}")
+    return value
 
 
 def check_choice(name, value, choices):

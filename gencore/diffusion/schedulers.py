@@ -8,47 +8,25 @@
 
 What is the same as diffusers' DDPMScheduler / DDIMScheduler (0.30 .. 0.42): the constructor's argument names, order
 and defaults; betas and alphas_cumprod bit for bit; set_timesteps' three spacings and steps_offset; step()'s
-arguments and its output's prev_sample / pred_original_sample; add_noise, get_velocity, scale_model_input; the
-configuration API (gencore/diffusion/scheduler_config.py). Numbers: gencore computes each step's coefficients in
-float64 from diffusers' float32 alphas_cumprod and rounds them once; diffusers computes them in float32, which at
-small t (1 - abar_t / abar_{t-1}) is up to 2e-4 relative off. So steps agree to float32 rounding except there: a
-whole 1000-step DDPM loop ends 5e-5 relative apart (tests/test_schedulers.py holds the steps to diffusers run in
-float64). diffusers' own scheduler tests (tests/schedulers/test_scheduler_ddpm.py and _ddim.py with their common
-tests, run on these classes): 62 of 75 pass; the 13 others are the differences below (off-schedule timesteps 5,
-unknown values and trained_betas 3, register_to_config of non-fields 2), that loop sum (0.021 off on 388, their
-tolerance 0.01), and diffusers' private _get_variance (2).
-
-What differs, on purpose:
-  * DDIM's previous timestep. diffusers steps from t to t - num_train_timesteps // num_inference_steps, which is the
-    schedule's previous timestep only for "leading" spacing; for "linspace" and "trailing" it lands beside the
-    schedule (diffusers issues 11347 and 12633: with 13 trailing steps it goes 999 -> 923, but the next timestep
-    the schedule visits, and that the model is then called at, is 922). gencore steps to the previous timestep of
-    the schedule in use (previous_timestep()), for both schedulers, so the two agree with each other and DDIM with
-    eta=0 inverts add_noise exactly along any schedule. With "leading" spacing the results are diffusers'.
-  * DDPM's variance_type="fixed_large_log": diffusers takes the square root of log(beta_t) < 0 and returns NaN;
-    gencore uses the intended log-variance log(beta_t), i.e. the same noise as "fixed_large".
-  * Epsilon prediction at zero terminal SNR (rescale_betas_zero_snr, alphas_cumprod = 0 at t = T-1): x0 = (x - eps)
-    / 0. With clipping both give the clipped +-inf, i.e. the same step; with thresholding diffusers' quantile of
-    inf is NaN and gencore's thresholded x0 is the limit, sign(x - eps); with neither, diffusers returns
-    inf and gencore 2**64 (x - eps). Zero terminal SNR is meant for v_prediction, where nothing is infinite.
-  * The sigmoid beta schedule is accepted by DDIMScheduler too (diffusers' DDIM has only the other three).
-  * step() accepts a timestep per sample (an int64 tensor of shape (N,)), classifier-free guidance
-    (model_output_uncond, guidance_scale), and in-kernel Philox noise (philox_seed), all in one fused pass.
-  * Unknown configuration *values* (a misspelt prediction_type, or variance_type="other", which diffusers' DDPM
-    silently treats as fixed_small) raise ValueError at construction, not at the first step; trained_betas must
-    have num_train_timesteps entries (diffusers takes any length and fails later); register_to_config takes only
-    constructor fields (diffusers stores any name), and config fields are not also attributes (diffusers' deprecated
-    scheduler.beta_start fallback).
-  * A timestep off the schedule in use is refused (ValueError) instead of stepped from: the previous-timestep rule
-    above needs the schedule, and a step from an unscheduled timestep is almost always a bug in the loop.
+arguments and its output's prev_sample / pred_original_sample; add_noise, get_velocity, scale_model_input,
+_get_variance; the configuration API (gencore/diffusion/scheduler_config.py). Numbers: gencore computes each step's
+coefficients in float64 from diffusers' float32 alphas_cumprod and rounds them once; diffusers computes them in
+float32, which at small t loses digits to cancellation (1 - abar_t / abar_{t-1} at t = 1 is 1e-4 relative low), so
+steps agree to float32 rounding except there (tests/test_schedulers.py holds the steps to diffusers run in float64).
+What differs on purpose, with the diffusers tests each difference fails, is listed once in docs/scheduler-parity.md;
+the two a user meets most: DDIM and DDPM step from a timestep of the schedule to the schedule's previous timestep
+(diffusers' DDIM takes t - num_train_timesteps // num_inference_steps, which for "linspace" and "trailing" spacing
+lands beside the schedule), and step() also takes a timestep per sample, classifier-free guidance and in-kernel
+Philox noise, all in one fused pass.
 
 How a step runs: set_timesteps builds a coefficient table (T, 11) on the device (see gencore.ops.sampler_step for
 the columns), one row per training timestep, for the schedule in use. step() gathers each sample's row inside the
 fused op, so it never reads a value back to the host: a sampling loop on CUDA can be captured in a CUDA graph once
 the tables it uses exist (a new eta or use_clipped_model_output value builds its table on its first step) and the
-timestep is a device tensor updated in place (a Python int would be baked into the graph). Rows of
-timesteps the schedule does not visit are NaN, and a timestep off the schedule is an error: a ValueError on the CPU,
-a device-side assertion (torch._assert_async) for CUDA tensors.
+timestep is a device tensor updated in place (a Python int would be baked into the graph). The rows of DDIM's
+timesteps off the schedule hold diffusers' step from t to t - num_train_timesteps // num_inference_steps (code
+written for diffusers steps from any timestep); DDPM's are NaN, and a timestep off its schedule is an error (in
+diffusers too): a ValueError on the CPU, a device-side assertion (torch._assert_async) for CUDA tensors.
 """
 from __future__ import annotations
 
@@ -62,7 +40,8 @@ from .._rules import accumulation_dtype
 from ..ops.sampler_step import sampler_step
 from .noise import step_noise
 from .scheduler_config import (LEARNED_VARIANCE_TYPES, PREDICTION_TYPES, TIMESTEP_SPACINGS, VARIANCE_TYPES,
-                               SchedulerMixin, SchedulerOutput, check_bool, check_choice, check_float, check_int)
+                               SchedulerMixin, SchedulerOutput, check_bool, check_choice, check_float,
+                               check_guidance_scale, check_int)
 from .schedules import BETA_SCHEDULES, make_betas, rescale_zero_terminal_snr
 from .tables import (EPS_FROM_MODEL, EPS_FROM_SAMPLE, NUM_COEFS, ZERO_SNR_INV_SQRT_ABAR, TableCache, table_device)
 from .thresholding import threshold_levels
@@ -117,7 +96,7 @@ class DiscreteScheduler(SchedulerMixin):
         self.one = torch.tensor(1.0)
         # Coefficients are computed in float64 from the float32 alphas_cumprod diffusers uses, then rounded once.
         self._abar = self.alphas_cumprod.to(torch.float64).numpy()
-        self._noise_tables = TableCache(lambda _: np.stack([np.sqrt(self._abar), np.sqrt(1.0 - self._abar)], axis=1))
+        self._noise_tables = TableCache(self._build_noise_table)
         self.num_inference_steps = None
         self.custom_timesteps = False
         self._use_schedule(np.arange(v["num_train_timesteps"] - 1, -1, -1, dtype=np.int64), device=None)
@@ -132,6 +111,23 @@ class DiscreteScheduler(SchedulerMixin):
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The model input for `sample` at `timestep`: the sample itself (DDPM/DDIM need no input scaling)."""
         return sample
+
+    # -- what a sampling loop asks (gencore.diffusion.sample) ---------------------------------------------------
+
+    def loop_step_options(self, eta: float | None = None, use_clipped_model_output: bool | None = None) -> dict:
+        """The keyword arguments a sampling loop passes to every step(): none here (eta and use_clipped_model_output
+        are DDIM's; a value for them is an error rather than ignored)."""
+        for name, value in (("eta", eta), ("use_clipped_model_output", use_clipped_model_output)):
+            if value is not None:
+                raise ValueError(f"{name} is a DDIM option; {type(self).__name__} takes none")
+        return {}
+
+    def draws_noise(self, **step_options) -> bool:
+        """Whether a loop stepping with `step_options` draws noise after x_T (ancestral sampling does)."""
+        return True
+
+    def restart(self) -> None:
+        """Start a new loop: nothing to forget (a DDPM or DDIM step depends on its timestep only)."""
 
     # -- the timestep schedule ----------------------------------------------------------------------------------
 
@@ -193,18 +189,35 @@ class DiscreteScheduler(SchedulerMixin):
         self.timesteps = torch.from_numpy(ts.copy()).to(device)
         self._schedule = ts.tolist()
         self._position = {t: i for i, t in enumerate(self._schedule)}
-        prev = np.full(T, -2, dtype=np.int64)  # -2: not on the schedule; -1: the last step (to x_0)
+        prev = np.full(T, -2, dtype=np.int64)  # -2: no step from t; -1: the step to x_0
+        off_schedule = self._off_schedule_previous()
+        if off_schedule is not None:
+            prev[:] = off_schedule
         prev[ts] = np.append(ts[1:], -1)
         self._prev = prev
         self._tables = TableCache(self._build_table)  # variant -> (T, 11): the step's coefficients
-        self._on_schedule = TableCache(lambda _: self._prev != -2)  # (T,) bool: timestep t is on the schedule
+        self._on_schedule = TableCache(self._build_step_mask)
         # Build now what step() reads on this device, so the steps themselves only gather.
         self._table(self._default_variant(), table_device(device), torch.float32)
         self._valid_mask(table_device(device))
 
+    def _off_schedule_previous(self) -> np.ndarray | None:
+        """(T,) the timestep a step from each training timestep goes to when it is not on the schedule (-1: to
+        x_0), or None where such a step is refused."""
+        return None
+
+    def _build_noise_table(self, _key) -> np.ndarray:
+        """(T, 2) [sqrt(abar_t), sqrt(1 - abar_t)]: the forward process (noise_coefficients)."""
+        return np.stack([np.sqrt(self._abar), np.sqrt(1.0 - self._abar)], axis=1)
+
+    def _build_step_mask(self, _key) -> np.ndarray:
+        """(T,) bool: whether step() takes a step from timestep t (the device-side check of a CUDA timestep)."""
+        return self._prev != -2
+
     def previous_timestep(self, timestep):
-        """The timestep the schedule visits after `timestep` (-1 after the last one): a 0-d int64 tensor on the
-        timestep's device for a tensor timestep (as diffusers returns), an int for an int."""
+        """The timestep a step from `timestep` goes to: the one the schedule visits next (-1 after the last one;
+        DDIM: diffusers' t - num_train_timesteps // num_inference_steps for a timestep off the schedule). A 0-d
+        int64 tensor on the timestep's device for a tensor timestep (as diffusers returns), an int for an int."""
         prev = int(self._prev[self._host_timestep(timestep)])
         if isinstance(timestep, torch.Tensor):
             return torch.tensor(prev, dtype=torch.int64, device=timestep.device)
@@ -216,8 +229,14 @@ class DiscreteScheduler(SchedulerMixin):
         t = int(timestep)
         T = self._config["num_train_timesteps"]
         if not 0 <= t < T or self._prev[t] == -2:
-            raise ValueError(f"timestep {t} is not on the schedule in use ({self._describe_schedule()})")
+            raise self._timestep_error(t)
         return t
+
+    def _timestep_error(self, t: int) -> ValueError:
+        T = self._config["num_train_timesteps"]
+        if not 0 <= t < T:
+            return ValueError(f"timestep {t} is outside [0, num_train_timesteps={T})")
+        return ValueError(f"timestep {t} is not on the schedule in use ({self._describe_schedule()})")
 
     def _describe_schedule(self) -> str:
         s = self._schedule
@@ -255,9 +274,9 @@ class DiscreteScheduler(SchedulerMixin):
         return np.stack(cols, axis=1)
 
     def _build_table(self, variant) -> np.ndarray:
-        """The (T, 11) float64 table of one step variant under the schedule in use (NaN rows off the schedule)."""
+        """The (T, 11) float64 table of one step variant under the schedule in use (NaN rows where no step is)."""
         T = self._config["num_train_timesteps"]
-        ts = np.asarray(self._schedule, dtype=np.int64)
+        ts = np.flatnonzero(self._prev != -2)
         prev = self._prev[ts]
         a_t = self._abar[ts]
         a_prev = np.where(prev >= 0, self._abar[np.maximum(prev, 0)], self._final_alpha_cumprod())
@@ -335,8 +354,7 @@ class DiscreteScheduler(SchedulerMixin):
         inside = (values >= 0) & (values < T)
         ok = inside & torch.from_numpy(self._prev != -2)[values.clamp(0, T - 1)]
         if not bool(ok.all()):
-            bad = int(values[~ok][0])
-            raise ValueError(f"timestep {bad} is not on the schedule in use ({self._describe_schedule()})")
+            raise self._timestep_error(int(values[~ok][0]))
 
     def _check_inputs(self, model_output, sample, *, learned: bool = False):
         if not isinstance(sample, torch.Tensor) or not sample.dtype.is_floating_point:
@@ -374,7 +392,7 @@ class DiscreteScheduler(SchedulerMixin):
         if philox_seed is not None:
             kwargs = dict(philox_seed=philox_seed, philox_offset=philox_offset)
         prev, x0 = sampler_step(model_output, sample, ts, coefs, model_output_uncond=uncond,
-                                 guidance_scale=float(guidance_scale), clip_range=clip_range, threshold=threshold,
+                                 guidance_scale=guidance_scale, clip_range=clip_range, threshold=threshold,
                                  noise=noise, **kwargs)
         out = SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
         return out if return_dict else out.to_tuple()
@@ -389,7 +407,11 @@ class DiscreteScheduler(SchedulerMixin):
             # CUDA-graph capture. gencore.diffusion.sample passes the step counter itself.
             raise ValueError(f"philox_offset (the step counter) must be given when timestep is a {timestep.device} "
                              "tensor: finding it from the timestep would synchronise with the device")
-        return self._position[self._host_timestep(timestep)]
+        t = self._host_timestep(timestep)
+        if t not in self._position:
+            raise ValueError(f"philox_offset (the step counter) must be given for timestep {t}, which is not on the "
+                             "schedule (its position there would be the offset)")
+        return self._position[t]
 
     # -- forward process ----------------------------------------------------------------------------------------
 
@@ -475,10 +497,16 @@ class DDPMScheduler(DiscreteScheduler):
                  dynamic_thresholding_ratio: float = 0.995, clip_sample_range: float = 1.0,
                  sample_max_value: float = 1.0, timestep_spacing: str = "leading", steps_offset: int = 0,
                  rescale_betas_zero_snr: bool = False):
-        check_choice("variance_type", variance_type, VARIANCE_TYPES)
+        # None, which a DPM-Solver config carries, is diffusers' "not given": the default, fixed_small.
+        check_choice("variance_type", variance_type, (None,) + VARIANCE_TYPES)
         self.variance_type = variance_type
         values = dict(locals())
         self._setup({k: values[k] for k in self._fields})
+
+    @property
+    def default_inference_steps(self) -> int:
+        """The steps a sampling loop takes unless told: every training timestep."""
+        return len(self)
 
     def _default_variant(self):
         return None
@@ -486,17 +514,39 @@ class DDPMScheduler(DiscreteScheduler):
     def _variant(self):
         return None
 
+    def _get_variance(self, t: int, predicted_variance: torch.Tensor | None = None,
+                      variance_type: str | None = None) -> torch.Tensor:
+        """diffusers' DDPMScheduler._get_variance, for code written against it: the quantity diffusers' step turns
+        into the noise's scale at timestep t (the posterior variance beta~_t for "fixed_small"; its square root for
+        "fixed_small_log"; beta_t, log beta_t, the model's variance, or the interpolated log-variance for the
+        others), computed in float64 and returned as float32 (predicted_variance's dtype for the learned types).
+        step() does not call it: its noise scale is a column of the coefficient table."""
+        t = self._host_timestep(t)
+        prev = int(self._prev[t])
+        a_t = self._abar[t]
+        a_prev = self._abar[prev] if prev >= 0 else 1.0
+        _, beta_t, var = self._posterior(np.float64(a_t), np.float64(a_prev))
+        vt = variance_type if variance_type is not None else (self.variance_type or "fixed_small")
+        if vt == "learned":
+            return predicted_variance
+        if vt == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * float(np.log(beta_t)) + (1 - frac) * float(np.log(var))
+        value = {"fixed_small": var, "fixed_small_log": np.sqrt(var), "fixed_large": beta_t,
+                 "fixed_large_log": np.log(beta_t)}[vt]
+        return torch.tensor(float(value), dtype=torch.float32)
+
     def _posterior(self, a_t, a_prev):
         """Per-timestep beta_t, alpha_t and the clamped posterior variance beta~_t of the schedule in use."""
         alpha_t = a_t / a_prev
         beta_t = 1.0 - alpha_t
-        var = np.maximum((1.0 - a_prev) / (1.0 - a_t) * beta_t, MIN_POSTERIOR_VARIANCE)
+        var = np.maximum(_posterior_variance(a_t, a_prev), MIN_POSTERIOR_VARIANCE)
         return alpha_t, beta_t, var
 
     def _rows(self, variant, t, a_t, a_prev):
         alpha_t, beta_t, var = self._posterior(a_t, a_prev)
         vt = self.variance_type
-        if vt in ("fixed_small", "fixed_small_log"):
+        if vt in (None, "fixed_small", "fixed_small_log"):
             std = np.sqrt(var)
         elif vt in ("fixed_large", "fixed_large_log"):
             std = np.sqrt(beta_t)
@@ -558,6 +608,7 @@ class DDPMScheduler(DiscreteScheduler):
         Returns:
             SchedulerOutput(prev_sample, pred_original_sample), or the tuple.
         """
+        guidance_scale = check_guidance_scale(guidance_scale)
         vt = self.variance_type
         learned = vt in LEARNED_VARIANCE_TYPES
         self._check_inputs(model_output, sample, learned=learned)
@@ -627,9 +678,12 @@ class DDIMScheduler(DiscreteScheduler):
         timestep_spacing (str, "leading"): "leading", "linspace" or "trailing".
         rescale_betas_zero_snr (bool, False): rescale betas to zero terminal SNR.
 
-    step() goes to the previous timestep of the schedule in use, not diffusers' t - T // num_inference_steps (see
-    the module doc: they differ for "linspace" and "trailing" spacing). set_timesteps must come before step().
+    step() from a timestep of the schedule goes to the schedule's previous timestep, not diffusers' t - T //
+    num_inference_steps (the two differ for "linspace" and "trailing" spacing: docs/scheduler-parity.md); from any
+    other timestep it takes diffusers' rule. set_timesteps must come before step().
     """
+
+    default_inference_steps = 50
 
     _fields = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "clip_sample",
                "set_alpha_to_one", "steps_offset", "prediction_type", "thresholding", "dynamic_thresholding_ratio",
@@ -650,6 +704,36 @@ class DDIMScheduler(DiscreteScheduler):
     def _final_alpha_cumprod(self) -> float:
         return 1.0 if self._set_alpha_to_one else float(self._abar[0])
 
+    def _off_schedule_previous(self) -> np.ndarray | None:
+        # diffusers' DDIM steps from any timestep t to t - T // num_inference_steps (below 0: to the final alpha).
+        if self.num_inference_steps is None:
+            return None
+        T = self._config["num_train_timesteps"]
+        return np.maximum(np.arange(T) - T // self.num_inference_steps, -1)
+
+    def loop_step_options(self, eta: float | None = None, use_clipped_model_output: bool | None = None) -> dict:
+        """The keyword arguments a sampling loop passes to every step(): eta (default 0, deterministic) and
+        use_clipped_model_output. A loop's default (None) re-derives epsilon from the clipped or thresholded x_0
+        whenever the scheduler clips or thresholds, so that every x_{t-1} is built from one consistent (x_0,
+        epsilon) pair, as the original implementations (improved-diffusion, GLIDE) do; step()'s default (False,
+        as diffusers') keeps the raw epsilon."""
+        if use_clipped_model_output is None:
+            use_clipped_model_output = bool(self._config["clip_sample"] or self._config["thresholding"])
+        eta, use_clipped = self._variant(0.0 if eta is None else eta, use_clipped_model_output)
+        return {"eta": eta, "use_clipped_model_output": use_clipped}
+
+    def draws_noise(self, eta: float = 0.0, **step_options) -> bool:
+        """Whether a loop stepping with `eta` draws noise after x_T (only eta > 0 does)."""
+        return eta > 0
+
+    def _get_variance(self, timestep: int, prev_timestep: int) -> torch.Tensor:
+        """diffusers' DDIMScheduler._get_variance, for code written against it: sigma_t(1)^2, the variance of
+        the step from `timestep` to `prev_timestep` at eta = 1 (below 0: to the final alpha), in float64 returned
+        as float32."""
+        a_t = self._abar[int(timestep)]
+        a_prev = self._abar[int(prev_timestep)] if int(prev_timestep) >= 0 else self._final_alpha_cumprod()
+        return torch.tensor(float(_posterior_variance(a_t, a_prev)), dtype=torch.float32)
+
     def _default_variant(self):
         return (0.0, False)
 
@@ -660,8 +744,7 @@ class DDIMScheduler(DiscreteScheduler):
 
     def _rows(self, variant, t, a_t, a_prev):
         eta, use_clipped = variant
-        # sigma_t(eta) = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))   (DDIM eq. 16)
-        std = eta * np.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
+        std = eta * np.sqrt(_posterior_variance(a_t, a_prev))
         zero = np.zeros_like(a_t)
         x0_eps = self._x0_eps_columns(a_t)
         # Rounding can make 1 - abar_prev - sigma^2 a hair negative at eta = 1; it is 0 in exact arithmetic.
@@ -679,12 +762,14 @@ class DDIMScheduler(DiscreteScheduler):
              variance_noise: torch.Tensor | None = None, return_dict: bool = True, *,
              model_output_uncond: torch.Tensor | None = None, guidance_scale: float = 1.0,
              philox_seed: int | None = None, philox_offset: int | None = None):
-        """One DDIM step x_t -> x_{t_prev}, fused (gencore.ops.sampler_step); t_prev is the schedule's previous one.
+        """One DDIM step x_t -> x_{t_prev}, fused (gencore.ops.sampler_step): t_prev is the schedule's previous
+        timestep (previous_timestep()).
 
         Args:
             model_output: (N, ...) the model's prediction (config.prediction_type), shaped like sample.
-            timestep: the current timestep: an int, a 0-d tensor, or an int64 tensor of shape (N,) (one per sample),
-                each on the schedule set by set_timesteps.
+            timestep: the current timestep: an int, a 0-d tensor, or an int64 tensor of shape (N,) (one per sample)
+                in [0, num_train_timesteps). One off the schedule set by set_timesteps steps to t -
+                num_train_timesteps // num_inference_steps, as diffusers' DDIM does from every timestep.
             sample: x_t, (N, ...), float16/bfloat16/float32/float64.
             eta: the noise weight, >= 0: 0 is deterministic DDIM, 1 is DDPM-like.
             use_clipped_model_output: re-derive epsilon from the clipped x_0 (matters only when clipping bites);
@@ -697,12 +782,13 @@ class DDIMScheduler(DiscreteScheduler):
             philox_seed, philox_offset: in-kernel Philox noise (see DDPMScheduler.step).
 
         Raises:
-            RuntimeError: set_timesteps was not called. ValueError: a timestep off the schedule, mismatched shapes,
-                both generator and variance_noise.
+            RuntimeError: set_timesteps was not called. ValueError: a timestep outside [0, num_train_timesteps),
+                mismatched shapes, both generator and variance_noise.
         """
         if self.num_inference_steps is None:
             raise RuntimeError("DDIMScheduler.step needs the inference schedule: call "
                                "set_timesteps(num_inference_steps) first")
+        guidance_scale = check_guidance_scale(guidance_scale)
         self._check_inputs(model_output, sample)
         variant = self._variant(eta, use_clipped_model_output)
         ts = self._timesteps_tensor(timestep, sample)
@@ -717,3 +803,9 @@ class DDIMScheduler(DiscreteScheduler):
         return self._fused_step(model_output, sample, ts, coefs, noise=noise, uncond=model_output_uncond,
                                 guidance_scale=guidance_scale, philox_seed=philox_seed, philox_offset=offset,
                                 return_dict=return_dict)
+
+
+def _posterior_variance(a_t, a_prev):
+    """beta~ = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev): the variance of q(x_prev | x_t, x_0) (Ho
+    et al. eq. 7), which is also DDIM's sigma_t(eta)^2 at eta = 1 (Song et al. eq. 16)."""
+    return (1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)
