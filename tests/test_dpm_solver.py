@@ -10,10 +10,14 @@ its distance to that endpoint; no training is involved.
 from __future__ import annotations
 
 import itertools
+import math
+import sys
 
 import pytest
 import torch
 
+import gencore
+from gencore.data import mnist_split, mnist_to_float
 from gencore.diffusion import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, sample
 from gencore.testing import tolerance
 
@@ -60,8 +64,13 @@ def diffusers_float64(monkeypatch):
 
 CONFIGS = [dict(algorithm_type=a, solver_order=o, solver_type=st) for a, o, st in itertools.product(
     ["dpmsolver++", "sde-dpmsolver++"], [1, 2, 3], ["midpoint", "heun"])]
+# DPM-Solver (noise predictions; diffusers' deprecated algorithm types) needs a final sigma above zero, and its SDE
+# form has no third order.
+NOISE_CONFIGS = [dict(algorithm_type=a, solver_order=o, solver_type=st, final_sigmas_type="sigma_min")
+                 for a, o, st in itertools.product(["dpmsolver", "sde-dpmsolver"], [1, 2, 3], ["midpoint", "heun"])
+                 if not (a == "sde-dpmsolver" and o == 3)]
 OPTIONS = [{}, dict(use_karras_sigmas=True), dict(use_lu_lambdas=True), dict(use_exponential_sigmas=True),
-           dict(final_sigmas_type="sigma_min"), dict(timestep_spacing="trailing"),
+           dict(use_beta_sigmas=True), dict(final_sigmas_type="sigma_min"), dict(timestep_spacing="trailing"),
            dict(timestep_spacing="leading", steps_offset=1),
            dict(beta_schedule="squaredcos_cap_v2", lambda_min_clipped=-5.1),
            dict(beta_schedule="scaled_linear", use_karras_sigmas=True),
@@ -69,9 +78,28 @@ OPTIONS = [{}, dict(use_karras_sigmas=True), dict(use_lu_lambdas=True), dict(use
            dict(thresholding=True, sample_max_value=1.5), dict(euler_at_final=True), dict(lower_order_final=False)]
 
 
+def _ids(options):
+    return "-".join(f"{k}={v}" for k, v in options.items()) or "default"
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
-@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "default")
+@pytest.mark.parametrize("options", OPTIONS, ids=_ids)
 def test_matches_diffusers_in_float64(diffusers_float64, config, options):
+    _loops_match(diffusers_float64, config, options)
+
+
+@pytest.mark.parametrize("config", NOISE_CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize("options", [{}, dict(timestep_spacing="trailing"), dict(prediction_type="v_prediction"),
+                                     dict(prediction_type="sample"), dict(thresholding=True, sample_max_value=1.5)],
+                         ids=_ids)
+def test_dpm_solver_noise_form_matches_diffusers_in_float64(diffusers_float64, config, options):
+    """algorithm_type "dpmsolver" / "sde-dpmsolver": the same table-driven step, its history kept as noise. (The
+    sigma schedules that end at sigma_min make the last step of length 0 in lambda with a sigma_min final sigma,
+    NaN in diffusers as here: not compared.)"""
+    _loops_match(diffusers_float64, config, options)
+
+
+def _loops_match(diffusers_float64, config, options):
     for n in (7, 20):  # below and above lower_order_final's 15 steps
         theirs, ours = diffusers_float64(**config, **options), DPMSolverMultistepScheduler(**config, **options)
         theirs.set_timesteps(n)
@@ -85,6 +113,135 @@ def test_matches_diffusers_in_float64(diffusers_float64, config, options):
             x_t = theirs.step(_model(x_t, t), t, x_t, variance_noise=z).prev_sample
             x_o = ours.step(_model(x_o, t), t, x_o, variance_noise=z).prev_sample
             assert (x_o - x_t).abs().max() <= 1e-6 * max(1.0, float(x_t.abs().max())), (n, int(t))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A loop that starts mid-schedule (image-to-image, SDEdit): its first step is first order wherever it starts
+
+
+MID_CONFIGS = [dict(solver_order=o, solver_type=st, use_karras_sigmas=k)
+               for o, st, k in itertools.product([1, 2, 3], ["midpoint", "heun"], [False, True])] + [
+    dict(solver_order=3, lower_order_final=False), dict(prediction_type="v_prediction", use_karras_sigmas=True),
+    dict(algorithm_type="sde-dpmsolver++", solver_order=3), dict(use_beta_sigmas=True, solver_order=3),
+    dict(algorithm_type="dpmsolver", solver_order=3, final_sigmas_type="sigma_min"),
+    dict(algorithm_type="sde-dpmsolver", solver_type="heun", final_sigmas_type="sigma_min")]
+MID_STARTS = [(10, 3), (10, 7), (25, 12)]  # (steps, first step taken)
+
+
+def _mid_loop(scheduler, n, start, *, begin=False, per_sample=False):
+    """The image-to-image loop of a diffusers user: timesteps[start:], add_noise at the first, step through."""
+    scheduler.set_timesteps(n)
+    if begin:
+        scheduler.set_begin_index(start)
+    ts = scheduler.timesteps[start:]
+    x = scheduler.add_noise(_rand(seed=1), _rand(seed=2), ts[:1])
+    gen = torch.Generator().manual_seed(3)
+    states = []
+    for t in ts:
+        z = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
+        x = scheduler.step(_model(x, t), t.repeat(SHAPE[0]) if per_sample else t, x, variance_noise=z).prev_sample
+        states.append(x)
+    return states
+
+
+def _worst_relative(states, truth):
+    return max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(states, truth, strict=True))
+
+
+@pytest.mark.parametrize("config", MID_CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("n,start", MID_STARTS)
+def test_mid_schedule_loop_matches_diffusers(diffusers_float64, config, n, start):
+    """diffusers finds a loop's step from its first timestep and steps first order there (no history yet);
+    gencore's first step of a loop was of the order its index implied, with no history to weigh. Now every such
+    loop equals diffusers' in float64 (relative, worst step), without set_begin_index, with it, and with a timestep
+    per sample."""
+    truth = _mid_loop(diffusers_float64(**config), n, start)
+    for options in (dict(), dict(begin=True), dict(per_sample=True)):
+        states = _mid_loop(DPMSolverMultistepScheduler(**config), n, start, **options)
+        assert _worst_relative(states, truth) <= 1e-6, options
+
+
+def _reference_loop(config, scheduler, start, x, noises):
+    """DPM-Solver(++) written out step by step from the formulas of gencore/diffusion/dpm_solver.py's module doc, in
+    float64, with an explicit history that starts empty at the loop's first step (epsilon prediction)."""
+    order, algorithm = config.get("solver_order", 2), config.get("algorithm_type", "dpmsolver++")
+    sig = scheduler.sigmas.double().tolist()
+    ts, n = scheduler.timesteps, scheduler.num_inference_steps
+    history = []
+    for k, i in enumerate(range(start, n)):
+        a = {j: 1 / math.sqrt(sig[j] ** 2 + 1) for j in range(max(i - 2, 0), i + 2)}
+        s = {j: sig[j] * a[j] for j in a}
+        lam = {j: math.log(a[j] / s[j]) if s[j] > 0 else math.inf for j in a}  # inf at a zero final sigma
+        eps = _model(x, ts[i])
+        x0 = (x - s[i] * eps) / a[i]
+        history.append(x0 if algorithm.endswith("++") else eps)
+        final = i == n - 1 and (config.get("lower_order_final", True) and n < 15
+                                or config.get("final_sigmas_type", "zero") == "zero")
+        second = i == n - 2 and config.get("lower_order_final", True) and n < 15
+        step_order = 1 if order == 1 or k < 1 or final else 2 if order == 2 or k < 2 or second else 3
+        h = lam[i + 1] - lam[i]
+        p0 = history[-1]
+        d1, d2, third = 0, 0, step_order == 3  # the D2 terms are NaN at h = inf, where the step is first order
+        if step_order == 2:
+            d1 = (p0 - history[-2]) / ((lam[i] - lam[i - 1]) / h)
+        elif step_order == 3:
+            r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
+            d1_0, d1_1 = (p0 - history[-2]) / r0, (history[-2] - history[-3]) / r1
+            d1, d2 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1), (d1_0 - d1_1) / (r0 + r1)
+        at, st, z = a[i + 1], s[i + 1], noises[k]
+        heun = config.get("solver_type") == "heun" or step_order == 3  # order 3 takes the heun weight of D1
+        if algorithm == "dpmsolver++":
+            phi = math.expm1(-h)
+            w1 = at * (phi / h + 1) if heun else -0.5 * at * phi
+            x = st / s[i] * x - at * phi * p0 + w1 * d1 - (at * ((phi + h) / h**2 - 0.5) * d2 if third else 0)
+        elif algorithm == "sde-dpmsolver++":
+            e = -math.expm1(-2 * h)
+            w1 = at * (e / (-2 * h) + 1) if heun else 0.5 * at * e
+            x = (st / s[i] * math.exp(-h) * x + at * e * p0 + w1 * d1 + st * math.sqrt(e) * z
+                 + (at * ((e - 2 * h) / (2 * h) ** 2 - 0.5) * d2 if third else 0))
+        elif algorithm == "dpmsolver":
+            psi = math.expm1(h)
+            w1 = -st * (psi / h - 1) if heun else -0.5 * st * psi
+            x = at / a[i] * x - st * psi * p0 + w1 * d1 - (st * ((psi - h) / h**2 - 0.5) * d2 if third else 0)
+        else:  # sde-dpmsolver
+            psi = math.expm1(h)
+            w1 = -2 * st * (psi / h - 1) if heun else -st * psi
+            x = at / a[i] * x - 2 * st * psi * p0 + w1 * d1 + st * math.sqrt(math.expm1(2 * h)) * z
+    return x
+
+
+REFERENCE_CONFIGS = [dict(algorithm_type=a, solver_order=o, solver_type=st) for a, o, st in itertools.product(
+    ["dpmsolver++", "sde-dpmsolver++"], [2, 3], ["midpoint", "heun"])] + [
+    dict(algorithm_type=a, solver_order=o, solver_type=st, final_sigmas_type="sigma_min")
+    for a, o, st in [("dpmsolver", 2, "midpoint"), ("dpmsolver", 3, "heun"), ("sde-dpmsolver", 2, "heun")]]
+
+
+@pytest.mark.parametrize("config", REFERENCE_CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
+def test_first_step_of_any_loop_is_first_order(config):
+    """Without diffusers: a loop from any step, with or without set_begin_index, per-sample timesteps or one for
+    the batch, equals the solver written out from its formulas with a history that starts empty there; and its
+    first step equals a first-order solver's step from the same point."""
+    for n, start in ((10, 0), (10, 3), (10, 7), (20, 12)):
+        x_start = _rand(seed=1)
+        noises = [_rand(seed=10 + k) for k in range(n)]
+        for begin, per_sample in itertools.product((False, True), (False, True)):
+            s = DPMSolverMultistepScheduler(**config)
+            s.set_timesteps(n)
+            if begin:
+                s.set_begin_index(start)
+            x = x_start
+            for k, t in enumerate(s.timesteps[start:]):
+                x = s.step(_model(x, t), t.repeat(SHAPE[0]) if per_sample else t, x,
+                           variance_noise=noises[k]).prev_sample
+                if k == 0:
+                    first_order = DPMSolverMultistepScheduler(**{**config, "solver_order": 1})
+                    first_order.set_timesteps(n)
+                    first_order.set_begin_index(start)
+                    expected = first_order.step(_model(x_start, t), t, x_start, variance_noise=noises[0]).prev_sample
+                    torch.testing.assert_close(x, expected, rtol=1e-12, atol=1e-12)
+            expected = _reference_loop(config, s, start, x_start, noises)
+            torch.testing.assert_close(x, expected, rtol=1e-10, atol=1e-10,
+                                       msg=lambda m: f"{n} steps from {start}, {begin=}, {per_sample=}: {m}")
 
 
 def test_a_repeated_first_timestep_starts_at_step_0():
@@ -147,8 +304,6 @@ class GaussianData(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def gaussian_mnist(mnist_dir):
-    from gencore.data import mnist_split, mnist_to_float
-
     images = mnist_to_float(mnist_split("train", mnist_dir).images).double()  # (n, 1, 28, 28) in [-1, 1]
     return images.mean(0), images.std(0)
 
@@ -196,8 +351,6 @@ def test_dpm_solver_20_steps_beats_ddim_50_on_the_cosine_schedule(gaussian_mnist
 
 
 def test_every_backend_steps_alike():
-    import gencore
-
     outs = {}
     for backend in ("reference", "cpu"):
         with gencore.use_backend(backend):
@@ -266,16 +419,27 @@ def test_sampling_loop_and_config_round_trip():
     assert torch.isfinite(x).all()
 
 
-def test_bad_input_names_the_option():
-    for option in ("use_beta_sigmas", "use_flow_sigmas", "use_dynamic_shifting"):
+def test_bad_input_names_the_option(monkeypatch):
+    for option in ("use_flow_sigmas", "use_dynamic_shifting"):
         with pytest.raises(NotImplementedError, match=option):
             DPMSolverMultistepScheduler(**{option: True})
-    with pytest.raises(NotImplementedError, match="dpmsolver"):
-        DPMSolverMultistepScheduler(algorithm_type="dpmsolver")
+    with pytest.raises(ValueError, match="final_sigmas_type='sigma_min'"):
+        DPMSolverMultistepScheduler(algorithm_type="dpmsolver")  # its last step cannot land on sigma 0 (diffusers)
+    with pytest.raises(ValueError, match="solver_order=2"):
+        DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver", solver_order=3, final_sigmas_type="sigma_min")
     with pytest.raises(ValueError, match="solver_order"):
         DPMSolverMultistepScheduler(solver_order=4)
     with pytest.raises(ValueError, match="at most one"):
         DPMSolverMultistepScheduler(use_karras_sigmas=True, use_lu_lambdas=True)
+    with pytest.raises(ValueError, match="at most one"):
+        DPMSolverMultistepScheduler(use_beta_sigmas=True, use_exponential_sigmas=True)
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # scipy missing: an ImportError naming the option
+    with pytest.raises(ImportError, match="use_beta_sigmas=True needs scipy"):
+        DPMSolverMultistepScheduler(use_beta_sigmas=True)
+    with pytest.raises(TypeError, match="guidance_scale"):
+        s = DPMSolverMultistepScheduler()
+        s.set_timesteps(3)
+        s.step(_rand(), s.timesteps[0], _rand(), model_output_uncond=_rand(), guidance_scale="2")
     with pytest.raises(ValueError, match="algorithm_type"):
         DPMSolverMultistepScheduler(algorithm_type="dpm")
     s = DPMSolverMultistepScheduler()
