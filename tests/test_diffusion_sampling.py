@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gencore.diffusion import DDIMScheduler, DDPMScheduler, min_snr_weights, sample, training_loss
+from gencore.diffusion import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, capture_sample,
+                               min_snr_weights, sample, training_loss)
+from gencore.models import UNet
 from gencore.testing import assert_close, tolerance
 
 SHAPE = (3, 1, 4, 4)
@@ -148,6 +150,38 @@ def test_sampling_bad_input():
         sample(model, object(), SHAPE, 5, progress=False)
     with pytest.raises(ValueError, match="num_inference_steps"):
         sample(model, DDIMScheduler(), SHAPE, 1001, progress=False)
+    with pytest.raises(ValueError, match="use_clipped_model_output is a DDIM option"):
+        sample(model, DPMSolverMultistepScheduler(), SHAPE, 5, use_clipped_model_output=True, progress=False)
+    with pytest.raises(TypeError, match="guidance_scale must be a float"):
+        sample(model, DDIMScheduler(), SHAPE, 5, class_labels=[0, 1], guidance_scale=None, progress=False)
+
+
+def test_the_loop_asks_the_scheduler():
+    """sample() holds no knowledge of scheduler classes: the default step count, the options every step takes, the
+    history to forget and whether steps draw noise come from the scheduler, so a subclass that answers otherwise
+    is followed."""
+    calls = []
+
+    class FewStepsDDIM(DDIMScheduler):
+        default_inference_steps = 4
+
+        def restart(self):
+            calls.append("restart")
+
+    def model(x, t):
+        calls.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    s = FewStepsDDIM(clip_sample=False)
+    x = sample(model, s, SHAPE, progress=False, generator=torch.Generator().manual_seed(0))
+    assert calls == ["restart"] + s.timesteps.tolist() and len(s.timesteps) == 4 and torch.isfinite(x).all()
+    assert DDIMScheduler().loop_step_options() == {"eta": 0.0, "use_clipped_model_output": True}
+    assert DDIMScheduler(clip_sample=False).loop_step_options(eta=0.5) == {"eta": 0.5,
+                                                                           "use_clipped_model_output": False}
+    assert not DDIMScheduler().draws_noise(eta=0.0) and DDIMScheduler().draws_noise(eta=0.5)
+    assert DDPMScheduler().draws_noise() and DDPMScheduler().default_inference_steps == 1000
+    assert not DPMSolverMultistepScheduler().draws_noise()
+    assert DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++").draws_noise()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -238,8 +272,6 @@ def test_philox_sampling_does_not_depend_on_the_batch():
 
 
 def test_captured_loop_refuses_what_it_cannot_replay():
-    from gencore.diffusion import DDIMScheduler, DDPMScheduler, sample
-
     def model(x, t):
         return torch.zeros_like(x)
 
@@ -255,9 +287,6 @@ def test_captured_loop_refuses_what_it_cannot_replay():
 @pytest.mark.parametrize("sampler,steps", [("ddim", 50), ("dpm++", 20)])
 def test_captured_loop_equals_the_eager_loop(sampler, steps):
     """The whole loop, gencore's UNet included, in one CUDA graph: each replay gives sample()'s images for its noise."""
-    from gencore.diffusion import DDIMScheduler, DPMSolverMultistepScheduler, capture_sample, sample
-    from gencore.models import UNet
-
     torch.manual_seed(0)
     model = UNet(in_channels=1, out_channels=1, base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                  attention_levels=(1,), norm_groups=8).cuda().eval()

@@ -10,10 +10,9 @@ from tqdm.auto import tqdm
 
 from .dpm_solver import DPMSolverMultistepScheduler
 from .noise import randn
-from .scheduler_config import SchedulerOutput
-from .schedulers import DDIMScheduler, DiscreteScheduler
+from .scheduler_config import SchedulerMixin, SchedulerOutput, check_guidance_scale
+from .schedulers import DiscreteScheduler
 
-SCHEDULERS = (DiscreteScheduler, DPMSolverMultistepScheduler)
 __all__ = ["CapturedSampling", "capture_sample", "intermediate_timesteps", "sample"]
 
 
@@ -46,16 +45,16 @@ def _null_label(model, null_class_label):
                      "null_class_label (or num_classes, whose index is then the null class) attribute")
 
 
-def _model_labels(model, class_labels, guidance_scale, null_class_label, n: int, device):
+def _model_labels(model, class_labels, guidance_scale: float, null_class_label, n: int, device):
     """(the labels the model is called with, whether guided): the N labels, then N null labels when guided."""
     if class_labels is None:
-        if float(guidance_scale) != 1.0:
+        if guidance_scale != 1.0:
             raise ValueError("guidance_scale != 1 needs class_labels (classifier-free guidance on class labels)")
         return None, False
     labels = torch.as_tensor(class_labels, device=device)
     if labels.shape != (n,):
         raise ValueError(f"class_labels must have shape ({n},), got {tuple(labels.shape)}")
-    guided = float(guidance_scale) != 1.0
+    guided = guidance_scale != 1.0
     if guided:
         null = torch.as_tensor(_null_label(model, null_class_label), device=device, dtype=labels.dtype)
         labels = torch.cat([labels, null.expand(n)])
@@ -137,20 +136,14 @@ def sample(
     Returns:
         The samples x_0, (N, ...) tensor; with return_intermediates, (samples, list of tensors).
     """
-    if not isinstance(scheduler, SCHEDULERS):
-        raise TypeError("scheduler must be a gencore DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler, "
-                        f"got {type(scheduler).__name__}")
-    is_ddim = isinstance(scheduler, DDIMScheduler)
-    if eta is not None and not is_ddim:
-        raise ValueError(f"eta is a DDIM option; {type(scheduler).__name__} takes none")
+    _check_scheduler(scheduler)
     if isinstance(return_intermediates, bool):
         every = 1 if return_intermediates else 0
     elif isinstance(return_intermediates, numbers.Integral) and return_intermediates > 0:
         every = int(return_intermediates)
     else:
         raise ValueError(f"return_intermediates must be a bool or a positive int, got {return_intermediates!r}")
-    if not isinstance(guidance_scale, numbers.Real) or isinstance(guidance_scale, bool):
-        raise TypeError(f"guidance_scale must be a float, got {type(guidance_scale).__name__}")
+    guidance_scale = check_guidance_scale(guidance_scale)
 
     if isinstance(shape_or_noise, torch.Tensor):
         x = shape_or_noise
@@ -172,31 +165,30 @@ def sample(
     return loop(x, callback=callback, every=every, progress=progress)
 
 
+def _check_scheduler(scheduler) -> None:
+    if not isinstance(scheduler, SchedulerMixin):
+        raise TypeError("scheduler must be a gencore DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler, "
+                        f"got {type(scheduler).__name__}")
+
+
 def _prepare_loop(model, scheduler, x, num_inference_steps, *, eta, use_clipped_model_output, generator, labels,
-                  guided, guidance_scale, philox_seed):
+                  guided, guidance_scale: float, philox_seed):
     """Everything of the loop that touches the host (the schedule, its tables on the device), done once; returns
-    loop(x, callback, every, progress), whose steps only launch work on x's device."""
-    is_ddim = isinstance(scheduler, DDIMScheduler)
+    loop(x, callback, every, progress), whose steps only launch work on x's device. What differs between schedulers
+    (the default number of steps, the options every step takes, a history to forget, whether steps draw noise)
+    the scheduler answers."""
     n, device = x.shape[0], x.device
     if num_inference_steps is None:
-        num_inference_steps = 50 if is_ddim else 20 if isinstance(scheduler, DPMSolverMultistepScheduler) else len(
-            scheduler)
+        num_inference_steps = scheduler.default_inference_steps
+    options = scheduler.loop_step_options(eta=eta, use_clipped_model_output=use_clipped_model_output)
     scheduler.set_timesteps(num_inference_steps, device=device)
     schedule = scheduler.timesteps.tolist()  # host copy: the loop never reads the device
-    step_kwargs = {}
-    if is_ddim:
-        if use_clipped_model_output is None:
-            use_clipped_model_output = bool(scheduler.config.clip_sample or scheduler.config.thresholding)
-        step_kwargs = {"eta": 0.0 if eta is None else eta, "use_clipped_model_output": use_clipped_model_output}
-    elif use_clipped_model_output is not None:
-        raise ValueError(f"use_clipped_model_output is a DDIM option; {type(scheduler).__name__}'s step is built "
-                         "from x_0 and x_t only and takes none")
+    step_kwargs = dict(options)
     if philox_seed is None:
         step_kwargs["generator"] = generator
 
     def loop(x, callback=None, every=0, progress=False):
-        if isinstance(scheduler, DPMSolverMultistepScheduler):
-            scheduler.restart()  # a multistep history from an earlier run of this loop (a warm-up) is not ours
+        scheduler.restart()  # a multistep history from an earlier run of this loop (a warm-up) is not ours
         intermediates = [x] if every else None
         for i, t in enumerate(tqdm(schedule, disable=not progress, desc="sampling", leave=False)):
             x_in = scheduler.scale_model_input(x, t)
@@ -204,7 +196,7 @@ def _prepare_loop(model, scheduler, x, num_inference_steps, *, eta, use_clipped_
                 t_in = torch.full((2 * n,), t, dtype=torch.int64, device=device)
                 out = _as_tensor_output(model(torch.cat([x_in, x_in]), t_in, labels))
                 cond, uncond = out[:n], out[n:]  # learned variance: step() takes its channels from cond
-                extra = {"model_output_uncond": uncond, "guidance_scale": float(guidance_scale)}
+                extra = {"model_output_uncond": uncond, "guidance_scale": guidance_scale}
             else:
                 t_in = torch.full((n,), t, dtype=torch.int64, device=device)
                 out = _as_tensor_output(model(x_in, t_in) if labels is None else model(x_in, t_in, labels))
@@ -220,17 +212,8 @@ def _prepare_loop(model, scheduler, x, num_inference_steps, *, eta, use_clipped_
         return (x, intermediates) if every else x
 
     loop.scheduler = scheduler
-    loop.deterministic = _deterministic(scheduler, step_kwargs)
+    loop.deterministic = not scheduler.draws_noise(**options)
     return loop
-
-
-def _deterministic(scheduler, step_kwargs) -> bool:
-    """Whether the loop draws no noise after x_T (DDIM with eta = 0, DPM-Solver++'s ODE form)."""
-    if isinstance(scheduler, DDIMScheduler):
-        return step_kwargs.get("eta", 0.0) == 0
-    if isinstance(scheduler, DPMSolverMultistepScheduler):
-        return scheduler.config.algorithm_type == "dpmsolver++"
-    return False
 
 
 class CapturedSampling:
@@ -247,7 +230,8 @@ class CapturedSampling:
             raise ValueError(f"a CUDA graph needs the sampling loop on a CUDA device, got noise on {noise.device}")
         if not loop.deterministic:
             raise ValueError("a captured loop replays the same per-step noise every time; capture deterministic "
-                             "loops only (DDIM with eta=0, DPM-Solver++ with algorithm_type='dpmsolver++')")
+                             "loops only (DDIM with eta=0, DPM-Solver with algorithm_type 'dpmsolver++' or "
+                             "'dpmsolver')")
         self.noise = noise.clone()  # the graph's input: replays read it here
         self._loop = loop
         stream = torch.cuda.Stream(device=noise.device)
@@ -282,12 +266,14 @@ def capture_sample(model: Callable, scheduler, noise: torch.Tensor, num_inferenc
         graph = capture_sample(model, DDIMScheduler(...), torch.randn(16, 3, 32, 32, device="cuda"), 50)
         images = graph(torch.randn(16, 3, 32, 32, device="cuda"))     # each call: one replay of all 50 steps
 
-    Deterministic loops only (DDIM with eta=0, DPM-Solver++ in its ODE form): the graph would replay the same
+    Deterministic loops only (DDIM with eta=0, DPM-Solver in its ODE forms): the graph would replay the same
     per-step noise every time. The model must be capturable (no host synchronisation, no data-dependent Python
     control flow); gencore's models and ops and diffusers' UNets are. Outputs equal sample()'s for the same noise.
     """
     if not isinstance(noise, torch.Tensor):
         raise TypeError("noise must be the initial noise tensor x_T on a CUDA device (its shape fixes the graph's)")
+    _check_scheduler(scheduler)
+    guidance_scale = check_guidance_scale(guidance_scale)
     labels, guided = _model_labels(model, class_labels, guidance_scale, null_class_label, noise.shape[0], noise.device)
     loop = _prepare_loop(model, scheduler, noise, num_inference_steps, eta=None,
                          use_clipped_model_output=use_clipped_model_output, generator=None, labels=labels,
