@@ -12,9 +12,9 @@ Modes: forward (eval, no_grad), forward+backward (train mode, a mean-square loss
 one call timed from the compile wrapper's creation to the first forward's output, under fresh Inductor caches, i.e.
 what the first compile costs a user; eager torch beside it for scale).
 Providers: torch (the model as diffusers builds it: torch's own kernels), cpu / cuda (after gencore.nn.convert: every
-ResnetBlock2D's GroupNorm + SiLU + time embedding on the fused op), torch_compile (torch.compile of the original),
-optimize (gencore.optimize: convert + channels_last + torch.compile with gencore's backend). bytes = 0: these are
-whole models.
+ResnetBlock2D's GroupNorm + SiLU + time embedding on the fused op, except the calls gencore/nn/size_gate.py leaves to
+torch's kernels on the CPU), torch_compile (torch.compile of the original), optimize (gencore.optimize: convert +
+channels_last + torch.compile with gencore's backend). bytes = 0: these are whole models.
 Figure "GN+SiLU+temb share" (torch rows): the share of the original model's time in ATen ops that GroupNorm, SiLU
 (forward and backward) and the time-embedding add take, from the profiler: the most any fusion of them can save.
 quick=True: tiny configurations of the same classes, no compiling providers (CI smoke runs).
@@ -22,7 +22,11 @@ quick=True: tiny configurations of the same classes, no compiling providers (CI 
 from __future__ import annotations
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
+from .. import backends
+from ..nn import convert
+from ..optimize import optimize
 from . import Case
 
 CIFAR10_UNET = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
@@ -93,23 +97,23 @@ def _built(build, device: str):
 
 
 def _prepared(provider: str, model):
-    import gencore
-
     if provider in ("cpu", "cuda"):
-        gencore.nn.convert(model)
+        convert(model)
     elif provider == "torch_compile":
         model = torch.compile(model)
     elif provider == "optimize":
-        model = gencore.optimize(model)
+        model = optimize(model)
     return model
 
 
 def _fresh_compile_caches():
     """Inductor's context of a fresh on-disk cache (and cleared in-memory caches), so that a first call compiles
     everything, as on a user's first run."""
-    from torch._inductor import utils
+    # Imported here: loading Inductor takes seconds, and only the first-call rows need it (torch.compile loads it
+    # itself when it first compiles).
+    from torch._inductor import utils as inductor_utils
 
-    fresh = getattr(utils, "fresh_cache", None) or utils.fresh_inductor_cache
+    fresh = getattr(inductor_utils, "fresh_cache", None) or inductor_utils.fresh_inductor_cache
     return fresh()
 
 
@@ -143,8 +147,6 @@ def _is_embedding_add(event) -> bool:
 def norm_activation_share(fn) -> dict[str, str]:
     """Profile one call of fn: the share of its time in ATen ops (self time, on the device that ran them) taken by
     GroupNorm, SiLU and the time-embedding add: the ceiling of what fusing them can save."""
-    from torch.profiler import ProfilerActivity, profile
-
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, record_shapes=True) as prof:
@@ -188,8 +190,6 @@ def cases(device: str = "cpu", quick: bool = False) -> list[Case]:
         import diffusers  # noqa: F401
     except ImportError:
         return []
-    from .. import backends
-
     device = str(torch.device(device).type)
     fused = [p for p in (("cpu",) if device == "cpu" else ("cuda",)) if p in backends.available_backends()]
     providers = ["torch"] + fused + ([] if quick else ["torch_compile", "optimize"])

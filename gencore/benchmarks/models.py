@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import torch
 
+from .. import _extension, backends
+from ..data import ImageDataset
+from ..diffusion import DDIMScheduler, sample
+from ..models import UNet
+from ..training import DDPMConfig, DDPMTrainer, GANConfig, GANTrainer, WGANGPConfig, WGANGPTrainer
 from . import Case
 
 MNIST_UNET = dict(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_levels=(1,), norm_groups=32)
@@ -23,8 +28,6 @@ TINY_UNET = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attenti
 
 
 def _providers(device: str) -> list[str]:
-    from .. import _extension, backends
-
     available = backends.available_backends()
     providers = ["reference"]
     if device == "cpu" and "cpu" in available and _extension.has_kernel("group_norm_silu_fwd", "CPU"):
@@ -35,8 +38,6 @@ def _providers(device: str) -> list[str]:
 
 
 def _data(n: int, device: str):
-    from ..data import ImageDataset
-
     g = torch.Generator().manual_seed(0)
     images = torch.rand(n, 1, 28, 28, generator=g) * 2 - 1
     return ImageDataset(images, torch.randint(0, 10, (n,), generator=g), 10, "random")
@@ -50,8 +51,6 @@ def _selection(provider: str) -> str:
 
 
 def _in_backend(provider: str, fn):
-    from .. import backends
-
     def timed():
         with backends.use_backend(_selection(provider)):
             return fn()
@@ -61,9 +60,6 @@ def _in_backend(provider: str, fn):
 
 def _ddpm_step(provider: str, device: str, quick: bool):
     def setup():
-        from .. import backends
-        from ..training import DDPMConfig, DDPMTrainer
-
         batch = 4 if quick else 32
         with backends.use_backend(_selection(provider)):
             trainer = DDPMTrainer(_data(batch, device), DDPMConfig(
@@ -77,9 +73,6 @@ def _ddpm_step(provider: str, device: str, quick: bool):
 
 def _ddim_sample(provider: str, device: str, quick: bool):
     def setup():
-        from ..diffusion import DDIMScheduler, sample
-        from ..models import UNet
-
         torch.manual_seed(0)
         model = UNet(in_channels=1, **(TINY_UNET if quick else MNIST_UNET)).to(device).eval()
         sched = DDIMScheduler()
@@ -97,9 +90,6 @@ def _ddim_sample(provider: str, device: str, quick: bool):
 
 def _gan_step(provider: str, device: str, quick: bool, wgan: bool):
     def setup():
-        from .. import backends
-        from ..training import GANConfig, GANTrainer, WGANGPConfig, WGANGPTrainer
-
         batch = 8 if quick else 64
         features = 8 if quick else 64
         n_critic = (1 if quick else 5) if wgan else 1
