@@ -14,12 +14,12 @@ backend (argument, use_backend, set_backend, GENCORE_BACKEND) always gets what i
 the fused op (not yet measured on a GPU).
 
 Why. A fused call has a larger fixed cost than torch's (Python argument checks and dispatch; while autograd records,
-a Python autograd node: for a 64-element x on the machine below, ~80 us against torch's ~25 us without autograd,
-~190 us against ~40 us for the forward alone with it), which only the passes over memory it saves win back: two when it folds in the add and the SiLU, one
-for the SiLU alone. A plain GroupNorm saves none: torch's kernel is as fast as the fused one until torch's outputs are
-big enough that each fresh allocation costs page faults (the fused op reuses freed outputs), hence its large factor.
-The fused channels-last kernel gains less over torch's than the channels-first one (torch has a channels-last
-GroupNorm kernel of its own).
+a Python autograd node: for a 64-element x on the machine below, ~80 us against torch's ~25 us without autograd, ~190
+us against ~40 us for the forward alone with it), which only the passes over memory it saves win back: two when it
+folds in the add and the SiLU, one for the SiLU alone. A plain GroupNorm saves none: torch's kernel is as fast as the
+fused one until torch's outputs are big enough that each fresh allocation costs page faults (the fused op reuses
+freed outputs), hence its large factor. The fused channels-last kernel gains less over torch's than the
+channels-first one (torch has a channels-last GroupNorm kernel of its own).
 
 Measured on a 2-core AMD EPYC VM (AVX2, no AVX-512), torch 2.13.0+cpu, shared with other work: torch's time / the
 fused op's time for one call of the module path, float32, 32 groups, one thread, thread CPU time, median of 9 rounds
@@ -45,8 +45,10 @@ more (channels-last forward GN + SiLU + add at 256K: 1.28 and 2.70). * marks the
       GN                                  0.44  0.48  0.62  0.78  0.83  0.71  0.77  0.88
 
 The thresholds sit at the measured crossovers, rounded up to a power of two; the factors are the simplest that keep
-every fused size in the table at or above 1.0x, at the price of leaving a few faster calls to torch (contiguous
-forward+backward GroupNorm at 4M-16M, channels-last at 128K-1M forward). Only float32 and one thread were measured.
+every fused size in the table at 1.05x or more, at the price of leaving a few faster calls to torch (contiguous
+forward+backward GroupNorm at 4M-16M, channels-last at 128K-1M forward, and 1.25x at 512K for the plain GroupNorm of
+diffusers' attention on its transposed (N, HW, C) view, which torch copies first). Only float32 and one thread were
+measured.
 More threads shrink both paths' per-element time but not their fixed costs, and AVX-512 shrinks the arithmetic (the
 SiLU's exp) more than the memory passes, so on such machines the crossovers are likely to sit higher; not yet
 measured there. An explicit backend bypasses the rule.
