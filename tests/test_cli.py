@@ -394,3 +394,32 @@ def test_signal_during_train_keeps_the_step_reached(capsys, tmp_path, signum, st
                                                                   "step": step}
     code, out, err = run(capsys, *argv, "--steps", str(step + 1), "--resume")
     assert code == 0 and f"resumed gan from step {step}" in out, err
+
+
+BENCH_PROBE = textwrap.dedent("""
+    import argparse, sys, types
+    import torch
+    import gencore.benchmarks as harness
+    from gencore.commands import bench
+
+    # One tiny op row, so that its peak memory is measured with torch.profiler as every op row's is.
+    tiny = types.ModuleType("gencore.benchmarks.tiny")
+    tiny.cases = lambda device, quick: [harness.Case("tiny", "reference", "(4,)", "float32", "forward", 32,
+                                                     lambda: (lambda: torch.ones(4) + 1))]
+    sys.modules["gencore.benchmarks.tiny"] = tiny
+    bench._ops = lambda: ["tiny"]
+    bench.run(argparse.Namespace(op=None, threads=None, device="cpu", quick=True, min_time=0.01))
+""")
+
+
+@pytest.mark.parametrize("level, quiet", [(None, True), ("0", False)], ids=["default", "user-set level 0"])
+def test_bench_prints_its_table_without_profiler_lines(level, quiet):
+    """kineto prints "profiler_start"/"profiler_stop" to the process's stderr for every profiled call unless
+    KINETO_LOG_LEVEL says otherwise; `gencore bench` quiets it, unless the user asked for a level."""
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    if level is not None:
+        env["KINETO_LOG_LEVEL"] = level
+    proc = subprocess.run([sys.executable, "-c", BENCH_PROBE], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| tiny | (4,) | float32 | forward |" in proc.stdout  # the table
+    assert ("profiler_start" not in proc.stdout + proc.stderr) == quiet, proc.stderr
