@@ -1,4 +1,5 @@
-"""The two rules every layer shares, written once: the dtype the math runs in, and the layout a kernel reads.
+"""The rules every layer shares, written once: the dtype the math runs in, the layout a kernel reads, and the
+contracts of the diffusion ops (the columns of their coefficient tables, the training targets, the Philox key ranges).
 
 Every backend (reference, cpu, cuda, triton), the fake implementations and the schedulers' coefficient tables follow
 them; csrc/tensor_rules.h is their C++ twin for the CPU kernels and the CUDA bindings.
@@ -20,6 +21,15 @@ Layout (group_norm_silu and the diffusion ops)
 Layout (the gradient-penalty ops)
     A norm is taken per sample, so any layout whose samples are each one dense block (contiguous, channels_last, ...)
     is read in place as (N, D) and its outputs keep its strides; others are copied to contiguous first.
+
+Coefficient tables (the diffusion ops; math: docs/math.md)
+    sampler_step reads row coefs[timesteps[n]] of a (T, 11) table whose columns are COEF_COLUMNS, in that order
+    (c0 ... c10 in the math); diffusion_training_inputs a (T, 2) table of TRAINING_COEF_COLUMNS. The schedulers
+    build them, the reference and every kernel read them by position.
+
+Philox keys (the in-kernel noise; gencore/reference/philox.py defines the generator and the keying)
+    seed and offset in [0, 2^63 - 1], at most 2^32 samples per batch and 2^34 elements per sample: what the
+    counter (e // 4, n, offset lo, offset hi) and the key (seed lo, seed hi) can hold. check_philox_args.
 """
 from __future__ import annotations
 
@@ -68,3 +78,35 @@ def per_sample_dense(t: torch.Tensor) -> bool:
             return False
         expected *= size
     return True
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Contracts of the diffusion ops
+
+COEF_COLUMNS = ("x0_from_sample", "x0_from_model", "eps_from_sample", "eps_from_model", "eps_from_x0",
+                "prev_from_x0", "prev_from_sample", "prev_from_eps", "noise_std", "prev_from_history1",
+                "prev_from_history2")
+NUM_COEFS = len(COEF_COLUMNS)
+TRAINING_COEF_COLUMNS = ("sqrt_alpha_bar", "sqrt_one_minus_alpha_bar")
+TARGETS = ("epsilon", "sample", "v_prediction")
+
+MAX_SEED = 2**63 - 1
+MAX_OFFSET = 2**63 - 1
+MAX_SAMPLES = 2**32
+MAX_NUMEL_PER_SAMPLE = 2**34
+
+
+def check_philox_args(seed, offset, num_samples: int, numel_per_sample: int) -> None:
+    """The ranges the Philox keying supports (see the module doc); every backend calls this before drawing."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"philox_seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"philox_seed must be in [0, 2^63 - 1], got {seed}")
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"philox_offset must be an int, got {type(offset).__name__}")
+    if not 0 <= offset <= MAX_OFFSET:
+        raise ValueError(f"philox_offset must be in [0, 2^63 - 1], got {offset}")
+    if num_samples > MAX_SAMPLES:
+        raise ValueError(f"Philox noise supports at most 2^32 samples per batch, got {num_samples}")
+    if numel_per_sample > MAX_NUMEL_PER_SAMPLE:
+        raise ValueError(f"Philox noise supports at most 2^34 elements per sample, got {numel_per_sample}")

@@ -11,7 +11,7 @@ would stop launching at N = 65,536, the CUDA limit of grid axes 1 and 2.
 Every tensor is read as (N, D), each sample one dense block of D elements (the layout rule of per_sample_dense).
 The norm is split over fixed chunks of CHUNK = BLOCK * ITERS elements so that batch 1 still fills a GPU; the partial
 sums land in a workspace with one writer per slot and are merged by one program in a fixed order: deterministic,
-no atomics. Half types compute in float32, float64 in float64. `center` and `grad_scale` travel as the int64 bit
+no atomics. The math runs in the accumulation dtype (gencore._rules: float32 for half types, float64 for float64). `center` and `grad_scale` travel as the int64 bit
 pattern of the Python float (kernels/scalars.py), so the float64 kernels get them unrounded; the AOT specs list both
 typings the JIT can give such an int.
 """
@@ -33,9 +33,10 @@ NUM_WARPS = 4
 
 
 @triton.jit
-def _acc(x, IS_FP64: tl.constexpr):
-    """The accumulation type: float64 for float64 tensors, float32 for everything else."""
-    if IS_FP64:
+def _acc(x, ACC_FP64: tl.constexpr):
+    """x in the accumulation dtype: float64 where the launcher's gencore._rules.accumulation_dtype said so, else
+    float32."""
+    if ACC_FP64:
         return tl.cast(x, tl.float64)
     else:
         return tl.cast(x, tl.float32)
@@ -44,31 +45,31 @@ def _acc(x, IS_FP64: tl.constexpr):
 
 @triton.jit(do_not_specialize=["D", "CHUNKS"])
 def _gradient_penalty_interpolate_kernel(real_ptr, fake_ptr, alpha_ptr, out_ptr, D, CHUNKS, BLOCK: tl.constexpr,
-                           IS_FP64: tl.constexpr):
+                           ACC_FP64: tl.constexpr):
     pid = tl.program_id(0)
     n = pid // CHUNKS
     offs = (pid % CHUNKS).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < D
     base = n.to(tl.int64) * D
-    a = _acc(tl.load(alpha_ptr + n), IS_FP64)
-    r = _acc(tl.load(real_ptr + base + offs, mask=mask, other=0.0), IS_FP64)
-    f = _acc(tl.load(fake_ptr + base + offs, mask=mask, other=0.0), IS_FP64)
+    a = _acc(tl.load(alpha_ptr + n), ACC_FP64)
+    r = _acc(tl.load(real_ptr + base + offs, mask=mask, other=0.0), ACC_FP64)
+    f = _acc(tl.load(fake_ptr + base + offs, mask=mask, other=0.0), ACC_FP64)
     x_hat = a * r + (1.0 - a) * f
     tl.store(out_ptr + base + offs, x_hat.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["D", "CHUNKS"])
 def _gp_sumsq_kernel(grad_ptr, partial_ptr, D, CHUNKS, BLOCK: tl.constexpr, ITERS: tl.constexpr,
-                     IS_FP64: tl.constexpr):
+                     ACC_FP64: tl.constexpr):
     pid = tl.program_id(0)
     n = pid // CHUNKS
     c = pid % CHUNKS
     base = n.to(tl.int64) * D
     start = c.to(tl.int64) * (BLOCK * ITERS)
-    acc = _acc(tl.zeros([BLOCK], dtype=tl.float32), IS_FP64)
+    acc = _acc(tl.zeros([BLOCK], dtype=tl.float32), ACC_FP64)
     for it in tl.static_range(ITERS):
         offs = start + it * BLOCK + tl.arange(0, BLOCK)
-        x = _acc(tl.load(grad_ptr + base + offs, mask=offs < D, other=0.0), IS_FP64)
+        x = _acc(tl.load(grad_ptr + base + offs, mask=offs < D, other=0.0), ACC_FP64)
         acc += x * x
     tl.store(partial_ptr + n.to(tl.int64) * CHUNKS + c, tl.sum(acc, axis=0))
 
@@ -77,14 +78,14 @@ def _gp_sumsq_kernel(grad_ptr, partial_ptr, D, CHUNKS, BLOCK: tl.constexpr, ITER
 def _gp_penalty_finalize_kernel(partial_ptr, norms_ptr, penalty_ptr, N, CHUNKS, center_bits: tl.int64,
                                 scale_bits: tl.int64,
                                 ONE_SIDED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-                                IS_FP64: tl.constexpr):
-    scale = tl.abs(_acc(from_bits(scale_bits), IS_FP64))
-    ctr = _acc(from_bits(center_bits), IS_FP64)
-    total = _acc(tl.zeros([BLOCK_N], dtype=tl.float32), IS_FP64)
+                                ACC_FP64: tl.constexpr):
+    scale = tl.abs(_acc(from_bits(scale_bits), ACC_FP64))
+    ctr = _acc(from_bits(center_bits), ACC_FP64)
+    total = _acc(tl.zeros([BLOCK_N], dtype=tl.float32), ACC_FP64)
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
         row_mask = rows < N
-        sq = _acc(tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32), IS_FP64)
+        sq = _acc(tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32), ACC_FP64)
         for c0 in range(0, CHUNKS, BLOCK_C):
             cols = c0 + tl.arange(0, BLOCK_C)
             m = row_mask[:, None] & (cols < CHUNKS)[None, :]
@@ -101,28 +102,33 @@ def _gp_penalty_finalize_kernel(partial_ptr, norms_ptr, penalty_ptr, N, CHUNKS, 
 @triton.jit(do_not_specialize=["N", "D", "CHUNKS", "center_bits", "scale_bits"])
 def _gp_penalty_bwd_kernel(gout_ptr, grad_ptr, norms_ptr, out_ptr, N, D, CHUNKS, center_bits: tl.int64,
                            scale_bits: tl.int64,
-                           ONE_SIDED: tl.constexpr, BLOCK: tl.constexpr, IS_FP64: tl.constexpr):
+                           ONE_SIDED: tl.constexpr, BLOCK: tl.constexpr, ACC_FP64: tl.constexpr):
     pid = tl.program_id(0)
     n = pid // CHUNKS
     offs = (pid % CHUNKS).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < D
     base = n.to(tl.int64) * D
     norm = tl.load(norms_ptr + n)
-    s = _acc(from_bits(scale_bits), IS_FP64)
-    dev = norm - _acc(from_bits(center_bits), IS_FP64)
+    s = _acc(from_bits(scale_bits), ACC_FP64)
+    dev = norm - _acc(from_bits(center_bits), ACC_FP64)
     if ONE_SIDED:
         dev = tl.where(dev < 0, 0.0, dev)  # not tl.maximum, which drops a NaN
     # coef = gout * (2/N) * dev * s^2 / norm, and 0 where norm == 0 (the sample's gradient is then 0 as well); a
     # NaN norm stays NaN (norm == 0 is false for it), as in the reference.
     safe_norm = tl.where(norm == 0, 1.0, norm)
-    gout = _acc(tl.load(gout_ptr), IS_FP64)
+    gout = _acc(tl.load(gout_ptr), ACC_FP64)
     coef = tl.where(norm == 0, 0.0, gout * 2.0 * dev * (s * s) / (safe_norm * N))
-    g = _acc(tl.load(grad_ptr + base + offs, mask=mask, other=0.0), IS_FP64)
+    g = _acc(tl.load(grad_ptr + base + offs, mask=mask, other=0.0), ACC_FP64)
     tl.store(out_ptr + base + offs, (coef * g).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Host launchers (no autograd; gencore/ops/gradient_penalty.py wraps them in triton_op).
+
+
+def _acc_fp64(dtype: torch.dtype) -> bool:
+    """The kernels' ACC_FP64: whether gencore's accumulation rule puts `dtype`'s math in float64."""
+    return accumulation_dtype(dtype) == torch.float64
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -139,7 +145,7 @@ def gradient_penalty_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: 
     d = real.numel() // n
     chunks = triton.cdiv(d, BLOCK)
     wrap_triton(_gradient_penalty_interpolate_kernel)[(n * chunks,)](
-        real, fake, alpha.contiguous(), out, d, chunks, BLOCK=BLOCK, IS_FP64=real.dtype == torch.float64,
+        real, fake, alpha.contiguous(), out, d, chunks, BLOCK=BLOCK, ACC_FP64=_acc_fp64(real.dtype),
         num_warps=NUM_WARPS)
     return out
 
@@ -154,12 +160,12 @@ def gradient_norm_penalty_fwd(grad: torch.Tensor, center: float, one_sided: bool
     partial = torch.empty((n, chunks), dtype=stats, device=grad.device)
     norms = torch.empty((n,), dtype=stats, device=grad.device)
     penalty = torch.empty((), dtype=stats, device=grad.device)
-    is_fp64 = grad.dtype == torch.float64
+    acc_fp64 = stats == torch.float64
     wrap_triton(_gp_sumsq_kernel)[(n * chunks,)](
-        grad, partial, d, chunks, BLOCK=BLOCK, ITERS=ITERS, IS_FP64=is_fp64, num_warps=NUM_WARPS)
+        grad, partial, d, chunks, BLOCK=BLOCK, ITERS=ITERS, ACC_FP64=acc_fp64, num_warps=NUM_WARPS)
     wrap_triton(_gp_penalty_finalize_kernel)[(1,)](
         partial, norms, penalty, n, chunks, float_bits(center), float_bits(grad_scale), ONE_SIDED=bool(one_sided),
-        BLOCK_N=FIN_BLOCK_N, BLOCK_C=FIN_BLOCK_C, IS_FP64=is_fp64, num_warps=NUM_WARPS)
+        BLOCK_N=FIN_BLOCK_N, BLOCK_C=FIN_BLOCK_C, ACC_FP64=acc_fp64, num_warps=NUM_WARPS)
     return penalty, norms
 
 
@@ -172,7 +178,7 @@ def gradient_norm_penalty_bwd(grad_penalty: torch.Tensor, grad: torch.Tensor, no
     chunks = triton.cdiv(d, BLOCK)
     wrap_triton(_gp_penalty_bwd_kernel)[(n * chunks,)](
         grad_penalty.reshape(()).to(norms.dtype), grad, norms.contiguous(), out, n, d, chunks, float_bits(center),
-        float_bits(grad_scale), ONE_SIDED=bool(one_sided), BLOCK=BLOCK, IS_FP64=grad.dtype == torch.float64,
+        float_bits(grad_scale), ONE_SIDED=bool(one_sided), BLOCK=BLOCK, ACC_FP64=_acc_fp64(grad.dtype),
         num_warps=NUM_WARPS)
     return out
 
@@ -180,7 +186,7 @@ def gradient_norm_penalty_bwd(grad_penalty: torch.Tensor, grad: torch.Tensor, no
 # ---------------------------------------------------------------------------------------------------------------------
 # Ahead-of-time compilation specs (the convention of gencore.kernels): (label, kernel, signature, constexprs, options)
 # for every configuration the launchers above launch: each dtype x each constexpr value (BLOCK, ITERS and the
-# finalize tiles are fixed; ONE_SIDED and IS_FP64 take both values), so that tests/test_triton_aot.py compiles them
+# finalize tiles are fixed; ONE_SIDED and ACC_FP64 take both values), so that tests/test_triton_aot.py compiles them
 # for sm_80/sm_90 without a GPU. Sizes are "i32": tensors of 2**31 elements or more per sample make the JIT build an
 # "i64" variant of the same code (all offsets are computed in int64 either way).
 
@@ -192,23 +198,23 @@ def aot_specs():
     specs = []
     for dtype, ptr in _PTR.items():
         stats = _PTR[accumulation_dtype(dtype)]
-        is_fp64 = dtype == torch.float64
+        acc_fp64 = _acc_fp64(dtype)
         name = ptr[1:]
         specs.append((f"gradient_penalty_interpolate_{name}", _gradient_penalty_interpolate_kernel,
                       {"real_ptr": ptr, "fake_ptr": ptr, "alpha_ptr": ptr, "out_ptr": ptr, "D": "i32",
-                       "CHUNKS": "i32", "BLOCK": "constexpr", "IS_FP64": "constexpr"},
-                      {"BLOCK": BLOCK, "IS_FP64": is_fp64}, options))
+                       "CHUNKS": "i32", "BLOCK": "constexpr", "ACC_FP64": "constexpr"},
+                      {"BLOCK": BLOCK, "ACC_FP64": acc_fp64}, options))
         specs.append((f"gp_sumsq_{name}", _gp_sumsq_kernel,
                       {"grad_ptr": ptr, "partial_ptr": stats, "D": "i32", "CHUNKS": "i32", "BLOCK": "constexpr",
-                       "ITERS": "constexpr", "IS_FP64": "constexpr"},
-                      {"BLOCK": BLOCK, "ITERS": ITERS, "IS_FP64": is_fp64}, options))
+                       "ITERS": "constexpr", "ACC_FP64": "constexpr"},
+                      {"BLOCK": BLOCK, "ITERS": ITERS, "ACC_FP64": acc_fp64}, options))
         for one_sided in (False, True):
             tag = f"{name}_{'one_sided' if one_sided else 'two_sided'}"
             specs.append((f"gp_penalty_bwd_{tag}", _gp_penalty_bwd_kernel,
                           {"gout_ptr": stats, "grad_ptr": ptr, "norms_ptr": stats, "out_ptr": ptr, "N": "i32",
                            "D": "i32", "CHUNKS": "i32", "center_bits": "i64", "scale_bits": "i64",
-                           "ONE_SIDED": "constexpr", "BLOCK": "constexpr", "IS_FP64": "constexpr"},
-                          {"ONE_SIDED": one_sided, "BLOCK": BLOCK, "IS_FP64": is_fp64}, options))
+                           "ONE_SIDED": "constexpr", "BLOCK": "constexpr", "ACC_FP64": "constexpr"},
+                          {"ONE_SIDED": one_sided, "BLOCK": BLOCK, "ACC_FP64": acc_fp64}, options))
     for stats_dtype in (torch.float32, torch.float64):
         stats = _PTR[stats_dtype]
         for one_sided in (False, True):
@@ -216,7 +222,7 @@ def aot_specs():
                           _gp_penalty_finalize_kernel,
                           {"partial_ptr": stats, "norms_ptr": stats, "penalty_ptr": stats, "N": "i32",
                            "CHUNKS": "i32", "center_bits": "i64", "scale_bits": "i64", "ONE_SIDED": "constexpr",
-                           "BLOCK_N": "constexpr", "BLOCK_C": "constexpr", "IS_FP64": "constexpr"},
+                           "BLOCK_N": "constexpr", "BLOCK_C": "constexpr", "ACC_FP64": "constexpr"},
                           {"ONE_SIDED": one_sided, "BLOCK_N": FIN_BLOCK_N, "BLOCK_C": FIN_BLOCK_C,
-                           "IS_FP64": stats_dtype == torch.float64}, options))
+                           "ACC_FP64": stats_dtype == torch.float64}, options))
     return specs

@@ -28,9 +28,12 @@ the interpreter (TRITON_INTERPRET=1).
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import triton
 import triton.language as tl
+
 from .._rules import accumulation_dtype, is_channels_last, output_like
 from .launch import wrap_triton
 
@@ -509,8 +512,6 @@ def group_norm_silu_bwd(grad_out, x, weight, bias, temb, scale_shift, mean, rstd
 def _signature(kernel, pointers: dict[str, str], floats: tuple[str, ...] = ()) -> dict[str, str]:
     """Triton signature of `kernel`: the given pointer types, fp32 for `floats`, i32 for every other runtime
     argument (what the JIT infers for sizes below 2**31), "constexpr" for the tl.constexpr parameters."""
-    import inspect
-
     sig = {}
     for name, param in inspect.signature(kernel.fn).parameters.items():
         if "constexpr" in str(param.annotation):
@@ -538,7 +539,7 @@ def aot_specs() -> list[tuple]:
     options = {"num_warps": NUM_WARPS}
     for dtype, name in _TORCH_TO_TRITON.items():
         x = "*" + name
-        acc = "*fp64" if dtype == torch.float64 else "*fp32"
+        acc = "*" + _TORCH_TO_TRITON[accumulation_dtype(dtype)]
         inputs = dict(x_ptr=x, w_ptr=x, b_ptr=x, t_ptr=x, ss_ptr=x, mean_ptr="*fp64", rstd_ptr=acc)
         for cfg in tile_configs():
             tag = f"{name}-{'cl' if cfg['CHANNELS_LAST'] else 'cf'}-s{cfg['BLOCK_S']}-c{cfg['BLOCK_C']}"

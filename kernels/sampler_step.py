@@ -28,16 +28,16 @@ import math
 import torch
 import triton
 import triton.language as tl
-from .._rules import is_channels_last, to_layout
-from .launch import wrap_triton
 
+from .._rules import NUM_COEFS as _NUM_COEFS, accumulation_dtype, is_channels_last, to_layout
+from .launch import wrap_triton
 from .scalars import float_bits, from_bits
 
 # Elements per program: 8 per thread at 4 warps; one program = 256 Philox counter groups.
 BLOCK = 1024
 NUM_WARPS = 4
-# Columns of the coefficient table (gencore/reference/sampler_step.py, COEF_COLUMNS).
-NUM_COEFS: tl.constexpr = tl.constexpr(11)
+# Columns of the coefficient table (gencore._rules.COEF_COLUMNS).
+NUM_COEFS: tl.constexpr = tl.constexpr(_NUM_COEFS)
 # Box-Muller uniforms: 24-bit words scaled by 2^-24 (exact in float32).
 UNIFORM_SCALE: tl.constexpr = tl.constexpr(2.0 ** -24)
 TWO_PI: tl.constexpr = tl.constexpr(2.0 * math.pi)
@@ -273,7 +273,7 @@ def aot_specs() -> list[tuple]:
     """
     specs = []
     for dtype, ty in _TORCH_TO_TRITON.items():
-        acc = "fp64" if dtype == torch.float64 else "fp32"
+        acc = _TORCH_TO_TRITON[accumulation_dtype(dtype)]
         for noise in (NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX):
             for channels_last in (False, True):
                 sig = {

@@ -12,11 +12,13 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from torch._dynamo import compiled_autograd
+from torch.overrides import TorchFunctionMode
 
 from gencore import _extension
 from gencore.gan import gradient_penalty, r1_penalty, r2_penalty
+from gencore._rules import accumulation_dtype, per_sample_dense
 from gencore.ops import gradient_norm_penalty, gradient_penalty_interpolate, group_norm_silu
-from gencore._rules import per_sample_dense
 from gencore.reference.gradient_penalty import gradient_norm_penalty_ref, interpolate_ref
 from gencore.testing import assert_close, backend_params, device_for
 
@@ -194,8 +196,6 @@ def _gn_backends():
         marks = list(p.marks)
         if name in ("cpu", "cuda") and not _extension.has_kernel("group_norm_silu_fwd", name.upper()):
             marks.append(pytest.mark.skip(reason=f"group_norm_silu has no {name} kernel in this build yet"))
-        if name == "triton" and not hasattr(torch.ops.gencore, "group_norm_silu_fwd_triton"):
-            marks.append(pytest.mark.skip(reason="group_norm_silu has no Triton kernels in this build yet"))
         params.append(pytest.param(name, marks=marks, id=f"gn-{name}"))
     return params
 
@@ -390,7 +390,7 @@ def test_ops_match_reference(backend, dtype, shape):
         truth, truth_norms = gradient_norm_penalty_ref(g64, 1.0)
         assert penalty.dtype == norms.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
         # penalty and norms are float32 reductions of dtype inputs: judged at float32 precision at least.
-        red = torch.float64 if dtype == torch.float64 else torch.float32
+        red = accumulation_dtype(dtype)
         assert_close(norms, truth_norms, red, msg=f"{backend} norms {name}")
         assert_close(penalty, truth, red, kind="grad", msg=f"{backend} penalty {name}")
         (dg,) = torch.autograd.grad(penalty, grad)
@@ -463,8 +463,6 @@ def test_autograd_keeps_its_promises_on_the_cpp_ops():
     torch.testing.assert_close(grad_alpha, (real - fake).sum(dim=(1, 2)))
     assert real.grad is None
 
-    from torch._dynamo import compiled_autograd
-
     expected = torch.autograd.grad(gradient_norm_penalty(grad * 2, backend="cpu"), grad)[0]
     grad.grad = None
     penalty = gradient_norm_penalty(grad * 2, backend="cpu")
@@ -474,8 +472,6 @@ def test_autograd_keeps_its_promises_on_the_cpp_ops():
 
 
 def test_ops_are_visible_to_torch_function_modes():
-    from torch.overrides import TorchFunctionMode
-
     real, fake, alpha = _inputs((4, 3, 5), torch.float32, "cpu")
     seen = []
 

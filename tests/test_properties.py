@@ -13,10 +13,11 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from gencore import available_backends  # noqa: E402
+from gencore._rules import NUM_COEFS, accumulation_dtype  # noqa: E402
 from gencore.ops import gradient_norm_penalty, group_norm_silu, sampler_step  # noqa: E402
 from gencore.reference.gradient_penalty import gradient_norm_penalty_ref  # noqa: E402
 from gencore.reference.group_norm_silu import group_norm_silu_ref  # noqa: E402
-from gencore.reference.sampler_step import NUM_COEFS, sampler_step_ref  # noqa: E402
+from gencore.reference.sampler_step import sampler_step_ref  # noqa: E402
 from gencore.testing import assert_close  # noqa: E402
 
 FUSED = [b for b in ("cpu", "triton") if b in available_backends()]
@@ -96,7 +97,7 @@ def sampler_cases(draw):
 def test_sampler_step_matches_reference(backend, case):
     g = torch.Generator().manual_seed(case["seed"])
     shape, dtype = case["shape"], case["dtype"]
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(dtype)
     sample = _layout(torch.randn(shape, generator=g, dtype=torch.float64).to(dtype), case["layout"])
     model = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
     coefs = (torch.rand(7, NUM_COEFS, generator=g, dtype=torch.float64) * 2 - 1).to(acc)
@@ -121,8 +122,8 @@ def test_gradient_norm_penalty_matches_reference(backend, shape, dtype, layout, 
     penalty, norms = _reruns_bit_identical(
         lambda: gradient_norm_penalty(grad, center, one_sided, return_norms=True, backend=backend))
     truth, truth_norms = gradient_norm_penalty_ref(grad.double(), center, one_sided)
-    assert_close(norms, truth_norms, torch.float32 if dtype != torch.float64 else dtype)
-    assert_close(penalty, truth, torch.float32 if dtype != torch.float64 else dtype)
+    assert_close(norms, truth_norms, accumulation_dtype(dtype))
+    assert_close(penalty, truth, accumulation_dtype(dtype))
 
 
 @pytest.mark.parametrize("backend", FUSED)

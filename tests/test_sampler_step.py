@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import gencore
+from gencore._rules import COEF_COLUMNS, NUM_COEFS, accumulation_dtype
 from gencore.ops import diffusion_training_inputs, philox_uint32, sampler_step
 from gencore.reference.philox import box_muller, philox4x32_10, philox_normal
 from gencore.reference.philox import philox_uint32 as philox_uint32_ref
-from gencore.reference.sampler_step import NUM_COEFS, diffusion_training_inputs_ref, sampler_step_ref
+from gencore.reference.sampler_step import diffusion_training_inputs_ref, sampler_step_ref
 from gencore.testing import assert_close, backend_params, device_for
 
 ops_module = sys.modules["gencore.ops.sampler_step"]
@@ -54,7 +57,7 @@ def _coefs(rows, dtype, device, gen, columns=NUM_COEFS):
 def _make(shape, dtype, device, *, uncond=False, clip="none", noise="none", history=0, seed=0):
     gen = _gen(seed)
     n = shape[0]
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(dtype)
     args = dict(
         model_output=_rand(shape, dtype, device, gen),
         sample=_rand(shape, dtype, device, gen, scale=1.5),
@@ -369,7 +372,7 @@ def test_philox_normality(backend):
 def test_training_inputs_match_reference(backend, dtype, target):
     dev = device_for(backend)
     gen = _gen(3)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(dtype)
     for shape in [(3, 3, 7, 5), (5,), (2, 3, 40, 41)]:
         x0 = _rand(shape, dtype, dev, gen)
         noise = _rand(shape, dtype, dev, gen)
@@ -667,13 +670,8 @@ def test_raw_cpp_op_checks_its_arguments():
 
 def test_table_columns_are_one_contract_in_python_and_cpp():
     """csrc/sampler_step_table.h (read by the CPU kernels, the CUDA binding and the CUDA kernels) names the same
-    columns in the same order as gencore.reference.sampler_step.COEF_COLUMNS (read by the reference, the Triton
-    kernels and the schedulers)."""
-    import re
-    from pathlib import Path
-
-    from gencore.reference.sampler_step import COEF_COLUMNS
-
+    columns in the same order as gencore._rules.COEF_COLUMNS (read by the reference, the Triton kernels and the
+    schedulers)."""
     header = (Path(__file__).resolve().parents[1] / "csrc" / "sampler_step_table.h").read_text()
     body = header[header.index("enum Column"):header.index("};")]
     names = re.findall(r"\bk([A-Z]\w*)", body)

@@ -20,7 +20,8 @@ import torch
 
 from gencore._rules import is_channels_last, to_layout
 from gencore.reference.philox import philox_uint32 as philox_uint32_ref
-from gencore.reference.sampler_step import NUM_COEFS, diffusion_training_inputs_ref, sampler_step_ref
+from gencore._rules import NUM_COEFS
+from gencore.reference.sampler_step import diffusion_training_inputs_ref, sampler_step_ref
 from gencore.testing import assert_close
 
 from _emulation import build_emulation

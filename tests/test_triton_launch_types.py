@@ -18,8 +18,15 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+from triton.runtime.jit import KernelParam, mangle_type  # noqa: E402
+
+import gencore.kernels  # noqa: E402
 from gencore import backends  # noqa: E402
+from gencore._rules import accumulation_dtype  # noqa: E402
 from gencore.diffusion import DDIMScheduler, DDPMScheduler  # noqa: E402
+from gencore.ops import (diffusion_training_inputs, gradient_norm_penalty, gradient_penalty_interpolate,  # noqa: E402
+                         group_norm_silu, philox_uint32, sampler_step)
 
 pytestmark = pytest.mark.skipif(backends._can_serve("triton", torch.device("cpu")) is not None,
                                 reason="the Triton interpreter (TRITON_INTERPRET=1) is not active")
@@ -28,8 +35,6 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 def _kernel_modules():
-    import gencore.kernels
-
     for info in pkgutil.iter_modules(gencore.kernels.__path__):
         module = importlib.import_module(f"gencore.kernels.{info.name}")
         if hasattr(module, "wrap_triton") and hasattr(module, "aot_specs"):
@@ -71,8 +76,6 @@ def record(monkeypatch):
 def _jit_typing(kernel, args, kwargs):
     """(signature, constexprs, options) of one launch, as the JIT derives them: a parameter's annotation
     (e.g. `tl.int64`) if it has one, else the type of its value (Triton's own mangle_type)."""
-    from triton.runtime.jit import KernelParam, mangle_type
-
     params = list(inspect.signature(kernel.fn).parameters.items())
     annotated = {name: KernelParam(i, param, False, False).annotation_type for i, (name, param) in enumerate(params)}
     values = dict(zip([name for name, _ in params], args))
@@ -115,8 +118,6 @@ def _check_covered(launches):
 
 
 def test_group_norm_silu_launches_are_compiled_ahead_of_time(record):
-    from gencore.ops import group_norm_silu
-
     gen = torch.Generator().manual_seed(0)
     for dtype in DTYPES:
         for channels_last in (False, True):
@@ -137,11 +138,9 @@ def test_group_norm_silu_launches_are_compiled_ahead_of_time(record):
 
 
 def test_sampler_step_launches_are_compiled_ahead_of_time(record):
-    from gencore.ops import diffusion_training_inputs, philox_uint32, sampler_step
-
     gen = torch.Generator().manual_seed(0)
     for dtype in DTYPES:
-        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(dtype)
         for scheduler in (DDPMScheduler(), DDIMScheduler()):
             scheduler.set_timesteps(10)
             coefs = scheduler.coefficient_table(dtype=acc)
@@ -168,8 +167,6 @@ def test_sampler_step_launches_are_compiled_ahead_of_time(record):
 
 
 def test_gradient_penalty_launches_are_compiled_ahead_of_time(record):
-    from gencore.ops import gradient_norm_penalty, gradient_penalty_interpolate
-
     gen = torch.Generator().manual_seed(0)
     for dtype in DTYPES:
         for shape in ((4, 3, 5, 5), (3, 7)):
@@ -185,10 +182,6 @@ def test_gradient_penalty_launches_are_compiled_ahead_of_time(record):
 def test_interpreted_kernels_launch_where_wrap_triton_refuses_them(monkeypatch):
     """torch 2.11 (the GPU image's) raises in wrap_triton for the interpreter's kernels; torch 2.13 hands them back.
     The launchers take the kernel itself under the interpreter, so the interpreter route works on both."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    from gencore.ops import gradient_norm_penalty, group_norm_silu, sampler_step
-
     real = torch.library.wrap_triton
 
     def torch_2_11_wrap_triton(kernel):

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from ..reference.sampler_step import NUM_COEFS
+from .._rules import NUM_COEFS
 from . import Case, memcpy_case
 
 OP = "sampler_step"

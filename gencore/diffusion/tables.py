@@ -1,7 +1,7 @@
 """The coefficient tables of the fused step: their columns, and the cache that builds each table once.
 
 A scheduler turns its configuration and its schedule into a table with one row per timestep (DDPM, DDIM) or per
-step (DPM-Solver++) and the columns of gencore.ops.sampler_step's contract (gencore.reference.sampler_step
+step (DPM-Solver++) and the columns of gencore.ops.sampler_step's contract (gencore._rules
 .COEF_COLUMNS: x_0 and epsilon from the sample and the model output, x_{t-1} from x_0, the sample, epsilon, the
 noise and the solver's history). Tables are computed in float64 on the host and rounded once into the sample's
 accumulation dtype (gencore._rules) on its device, so a step only gathers rows inside the kernel and never reads a
@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable
 import numpy as np
 import torch
 
-from ..reference.sampler_step import COEF_COLUMNS, NUM_COEFS
+from .._rules import COEF_COLUMNS, NUM_COEFS
 
 COLUMN = {name: i for i, name in enumerate(COEF_COLUMNS)}
 X0_FROM_SAMPLE, X0_FROM_MODEL = COLUMN["x0_from_sample"], COLUMN["x0_from_model"]

@@ -28,9 +28,9 @@ import math
 import torch
 
 from .. import _extension, backends
-from .._rules import accumulation_dtype, is_channels_last, output_like, to_layout
-from ..reference.philox import check_philox_args, philox_uint32 as philox_uint32_ref
-from ..reference.sampler_step import NUM_COEFS, TARGETS, diffusion_training_inputs_ref, sampler_step_ref
+from .._rules import NUM_COEFS, TARGETS, accumulation_dtype, check_philox_args, is_channels_last, output_like, to_layout
+from ..reference.philox import philox_uint32 as philox_uint32_ref
+from ..reference.sampler_step import diffusion_training_inputs_ref, sampler_step_ref
 from ._checks import check_fake_devices, check_float_tensor, check_like
 
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
@@ -282,7 +282,7 @@ def sampler_step(
         coefs: (T, 11) float32 (float64 for float64 samples) on sample's device; columns x0_from_sample,
             x0_from_model, eps_from_sample, eps_from_model, eps_from_x0, prev_from_x0, prev_from_sample,
             prev_from_eps, noise_std, prev_from_history1, prev_from_history2
-            (gencore.reference.sampler_step.COEF_COLUMNS). Built by the schedulers.
+            (gencore._rules.COEF_COLUMNS). Built by the schedulers.
         model_output_uncond: (N, *) unconditional prediction for classifier-free guidance, or None.
         guidance_scale: the guidance weight (used only with model_output_uncond).
         clip_range: clamp x0 to [-clip_range, clip_range] (diffusers' clip_sample), or None.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._rules import is_channels_last, to_layout
+from .._rules import accumulation_dtype, is_channels_last, to_layout
 
 
 def _per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -35,7 +35,7 @@ def group_norm_silu_ref(
     computed in float32 (as every fused backend does) and cast back to the input dtype.
     """
     out_dtype = x.dtype
-    compute = torch.float64 if upcast else (torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
+    compute = accumulation_dtype(x.dtype, upcast)
 
     def cast(t):
         return None if t is None else t.to(compute)

@@ -43,16 +43,14 @@ import math
 
 import torch
 
+from .._rules import check_philox_args
+
 PHILOX_M0 = 0xD2511F53
 PHILOX_M1 = 0xCD9E8D57
 PHILOX_W0 = 0x9E3779B9
 PHILOX_W1 = 0xBB67AE85
 PHILOX_ROUNDS = 10
 MASK32 = 0xFFFFFFFF
-MAX_SEED = 2**63 - 1
-MAX_OFFSET = 2**63 - 1
-MAX_SAMPLES = 2**32
-MAX_NUMEL_PER_SAMPLE = 2**34
 
 
 def _mulhilo(m: int, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,22 +75,6 @@ def philox4x32_10(c0: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor, c3: torc
         k0 = (k0 + PHILOX_W0) & MASK32
         k1 = (k1 + PHILOX_W1) & MASK32
     return c0, c1, c2, c3
-
-
-def check_philox_args(seed, offset, num_samples: int, numel_per_sample: int) -> None:
-    """The ranges the keying above supports; every backend calls this before drawing."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"philox_seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"philox_seed must be in [0, 2^63 - 1], got {seed}")
-    if isinstance(offset, bool) or not isinstance(offset, int):
-        raise TypeError(f"philox_offset must be an int, got {type(offset).__name__}")
-    if not 0 <= offset <= MAX_OFFSET:
-        raise ValueError(f"philox_offset must be in [0, 2^63 - 1], got {offset}")
-    if num_samples > MAX_SAMPLES:
-        raise ValueError(f"Philox noise supports at most 2^32 samples per batch, got {num_samples}")
-    if numel_per_sample > MAX_NUMEL_PER_SAMPLE:
-        raise ValueError(f"Philox noise supports at most 2^34 elements per sample, got {numel_per_sample}")
 
 
 def philox_uint32(num_samples: int, numel_per_sample: int, seed: int, offset: int,

@@ -1,9 +1,9 @@
 """Pure-PyTorch twins of the fused diffusion ops: the truth every backend is tested against.
 
 The math of both ops is docs/math.md: sampler_step gathers row c = coefs[timesteps[n]] (the 11 columns named in
-COEF_COLUMNS, c0 ... c10 below in that order) and forms the guided model output m, x0 (clipped or thresholded),
-eps and prev; z is the noise tensor, else Philox normals (gencore.reference.philox) when philox_seed is given, else
-0; h1, h2 are a multistep solver's earlier x0 (history1, history2; 0 when not given).
+gencore._rules.COEF_COLUMNS, c0 ... c10 below in that order) and forms the guided model output m, x0 (clipped or
+thresholded), eps and prev; z is the noise tensor, else Philox normals (gencore.reference.philox) when philox_seed
+is given, else 0; h1, h2 are a multistep solver's earlier x0 (history1, history2; 0 when not given).
 
 A row is any linear step of this form: DDPM and DDIM leave c9 = c10 = 0; DPM-Solver++ (gencore.diffusion.
 DPMSolverMultistepScheduler) uses c0, c1 for its data prediction, c6 for the sample, c5, c9, c10 for the current and
@@ -20,15 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from .._rules import accumulation_dtype, is_channels_last, to_layout
+from .._rules import TARGETS, accumulation_dtype, is_channels_last, to_layout
 from .philox import philox_normal
-
-COEF_COLUMNS = ("x0_from_sample", "x0_from_model", "eps_from_sample", "eps_from_model", "eps_from_x0",
-                "prev_from_x0", "prev_from_sample", "prev_from_eps", "noise_std", "prev_from_history1",
-                "prev_from_history2")
-NUM_COEFS = len(COEF_COLUMNS)
-TRAINING_COEF_COLUMNS = ("sqrt_alpha_bar", "sqrt_one_minus_alpha_bar")
-TARGETS = ("epsilon", "sample", "v_prediction")
 
 
 def gather_coefs(coefs: torch.Tensor, timesteps: torch.Tensor, ndim: int, dtype: torch.dtype) -> list[torch.Tensor]:
