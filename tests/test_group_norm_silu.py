@@ -9,6 +9,7 @@ import torch
 
 import gencore
 from gencore._rules import is_channels_last
+from gencore.ops import register_triton_ops
 from gencore.ops.group_norm_silu import group_norm_silu
 from gencore.reference.group_norm_silu import group_norm_silu_ref, group_norm_silu_stats_ref
 from gencore.testing import assert_close, backend_params, device_for
@@ -224,6 +225,8 @@ def test_grad_out_layout_differs_from_input(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_saved_statistics(backend):
     args = _make((2, 12, (5, 7), 3), torch.float32, device_for(backend), offset=50.0)
+    if backend == "triton":
+        register_triton_ops()
     op = torch.ops.gencore.group_norm_silu_fwd_triton if backend == "triton" else torch.ops.gencore.group_norm_silu_fwd
     _, mean, rstd = op(args["x"], args["weight"], args["bias"], args["temb"], args["scale_shift"], 3, 1e-5, "silu")
     ref_mean, ref_rstd = group_norm_silu_stats_ref(args["x"], 3, 1e-5, args["temb"])
@@ -431,19 +434,15 @@ def test_backend_selection_order(monkeypatch):
     assert gencore.backends.resolve(None, x.device) == expected
 
 
-def test_explicit_backend_that_cannot_serve_raises():
+def test_explicit_backend_that_cannot_serve_raises(monkeypatch):
     x = torch.randn(2, 4, 3, 3)
     with pytest.raises(RuntimeError, match="cuda"):
         group_norm_silu(x, 2, backend="cuda")
     with pytest.raises(ValueError, match="backend"):
         group_norm_silu(x, 2, backend="tpu")
+    monkeypatch.setenv("GENCORE_BACKEND", "nope")
     with pytest.raises(ValueError, match="GENCORE_BACKEND"):
-        import os
-        os.environ["GENCORE_BACKEND"] = "nope"
-        try:
-            group_norm_silu(x, 2)
-        finally:
-            del os.environ["GENCORE_BACKEND"]
+        group_norm_silu(x, 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -508,6 +507,7 @@ def test_raw_triton_op_checks_its_arguments(backend):
     (a Triton kernel would read out of bounds instead)."""
     dev = device_for(backend)
     x = torch.randn(2, 6, 4, 4, device=dev)
+    register_triton_ops()
     fwd, bwd = torch.ops.gencore.group_norm_silu_fwd_triton, torch.ops.gencore.group_norm_silu_bwd_triton
     with pytest.raises(ValueError, match="num_groups"):
         fwd(x, None, None, None, None, 4, 1e-5, "silu")

@@ -5,12 +5,19 @@
                                                        mean_n (||grad[n]|| - center)^2, one pass; backward one pass
 
 Layers (the anatomy of every gencore op):
-    gencore::gradient_penalty_interpolate, gradient_norm_penalty_fwd / _bwd        C++ schemas (csrc/gencore.cpp); CPU and CUDA kernels.
-    gencore::gradient_penalty_interpolate_triton, gradient_norm_penalty_*_triton   triton_op wrappers of gencore.kernels.gradient_penalty.
-    autograd (one for both pairs)                               register_autograd: setup_context saves what the
-                                                                backward needs; the backward calls the pair's
-                                                                registered backward op.
-    gradient_penalty_interpolate(...), gradient_norm_penalty(...)   the public functions: checks, backend, dispatch.
+    gencore::gradient_penalty_interpolate, gradient_norm_penalty_fwd / _bwd
+                                    C++ schemas (csrc/gencore.cpp); CPU and CUDA kernels.
+    gencore::gradient_penalty_interpolate_triton, gradient_norm_penalty_*_triton
+                                    triton_op wrappers of gencore.kernels.gradient_penalty, registered on first use
+                                    (gencore/ops/_triton_ops.py).
+    autograd (one for both pairs)   register_autograd: setup_context saves what the backward needs; the backward
+                                    calls the pair's registered backward op.
+    gradient_penalty_interpolate(...), gradient_norm_penalty(...)
+                                    the public functions: checks, backend, dispatch.
+
+Arguments are checked once, by the public functions. The registered Triton ops, which torch.compile graphs and
+direct callers reach without them, check again what their kernels index by (the batch shapes, dtypes and devices), as
+the C++ kernels do; center, one_sided and grad_scale are trusted below the public function.
 
 gencore.gan.gradient_penalty puts them around the critic: interpolate, critic forward, autograd.grad with
 create_graph=True, then the norm penalty, whose backward feeds the critic's double backward.
@@ -23,11 +30,13 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.library import triton_op
 
 from .. import _extension, backends
 from .._rules import accumulation_dtype, per_sample_dense
 from ..reference.gradient_penalty import gradient_norm_penalty_ref, interpolate_ref, per_sample
 from ._checks import check_fake_devices, check_float_tensor, check_like
+from ._triton_ops import on_first_use, register_triton_ops
 
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 
@@ -69,6 +78,18 @@ def check_penalty_args(grad, center, one_sided, grad_scale) -> None:
         raise ValueError(f"grad_scale must be positive, got {grad_scale}")
     if not isinstance(one_sided, bool):
         raise TypeError(f"one_sided must be a bool, got {type(one_sided).__name__}")
+
+
+def _check_saved_norms(grad_penalty, norms, grad) -> None:
+    """The backward's inputs from the forward: a one-element upstream gradient and the (N,) norms in the accumulation
+    dtype, on grad's device (the kernel reads norms[n] for every sample n)."""
+    want = accumulation_dtype(grad.dtype)
+    if norms.shape != (grad.shape[0],) or norms.dtype != want or norms.device != grad.device:
+        raise ValueError(f"norms must be the forward's ({grad.shape[0]},) {want} norms on {grad.device}, got "
+                         f"{tuple(norms.shape)} {norms.dtype} on {norms.device}")
+    if grad_penalty.numel() != 1 or grad_penalty.device != grad.device:
+        raise ValueError(f"grad_penalty must be one value on {grad.device}, got {tuple(grad_penalty.shape)} on "
+                         f"{grad_penalty.device}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -161,35 +182,36 @@ def _register_cpp_ops() -> None:
                                     setup_context=_penalty_setup_context)
 
 
+@on_first_use
 def _register_triton_ops() -> None:
-    try:
-        from ..kernels import gradient_penalty as tk
-    except ImportError:  # no triton here: the backend reports itself unavailable
-        return
-    from torch.library import triton_op
+    from ..kernels import gradient_penalty as tk  # needs triton, an optional dependency
 
     @triton_op("gencore::gradient_penalty_interpolate_triton", mutates_args=())
-    def gradient_penalty_interpolate_triton(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    def gradient_penalty_interpolate_triton(real: torch.Tensor, fake: torch.Tensor,
+                                            alpha: torch.Tensor) -> torch.Tensor:
         return tk.gradient_penalty_interpolate(real, fake, check_interpolate_args(real, fake, alpha))
 
     @triton_op("gencore::gradient_norm_penalty_fwd_triton", mutates_args=())
     def gradient_norm_penalty_fwd_triton(grad: torch.Tensor, center: float, one_sided: bool,
-                                   grad_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-        check_penalty_args(grad, center, one_sided, grad_scale)
+                                         grad_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        check_batch("grad", grad)
         return tk.gradient_norm_penalty_fwd(grad, center, one_sided, grad_scale)
 
     @triton_op("gencore::gradient_norm_penalty_bwd_triton", mutates_args=())
     def gradient_norm_penalty_bwd_triton(grad_penalty: torch.Tensor, grad: torch.Tensor, norms: torch.Tensor,
-                                   center: float, one_sided: bool, grad_scale: float) -> torch.Tensor:
+                                         center: float, one_sided: bool, grad_scale: float) -> torch.Tensor:
+        check_batch("grad", grad)
+        _check_saved_norms(grad_penalty, norms, grad)
         return tk.gradient_norm_penalty_bwd(grad_penalty, grad, norms, center, one_sided, grad_scale)
 
-    gradient_penalty_interpolate_triton.register_autograd(_interpolate_backward, setup_context=_interpolate_setup_context)
-    gradient_norm_penalty_fwd_triton.register_autograd(_make_penalty_backward(torch.ops.gencore.gradient_norm_penalty_bwd_triton),
-                                                 setup_context=_penalty_setup_context)
+    gradient_penalty_interpolate_triton.register_autograd(_interpolate_backward,
+                                                          setup_context=_interpolate_setup_context)
+    gradient_norm_penalty_fwd_triton.register_autograd(
+        _make_penalty_backward(torch.ops.gencore.gradient_norm_penalty_bwd_triton),
+        setup_context=_penalty_setup_context)
 
 
 _register_cpp_ops()
-_register_triton_ops()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -214,6 +236,8 @@ def gradient_penalty_interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: 
     name = backends.resolve(backend, real.device, IMPLEMENTED)
     if name == "reference":
         return interpolate_ref(real, fake, alpha)
+    if name == "triton":
+        register_triton_ops()
     op = torch.ops.gencore.gradient_penalty_interpolate_triton if name == "triton" else torch.ops.gencore.gradient_penalty_interpolate
     return op.default(real, fake, alpha)
 
@@ -244,6 +268,8 @@ def gradient_norm_penalty(grad: torch.Tensor, center: float = 1.0, one_sided: bo
         penalty, norms = gradient_norm_penalty_ref(grad, float(center), one_sided, float(grad_scale))
         norms = norms.detach()
     else:
+        if name == "triton":
+            register_triton_ops()
         op = (torch.ops.gencore.gradient_norm_penalty_fwd_triton if name == "triton"
               else torch.ops.gencore.gradient_norm_penalty_fwd)
         penalty, norms = op.default(grad, float(center), one_sided, float(grad_scale))

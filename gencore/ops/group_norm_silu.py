@@ -2,8 +2,13 @@
 
 Layers:
     gencore::group_norm_silu_fwd / _bwd                 C++ schemas (csrc/gencore.cpp); CPU and CUDA kernels.
-    gencore::group_norm_silu_fwd_triton / _bwd_triton   triton_op wrappers around gencore.kernels.group_norm_silu.
+    gencore::group_norm_silu_fwd_triton / _bwd_triton   triton_op wrappers around gencore.kernels.group_norm_silu,
+                                                        registered on first use (gencore/ops/_triton_ops.py).
     group_norm_silu(...)                                the public function: checks, picks a backend, dispatches.
+
+Arguments are checked once, by the public function. The registered Triton ops, which torch.compile graphs and
+direct callers reach without it, check again what their kernels index by (check_kernel_args: tensors, groups,
+activation), as the C++ kernels do; eps is trusted below the public function.
 
 Every fused forward returns (y, mean, rstd); mean and rstd are the per-(sample, group) statistics of x + temb,
 saved for the backward: mean in float64 on every backend (the CPU kernels keep the centre in double so that offset
@@ -17,17 +22,27 @@ channels-last y, other strides are copied first; statistics in the accumulation 
 from __future__ import annotations
 
 import torch
+from torch.library import triton_op
 
 from .. import _extension, backends
 from .._rules import accumulation_dtype, output_like
 from ..reference.group_norm_silu import group_norm_silu_ref
 from ._checks import check_fake_devices, check_float_tensor, check_like, check_positive_int
+from ._triton_ops import on_first_use, register_triton_ops
 
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 ACTIVATIONS = ("silu", None)
 
 
 def check_args(x, num_groups, weight, bias, eps, temb, scale_shift, activation) -> None:
+    """Every argument of the public function."""
+    check_kernel_args(x, num_groups, weight, bias, temb, scale_shift, activation)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+
+
+def check_kernel_args(x, num_groups, weight, bias, temb, scale_shift, activation) -> None:
+    """What the kernels index by and branch on: x and the per-channel tensors agree, G divides C, a known activation."""
     check_float_tensor("x", x, min_dim=2)
     check_positive_int("num_groups", num_groups)
     n, c = x.shape[0], x.shape[1]
@@ -43,8 +58,6 @@ def check_args(x, num_groups, weight, bias, eps, temb, scale_shift, activation) 
         check_like("scale_shift", scale_shift, x, "x", (n, 2 * c))
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
-        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -133,19 +146,16 @@ def _register_cpp_ops() -> None:
                                     setup_context=_setup_context)
 
 
+@on_first_use
 def _register_triton_ops() -> None:
-    try:
-        from ..kernels import group_norm_silu as tk
-    except ImportError:  # no triton here: the backend reports itself unavailable
-        return
-    from torch.library import triton_op
+    from ..kernels import group_norm_silu as tk  # needs triton, an optional dependency
 
     @triton_op("gencore::group_norm_silu_fwd_triton", mutates_args=())
     def group_norm_silu_fwd_triton(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                                    temb: torch.Tensor | None, scale_shift: torch.Tensor | None, num_groups: int,
                                    eps: float, activation: str | None
                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        check_args(x, num_groups, weight, bias, eps, temb, scale_shift, activation)
+        check_kernel_args(x, num_groups, weight, bias, temb, scale_shift, activation)
         return tk.group_norm_silu_fwd(x, weight, bias, temb, scale_shift, num_groups, eps, activation == "silu")
 
     @triton_op("gencore::group_norm_silu_bwd_triton", mutates_args=())
@@ -154,7 +164,7 @@ def _register_triton_ops() -> None:
                                    scale_shift: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
                                    num_groups: int, activation: str | None
                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        check_args(x, num_groups, weight, bias, 0.0, temb, scale_shift, activation)
+        check_kernel_args(x, num_groups, weight, bias, temb, scale_shift, activation)
         return tk.group_norm_silu_bwd(grad_out, x, weight, bias, temb, scale_shift, mean, rstd, num_groups,
                                       activation == "silu")
 
@@ -163,7 +173,6 @@ def _register_triton_ops() -> None:
 
 
 _register_cpp_ops()
-_register_triton_ops()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -215,5 +224,7 @@ def group_norm_silu(
     if name == "reference":
         return group_norm_silu_ref(x, num_groups, weight, bias, eps, temb=temb, scale_shift=scale_shift,
                                    activation=activation)
+    if name == "triton":
+        register_triton_ops()
     op = torch.ops.gencore.group_norm_silu_fwd_triton if name == "triton" else torch.ops.gencore.group_norm_silu_fwd
     return op(x, weight, bias, temb, scale_shift, num_groups, float(eps), activation)[0]

@@ -3,9 +3,15 @@
 Layers:
     gencore::sampler_step, gencore::diffusion_training_inputs, gencore::philox_uint32
                                             C++ schemas (csrc/gencore.cpp); CPU and CUDA kernels.
-    gencore::<op>_triton                    triton_op wrappers around gencore.kernels.sampler_step.
+    gencore::<op>_triton                    triton_op wrappers around gencore.kernels.sampler_step, registered on
+                                            first use (gencore/ops/_triton_ops.py).
     sampler_step(...), diffusion_training_inputs(...), philox_uint32(...)
                                             the public functions: checks, pick a backend, dispatch.
+
+Arguments are checked once, by the public functions. The registered Triton ops, which torch.compile graphs and
+direct callers reach without them, check again what their kernels index by (the tensors' shapes, dtypes and
+devices: check_step_kernel_args, check_training_kernel_args), as the C++ kernels do; scalars (guidance_scale,
+clip_range, the Philox key, the training target) are trusted below the public functions.
 
 The math of both ops is in gencore.reference.sampler_step (their pure-PyTorch twins), the noise generator in
 gencore.reference.philox. Coefficients are gathered *inside* the kernels from a table on the sample's device, indexed
@@ -26,12 +32,14 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.library import triton_op
 
 from .. import _extension, backends
 from .._rules import NUM_COEFS, TARGETS, accumulation_dtype, check_philox_args, is_channels_last, output_like, to_layout
 from ..reference.philox import philox_uint32 as philox_uint32_ref
 from ..reference.sampler_step import diffusion_training_inputs_ref, sampler_step_ref
 from ._checks import check_fake_devices, check_float_tensor, check_like
+from ._triton_ops import on_first_use, register_triton_ops
 
 IMPLEMENTED = ("reference", "cpu", "cuda", "triton")
 
@@ -77,6 +85,30 @@ def _check_real(name: str, value) -> float:
 
 def check_sampler_step_args(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale, clip_range,
                             threshold, noise, philox_seed, philox_offset, history1=None, history2=None) -> None:
+    """Every argument of sampler_step."""
+    check_step_kernel_args(model_output, sample, timesteps, coefs, model_output_uncond, threshold, noise,
+                           history1, history2)
+    _check_real("guidance_scale", guidance_scale)
+    if clip_range is not None and not _check_real("clip_range", clip_range) > 0:
+        raise ValueError(f"clip_range must be positive (x0 is clamped to [-clip_range, clip_range]), got {clip_range}")
+    if noise is not None and philox_seed is not None:
+        raise ValueError("give either noise or philox_seed, not both")
+    if philox_seed is not None:
+        check_philox_args(philox_seed, philox_offset, sample.shape[0], sample[0].numel())
+    elif isinstance(philox_offset, bool) or not isinstance(philox_offset, int):
+        raise TypeError(f"philox_offset must be an int, got {type(philox_offset).__name__}")
+    inputs = (("model_output", model_output), ("sample", sample), ("model_output_uncond", model_output_uncond),
+              ("noise", noise), ("history1", history1), ("history2", history2))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for _, t in inputs):
+        for name, t in inputs:
+            if t is not None and t.requires_grad:
+                raise RuntimeError(f"sampler_step is an inference op and does not support autograd, but {name} "
+                                   f"requires grad: call it under torch.no_grad() or pass {name}.detach()")
+
+
+def check_step_kernel_args(model_output, sample, timesteps, coefs, model_output_uncond, threshold, noise, history1,
+                           history2) -> None:
+    """What the sampler_step kernels index by: every tensor's shape, dtype and device agree with sample's."""
     check_float_tensor("sample", sample, min_dim=1)
     _check_same("model_output", model_output, sample, "sample")
     n = sample.shape[0]
@@ -84,9 +116,6 @@ def check_sampler_step_args(model_output, sample, timesteps, coefs, model_output
     _check_coefs(coefs, NUM_COEFS, sample, "sample")
     if model_output_uncond is not None:
         _check_same("model_output_uncond", model_output_uncond, sample, "sample")
-    _check_real("guidance_scale", guidance_scale)
-    if clip_range is not None and not _check_real("clip_range", clip_range) > 0:
-        raise ValueError(f"clip_range must be positive (x0 is clamped to [-clip_range, clip_range]), got {clip_range}")
     if threshold is not None:
         if not isinstance(threshold, torch.Tensor):
             raise TypeError(f"threshold must be a torch.Tensor of shape ({n},) or None, got {type(threshold).__name__}")
@@ -99,34 +128,27 @@ def check_sampler_step_args(model_output, sample, timesteps, coefs, model_output
                              "they must be on the same device")
     if noise is not None:
         _check_same("noise", noise, sample, "sample")
-        if philox_seed is not None:
-            raise ValueError("give either noise or philox_seed, not both")
     if history1 is not None:
         _check_same("history1", history1, sample, "sample")
     if history2 is not None:
         if history1 is None:
             raise ValueError("history2 is given without history1 (a multistep history fills history1 first)")
         _check_same("history2", history2, sample, "sample")
-    if philox_seed is not None:
-        check_philox_args(philox_seed, philox_offset, n, sample[0].numel())
-    elif isinstance(philox_offset, bool) or not isinstance(philox_offset, int):
-        raise TypeError(f"philox_offset must be an int, got {type(philox_offset).__name__}")
-    inputs = (("model_output", model_output), ("sample", sample), ("model_output_uncond", model_output_uncond),
-              ("noise", noise), ("history1", history1), ("history2", history2))
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for _, t in inputs):
-        for name, t in inputs:
-            if t is not None and t.requires_grad:
-                raise RuntimeError(f"sampler_step is an inference op and does not support autograd, but {name} "
-                                   f"requires grad: call it under torch.no_grad() or pass {name}.detach()")
 
 
 def check_training_args(x0, noise, timesteps, coefs, target) -> None:
+    """Every argument of diffusion_training_inputs."""
+    check_training_kernel_args(x0, noise, timesteps, coefs)
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
+
+
+def check_training_kernel_args(x0, noise, timesteps, coefs) -> None:
+    """What the diffusion_training_inputs kernels index by: noise, timesteps and coefs agree with x0."""
     check_float_tensor("x0", x0, min_dim=1)
     _check_same("noise", noise, x0, "x0")
     _check_timesteps(timesteps, x0.shape[0], x0)
     _check_coefs(coefs, 2, x0, "x0")
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}; got {target!r}")
 
 
 def _assert_timesteps_in_range(timesteps: torch.Tensor, num_rows: int) -> None:
@@ -205,12 +227,9 @@ def _register_cpp_ops() -> None:
                                     setup_context=_training_setup_context)
 
 
+@on_first_use
 def _register_triton_ops() -> None:
-    try:
-        from ..kernels import sampler_step as tk
-    except ImportError:  # no triton here: the backend reports itself unavailable
-        return
-    from torch.library import triton_op
+    from ..kernels import sampler_step as tk  # needs triton, an optional dependency
 
     @triton_op("gencore::sampler_step_triton", mutates_args=())
     def sampler_step_triton(model_output: torch.Tensor, sample: torch.Tensor, timesteps: torch.Tensor,
@@ -218,15 +237,15 @@ def _register_triton_ops() -> None:
                             clip_range: float | None, threshold: torch.Tensor | None, noise: torch.Tensor | None,
                             philox_seed: int | None, philox_offset: int, history1: torch.Tensor | None = None,
                             history2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        check_sampler_step_args(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale,
-                                clip_range, threshold, noise, philox_seed, philox_offset, history1, history2)
+        check_step_kernel_args(model_output, sample, timesteps, coefs, model_output_uncond, threshold, noise,
+                               history1, history2)
         return tk.sampler_step(model_output, sample, timesteps, coefs, model_output_uncond, guidance_scale,
                                clip_range, threshold, noise, philox_seed, philox_offset, history1, history2)
 
     @triton_op("gencore::diffusion_training_inputs_triton", mutates_args=())
     def diffusion_training_inputs_triton(x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
                                          coefs: torch.Tensor, velocity: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        check_training_args(x0, noise, timesteps, coefs, "v_prediction" if velocity else "epsilon")
+        check_training_kernel_args(x0, noise, timesteps, coefs)
         return tk.diffusion_training_inputs(x0, noise, timesteps, coefs, velocity)
 
     @triton_op("gencore::philox_uint32_triton", mutates_args=())
@@ -237,7 +256,6 @@ def _register_triton_ops() -> None:
 
 
 _register_cpp_ops()
-_register_triton_ops()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -327,6 +345,8 @@ def sampler_step(
         threshold = threshold.to(coefs.dtype).contiguous()
     if name != "cpu":  # the CPU kernel checks the range itself, naming the offending sample
         _assert_timesteps_in_range(timesteps, coefs.shape[0])
+    if name == "triton":
+        register_triton_ops()
     op = torch.ops.gencore.sampler_step_triton if name == "triton" else torch.ops.gencore.sampler_step
     return op.default(model_output, sample, timesteps, coefs.contiguous(), model_output_uncond, float(guidance_scale),
                       None if clip_range is None else float(clip_range), threshold, noise, philox_seed, philox_offset,
@@ -371,6 +391,8 @@ def diffusion_training_inputs(
     x0_in, noise_in = to_layout(x0, channels_last), to_layout(noise, channels_last)
     if name != "cpu":
         _assert_timesteps_in_range(timesteps, coefs.shape[0])
+    if name == "triton":
+        register_triton_ops()
     op = (torch.ops.gencore.diffusion_training_inputs_triton if name == "triton"
           else torch.ops.gencore.diffusion_training_inputs)
     noisy, velocity = op(x0_in, noise_in, timesteps, coefs.contiguous(), target == "v_prediction")
@@ -391,5 +413,7 @@ def philox_uint32(sample: torch.Tensor, seed: int, offset: int = 0, *, backend: 
     name = backends.resolve(backend, sample.device, IMPLEMENTED)
     if name == "reference":
         return philox_uint32_ref(sample.shape[0], math.prod(sample.shape[1:]), seed, offset, sample.device)
+    if name == "triton":
+        register_triton_ops()
     op = torch.ops.gencore.philox_uint32_triton if name == "triton" else torch.ops.gencore.philox_uint32
     return op(sample, seed, offset)
