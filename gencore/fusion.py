@@ -30,6 +30,8 @@ import operator
 import torch
 import torch.nn.functional as F
 
+from . import _extension
+
 # Below this many elements per (sample, group) the pattern is left to Inductor (measured: see the module doc).
 MIN_GROUP_ELEMENTS = 4096
 
@@ -149,8 +151,6 @@ def _match(silu):
 def fuse_group_norm_silu(gm: torch.fx.GraphModule) -> int:
     """Rewrite every pattern of the module doc in a TorchDynamo graph into gencore::group_norm_silu_fwd, in place.
     Returns how many were rewritten."""
-    from . import _extension
-
     if not _extension.loaded():
         return 0
     op = torch.ops.gencore.group_norm_silu_fwd.default
@@ -219,7 +219,7 @@ def _is_training(example_inputs) -> bool:
 
 def backend(gm: torch.fx.GraphModule, example_inputs):
     """torch.compile backend "gencore": the fusion pass above (inference graphs), then Inductor."""
-    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.compile_fx import compile_fx  # here, not at the top: Inductor takes ~2 s to import
 
     if not _is_training(example_inputs):
         fuse_group_norm_silu(gm)

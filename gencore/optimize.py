@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .fusion import backend
+from .nn import convert
+
 
 def _has_4d_convs(model: nn.Module) -> bool:
     return any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules())
@@ -35,14 +38,10 @@ def optimize(model: nn.Module, *, compile: bool = True, channels_last: bool = Tr
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     model.eval()
-    from .nn import convert
-
     model = convert(model)
     if channels_last and _has_4d_convs(model):
         model = model.to(memory_format=torch.channels_last)
     if compile:
-        from .fusion import backend
-
         kwargs = {"backend": backend, **(compile_kwargs or {})}
         return torch.compile(model, **kwargs)
     return model

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from . import backends
+
 TOLERANCES: dict[torch.dtype, dict[str, float]] = {
     torch.float64: {"atol": 1e-9, "rtol": 1e-9},
     torch.float32: {"atol": 5e-5, "rtol": 5e-5},
@@ -70,9 +72,7 @@ def device_for(backend: str) -> torch.device:
 
 def backend_params(op_backends=("cpu", "cuda", "triton")):
     """pytest params for the fused backends of an op, each skipped, with the reason, where it cannot run here."""
-    import pytest
-
-    from . import backends
+    import pytest  # a test dependency, not one of gencore's
 
     status = {s.name: s for s in backends.status()}
     params = []

@@ -7,6 +7,8 @@ import torch
 
 import gencore  # noqa: F401  (registers the ops)
 from gencore import _extension
+from gencore.diffusion import DDIMScheduler
+from gencore.reference.philox import philox_uint32
 
 pytestmark = pytest.mark.skipif(not _extension.loaded(), reason="gencore._C is not built")
 META = torch.device("meta")
@@ -34,8 +36,6 @@ def test_group_norm_silu_bwd_refuses_mixed_devices():
 
 @pytest.mark.parametrize("on_meta", ["timesteps", "coefs"])
 def test_sampler_step_refuses_mixed_devices(on_meta):
-    from gencore.diffusion import DDIMScheduler
-
     sched = DDIMScheduler()
     sched.set_timesteps(10)
     sample = torch.randn(2, 1, 4, 4)
@@ -53,8 +53,6 @@ def test_gradient_norm_penalty_bwd_refuses_mixed_devices():
 
 
 def test_philox_uint32_on_an_empty_batch_agrees_everywhere():
-    from gencore.reference.philox import philox_uint32
-
     sample = torch.empty(0, 3, 5)
     expected = philox_uint32(0, 15, 7, 3)
     assert expected.shape == (0, 15)

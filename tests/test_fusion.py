@@ -6,7 +6,6 @@ outputs to the eager model's. One test runs the real "gencore" backend (the pass
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn as nn
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 
 import gencore
 import gencore.fusion as fusion
+from gencore.models import UNet
 from gencore.testing import assert_close
 
 pytestmark = pytest.mark.skipif("cpu" not in gencore.available_backends(), reason="needs the C++ extension")
@@ -129,8 +129,6 @@ def test_training_graphs_and_small_groups_stay_with_inductor(monkeypatch):
 
 
 def test_gencore_unet_compiles_with_the_pass(every_size):
-    from gencore.models import UNet
-
     m = UNet(in_channels=1, out_channels=1, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
              attention_levels=(), norm_groups=4).eval()
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 500])

@@ -13,14 +13,25 @@ and under it `@triton.jit` returns an InterpretedFunction, which cannot be compi
 """
 from __future__ import annotations
 
+import concurrent.futures
+import importlib
+import inspect
 import json
+import multiprocessing
 import os
+import pkgutil
 import subprocess
 import sys
 
 import pytest
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
+
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+import gencore.kernels  # noqa: E402
+from gencore.kernels import group_norm_silu as tk  # noqa: E402
 
 TARGETS = (80, 90)
 # Largest shared memory a block can opt into: A100 (sm_80) 163 KiB, H100 (sm_90) 227 KiB.
@@ -33,18 +44,11 @@ MAX_SHARED_BYTES = {80: 166912, 90: 232448}
 
 def _modules():
     """(module name, module) for every module of gencore.kernels."""
-    import importlib
-    import pkgutil
-
-    import gencore.kernels
-
     for info in sorted(pkgutil.iter_modules(gencore.kernels.__path__), key=lambda i: i.name):
         yield info.name, importlib.import_module(f"gencore.kernels.{info.name}")
 
 
 def _jit_functions(module):
-    from triton.runtime.jit import JITFunction
-
     return [name for name, obj in vars(module).items() if isinstance(obj, JITFunction) and obj.__module__ ==
             module.__name__]
 
@@ -68,9 +72,6 @@ def _specialised_scalars(kernel, signature) -> list[str]:
 
 def _compile(task):
     index, cc, aligned = task
-    import triton
-    from triton.backends.compiler import GPUTarget
-
     module, spec, error = _SPECS[index]
     if error is not None:
         return dict(module=module, label="<module>", cc=cc, aligned=aligned, ok=False, error=error)
@@ -103,9 +104,6 @@ _SPECS: list = []
 
 
 def _main() -> None:
-    import concurrent.futures
-    import multiprocessing
-
     _SPECS.extend(_all_specs())
     tasks = [(i, cc, aligned) for i in range(len(_SPECS)) for cc in TARGETS for aligned in (True, False)]
     jobs = int(os.environ.get("GENCORE_AOT_JOBS", "0")) or os.cpu_count() or 1
@@ -143,8 +141,6 @@ def test_every_kernel_compiles_for_sm80_and_sm90(aot_results):
 
 def test_specs_are_well_formed():
     """Unique labels; signatures name every kernel parameter, with every constexpr given a value."""
-    import inspect
-
     for name, module in _modules():
         if not hasattr(module, "aot_specs"):
             continue
@@ -161,8 +157,6 @@ def test_specs_are_well_formed():
 
 def test_group_norm_silu_launch_plans_are_compiled_ahead_of_time():
     """Whatever shape comes in, launch_plan picks a tile configuration that aot_specs compiles."""
-    from gencore.kernels import group_norm_silu as tk
-
     compiled = {(c["BLOCK_S"], c["BLOCK_C"], c["CHANNELS_LAST"]) for c in tk.tile_configs()}
     specs = {spec[0] for spec in tk.aot_specs()}
     for n in (1, 2, 64):
