@@ -279,7 +279,7 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gencore", description="Fast GAN and diffusion training and sampling.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (add, _) in COMMANDS.items():
+    for add, _ in COMMANDS.values():
         add(sub)
     return parser
 
@@ -297,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    # Imported here, not at the top: this is where torch and the rest of gencore load (see the module doc).
-    command = importlib.import_module(f"gencore.commands.{COMMANDS[args.command][1]}")
     try:
+        # Imported here, not at the top: this is where torch and the rest of gencore load (see the module doc).
+        command = importlib.import_module(f"gencore.commands.{COMMANDS[args.command][1]}")
         return int(command.run(args) or 0)
     except KeyboardInterrupt as exc:
         # gencore.training.TrainingInterrupted: training stopped at a step boundary on SIGINT or SIGTERM and wrote
