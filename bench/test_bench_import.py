@@ -1,6 +1,6 @@
 """What `import gencore` costs on top of `import torch`, each in a fresh interpreter.
 
-    pytest bench/test_bench_import.py --benchmark-only
+    pytest bench/test_bench_import.py --benchmark-only --benchmark-json=import.json   # figures: extra_info
 
 The timed rounds import gencore; before each, un-timed, a fresh interpreter imports torch alone, so the two
 alternate and share the machine's state. The row's extra_info holds the fastest of each, timed inside the
