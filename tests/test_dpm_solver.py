@@ -22,6 +22,9 @@ from gencore.diffusion import DDIMScheduler, DDPMScheduler, DPMSolverMultistepSc
 from gencore.testing import tolerance
 
 SHAPE = (3, 2, 4, 4)
+# diffusers warns that its algorithm types "dpmsolver" and "sde-dpmsolver" are deprecated; they are compared here.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`algorithm_types dpmsolver and sde-dpmsolver` is deprecated:FutureWarning")
 
 
 def _rand(shape=SHAPE, seed=0, dtype=torch.float64):

@@ -207,16 +207,6 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         """The model input: the sample itself (DPM-Solver needs no input scaling)."""
         return sample
 
-    # -- what a sampling loop asks (gencore.diffusion.sample) -----------------------------------------------------
-
-    def loop_step_options(self, eta: float | None = None, use_clipped_model_output: bool | None = None) -> dict:
-        """The keyword arguments a sampling loop passes to every step(): none (eta and use_clipped_model_output are
-        DDIM's; a value for them is an error rather than ignored)."""
-        for name, value in (("eta", eta), ("use_clipped_model_output", use_clipped_model_output)):
-            if value is not None:
-                raise ValueError(f"{name} is a DDIM option; DPMSolverMultistepScheduler takes none")
-        return {}
-
     def draws_noise(self, **step_options) -> bool:
         """Whether a loop stepping with `step_options` draws noise after x_T (the SDE variants do)."""
         return self._config["algorithm_type"] in SDE_ALGORITHM_TYPES

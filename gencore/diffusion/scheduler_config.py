@@ -264,6 +264,21 @@ class SchedulerMixin:
         self.register_to_config(**{k: v for k, v in config.items() if not k.startswith("_") and (
             k not in self._config or v != self._config[k])})
 
+    # What a sampling loop (gencore.diffusion.sample) asks a scheduler; the answers here are those of a scheduler
+    # whose step() takes no options and keeps no history. Each scheduler also answers default_inference_steps
+    # and draws_noise(**step_options).
+
+    def loop_step_options(self, eta: float | None = None, use_clipped_model_output: bool | None = None) -> dict:
+        """The keyword arguments a sampling loop passes to every step(): none (eta and use_clipped_model_output are
+        DDIM's; a value for them is an error rather than ignored)."""
+        for name, value in (("eta", eta), ("use_clipped_model_output", use_clipped_model_output)):
+            if value is not None:
+                raise ValueError(f"{name} is a DDIM option; {type(self).__name__} takes none")
+        return {}
+
+    def restart(self) -> None:
+        """Start a new loop: nothing to forget (a step that depends on its timestep only)."""
+
     @property
     def compatibles(self) -> list[type]:
         """The gencore.diffusion scheduler classes that take this one's configuration (itself included)."""

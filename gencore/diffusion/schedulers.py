@@ -112,22 +112,9 @@ class DiscreteScheduler(SchedulerMixin):
         """The model input for `sample` at `timestep`: the sample itself (DDPM/DDIM need no input scaling)."""
         return sample
 
-    # -- what a sampling loop asks (gencore.diffusion.sample) ---------------------------------------------------
-
-    def loop_step_options(self, eta: float | None = None, use_clipped_model_output: bool | None = None) -> dict:
-        """The keyword arguments a sampling loop passes to every step(): none here (eta and use_clipped_model_output
-        are DDIM's; a value for them is an error rather than ignored)."""
-        for name, value in (("eta", eta), ("use_clipped_model_output", use_clipped_model_output)):
-            if value is not None:
-                raise ValueError(f"{name} is a DDIM option; {type(self).__name__} takes none")
-        return {}
-
     def draws_noise(self, **step_options) -> bool:
         """Whether a loop stepping with `step_options` draws noise after x_T (ancestral sampling does)."""
         return True
-
-    def restart(self) -> None:
-        """Start a new loop: nothing to forget (a DDPM or DDIM step depends on its timestep only)."""
 
     # -- the timestep schedule ----------------------------------------------------------------------------------
 
