@@ -92,9 +92,8 @@ def test_matches_diffusers_in_float64(diffusers_float64, config, options):
 
 
 @pytest.mark.parametrize("config", NOISE_CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
-@pytest.mark.parametrize("options", [{}, dict(timestep_spacing="trailing"), dict(prediction_type="v_prediction"),
-                                     dict(prediction_type="sample"), dict(thresholding=True, sample_max_value=1.5)],
-                         ids=_ids)
+@pytest.mark.parametrize("options", [{}, dict(prediction_type="v_prediction"), dict(prediction_type="sample"),
+                                     dict(thresholding=True, sample_max_value=1.5)], ids=_ids)
 def test_dpm_solver_noise_form_matches_diffusers_in_float64(diffusers_float64, config, options):
     """algorithm_type "dpmsolver" / "sde-dpmsolver": the same table-driven step, its history kept as noise. (The
     sigma schedules that end at sigma_min make the last step of length 0 in lambda with a sigma_min final sigma,
