@@ -421,6 +421,24 @@ def test_sampling_loop_and_config_round_trip():
     assert torch.isfinite(x).all()
 
 
+def test_a_config_change_keeps_the_sigma_schedule_in_use():
+    """register_to_config rebuilds the scheduler and keeps the inference schedule, as diffusers keeps it; a Karras
+    schedule was given back as timesteps, which set_timesteps refuses with Karras sigmas (a ValueError)."""
+    s = DPMSolverMultistepScheduler(use_karras_sigmas=True)
+    s.set_timesteps(10)
+    timesteps, sigmas = s.timesteps.clone(), s.sigmas.clone()
+    s.register_to_config(solver_order=3)
+    assert s.config.solver_order == 3 and len(s.model_outputs) == 3
+    assert torch.equal(s.timesteps, timesteps) and torch.equal(s.sigmas, sigmas)
+    fresh = DPMSolverMultistepScheduler(use_karras_sigmas=True, solver_order=3)
+    fresh.set_timesteps(10)
+    x = y = _rand()
+    for t in s.timesteps:
+        x = s.step(_model(x, t), t, x).prev_sample
+        y = fresh.step(_model(y, t), t, y).prev_sample
+    torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
 def test_bad_input_names_the_option(monkeypatch):
     for option in ("use_flow_sigmas", "use_dynamic_shifting"):
         with pytest.raises(NotImplementedError, match=option):

@@ -274,8 +274,13 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
             last = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
         else:
             last = 0.0
-        self.sigmas = torch.from_numpy(np.append(sigmas, last).astype(np.float32))
-        self.timesteps = torch.from_numpy(np.asarray(ts)).to(device=device, dtype=torch.int64)
+        self._use_schedule(np.asarray(ts), np.append(sigmas, last).astype(np.float32), device)
+
+    def _use_schedule(self, timesteps: np.ndarray, sigmas: np.ndarray, device) -> None:
+        """Take the schedule (timesteps, and their float32 sigmas with the final one) and build its tables."""
+        cfg = self._config
+        self.sigmas = torch.from_numpy(sigmas)
+        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(self.timesteps)
         self.restart()
         self._begin_index = None
@@ -283,6 +288,13 @@ class DPMSolverMultistepScheduler(SchedulerMixin):
         self._repeats = len(set(self.timesteps.tolist())) != len(self.timesteps)  # once here: no host read per step
         for taken in range(cfg["solver_order"] + 1):  # every table a loop reads, so that its steps only gather
             self._tables.get(taken, table_device(device), torch.float32)
+
+    def _schedule_restorer(self):
+        # The sigmas too: a Karras, exponential, beta or Lu schedule cannot be given back as timesteps alone.
+        if self.num_inference_steps is None:
+            return None
+        timesteps, sigmas, device = self.timesteps.cpu().numpy(), self.sigmas.numpy(), self.timesteps.device
+        return lambda: self._use_schedule(timesteps, sigmas, device)
 
     def restart(self) -> None:
         """Forget the solver's history and start the schedule in use again from its first step (its tables stay:

@@ -227,10 +227,10 @@ class SchedulerMixin:
             values = {k: self._config[k] for k in self._fields}
             values.update(fields)
             defaulted = set(self._config.get("_use_default_values", ())) - set(fields)
-            schedule = self._inference_schedule()
+            restore_schedule = self._schedule_restorer()
             type(self).__init__(self, **{k: v for k, v in values.items() if k not in defaulted})
-            if schedule is not None:
-                self.set_timesteps(timesteps=schedule[0], device=schedule[1])
+            if restore_schedule is not None:
+                restore_schedule()
         if extra:
             self._hidden_config = {**self.__dict__.get("_hidden_config", {}), **extra}
             self._config = SchedulerConfig({**self._config, **extra})
@@ -247,11 +247,13 @@ class SchedulerMixin:
             return config[name]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
-    def _inference_schedule(self):
-        """(timesteps, device) of the schedule set by set_timesteps, or None: what register_to_config restores."""
+    def _schedule_restorer(self):
+        """A function that sets the inference schedule in use again after a rebuild (what register_to_config keeps,
+        as diffusers keeps it), or None before set_timesteps."""
         if getattr(self, "num_inference_steps", None) is None:
             return None
-        return [int(t) for t in self.timesteps.tolist()], self.timesteps.device
+        timesteps, device = [int(t) for t in self.timesteps.tolist()], self.timesteps.device
+        return lambda: self.set_timesteps(timesteps=timesteps, device=device)
 
     @property
     def _internal_dict(self) -> SchedulerConfig:
