@@ -319,7 +319,7 @@ def _error(scheduler, model, steps, x_start):
 def test_dpm_solver_karras_20_steps_is_as_exact_as_ddim_50(gaussian_mnist):
     """Linear betas (diffusers' defaults): DPM-Solver++ 2M with Karras sigmas at 20 model calls lands at least as
     close to the exact ODE endpoint as DDIM at 50, so 2.5x fewer UNet calls. Measured (median L2 of 48 samples):
-    DDIM 10/20/50 3.31/1.70/0.70, DPM++ 1.94/0.76, DPM++ Karras 1.73/0.68 (the issue's, with diffusers' classes:
+    DDIM 10/20/50 3.31/1.70/0.70, DPM++ 1.94/0.76, DPM++ Karras 1.73/0.68 (the same loops with diffusers' classes:
     3.30/1.70/0.71, 1.98/0.85, 1.70/0.67)."""
     mu, s = gaussian_mnist
     base = DDPMScheduler()

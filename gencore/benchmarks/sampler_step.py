@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .._rules import NUM_COEFS
+from .._rules import NUM_COEFS, accumulation_dtype
 from . import Case, memcpy_case
 
 OP = "sampler_step"
@@ -130,7 +130,7 @@ def _dpm_setup(provider: str, sample, model_output, history):
 
     scheduler = DPMSolverMultistepScheduler()
     scheduler.set_timesteps(DPM_STEPS)
-    acc = torch.float64 if sample.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(sample.dtype)
     coefs = scheduler.coefficient_table(sample.device, acc)
     rows = torch.full((sample.shape[0],), DPM_INDEX, dtype=torch.long, device=sample.device)
     if provider == "reference":
@@ -163,7 +163,7 @@ def _setup(provider: str, shape, dtype: torch.dtype, device: str, mode: str):
                                       generator=generator, return_dict=False)
             return diffusers_step
 
-        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        acc = accumulation_dtype(dtype)
         coefs = ddim_table(eta, acc, device)
         timesteps = torch.full((shape[0],), TIMESTEP, dtype=torch.long, device=device)
         kwargs = dict(clip_range=CLIP_RANGE, noise=noise, philox_seed=0 if philox else None, philox_offset=0)

@@ -12,6 +12,7 @@ from .noise import randn
 from .scheduler_config import LEARNED_VARIANCE_TYPES
 from .schedulers import DiscreteScheduler
 
+from .._rules import accumulation_dtype
 from ..ops.sampler_step import diffusion_training_inputs
 
 LOSS_TYPES = ("l2", "l1", "huber")
@@ -108,7 +109,7 @@ def training_loss(
     else:
         noise = noise.to(device=device, dtype=x0.dtype)
 
-    compute = torch.float64 if x0.dtype == torch.float64 else torch.float32
+    compute = accumulation_dtype(x0.dtype)
     coefs = scheduler.noise_coefficients(device, compute)
     prediction_type = scheduler.config.prediction_type
     noisy, target = diffusion_training_inputs(x0, noise, timesteps, coefs, prediction_type)
