@@ -116,12 +116,9 @@ def test_help_does_not_import_torch():
     codes, modules = _help_modules("package")
     assert codes == [0] * (len(COMMANDS) + 1)
     heavy = _heavy(modules)
-    if heavy:
-        proc = subprocess.run([sys.executable, "-c", "import sys, gencore; print('torch' in sys.modules)"],
-                              capture_output=True, text=True, timeout=120)
-        if proc.stdout.strip() == "True":
-            pytest.xfail("`import gencore` (gencore/__init__.py) imports torch, and every `gencore` command "
-                         "imports the package first; the command line itself imports none (the test above)")
+    if heavy and "gencore.ops" in modules:  # not imported by the command line: gencore/__init__.py loaded it
+        pytest.xfail("`import gencore` (gencore/__init__.py) imports torch with gencore.ops, and every `gencore` "
+                     "command imports the package first; the command line itself imports none (the test above)")
     assert heavy == []
 
 
@@ -310,7 +307,8 @@ def test_r1_gamma_with_wgan_gp_is_one_line(capsys, tmp_path):
 def test_base_channels_16_trains_on_the_default_groups(capsys, tmp_path):
     code, out, err = run(capsys, "train", "ddpm", "--data", "digits", "--limit", "16", "--batch-size", "8",
                          "--base-channels", "16", "--channel-mult", "1,2", "--num-res-blocks", "1",
-                         "--attention-levels", "", "--steps", "1", "--out", str(tmp_path), "--no-progress")
+                         "--attention-levels", "", "--steps", "1", "--n-samples", "2", "--sample-steps", "2",
+                         "--out", str(tmp_path), "--no-progress")
     assert code == 0, err
 
 
