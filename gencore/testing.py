@@ -18,7 +18,47 @@ Tolerances, per output dtype, justified:
 Gradients are reductions (parameter grads sum over N x spatial, up to ~1e6 terms) and are compared with the same
 rtol but an atol scaled by the largest magnitude of the true gradient (`scale`): a gradient entry is only as
 precise as the sum it came from, which is bounded by eps * sum of |terms| <= eps * n * max|term|.
+
+Comparisons whose error is not one output rounding of the same math have a named entry (NAMED_TOLERANCES), each
+justified here; a test asks for one by name: `assert_close(a, b, "float32_compounded")`, `tolerance("gradcheck")`.
+
+    float64_short         atol 1e-13, rtol 1e-13  A float64 closed form, or a few dozen float64 operations (a
+                                                  scheduler step, a loss, a score of a few hundred values), against
+                                                  the same math written otherwise: each operation adds <= 1.1e-16
+                                                  relative; 1e-13 leaves three orders for cancellation and still sees
+                                                  a float32 intermediate (6e-8) or a float64 constant that passed
+                                                  through float32 (1 + 2^-40 rounds 9e-13 away).
+    float32_coefficients  atol 1e-6 * max(1, max|expected|), rtol 0
+                                                  float64 samples stepped with coefficients (sigmas, alphas_cumprod)
+                                                  stored in float32, as diffusers stores them, against the float64
+                                                  truth: each coefficient is <= 6e-8 relative off, so a loop of up to
+                                                  25 steps stays within 1e-6 of the largest magnitude it carries.
+    float32_reordered     atol 1e-5,  rtol 1e-5   The same float32 graph run another way (compiled by inductor,
+                                                  exported, captured in a CUDA graph, weights in channels_last):
+                                                  fused or reordered operations move a result by a few ulps (1.2e-7)
+                                                  per operation through a handful of O(1) layers.
+    float32_compounded    atol 1e-4,  rtol 1e-4   float32 through many steps whose roundings compound and are
+                                                  amplified: a 10-step sampling loop against diffusers' float32 loop
+                                                  (whose coefficients are computed in float32, gencore's in float64
+                                                  and rounded once), ~20 UNet layers against their float64 run, 300
+                                                  EMA updates, convolutions whose algorithm cuDNN picks per graph: a
+                                                  few 1e-6 relative per step or layer.
+    float32_cancellation  atol 1e-12, rtol 2e-4   diffusers' float32 posterior variance against gencore's float64:
+                                                  beta_1 = 1 - abar_1 / abar_0 = 1.2e-4 loses four digits to
+                                                  cancellation in float32 (1e-4 relative); the variances are O(1e-8)
+                                                  and up, so atol only admits an exact 0.
+    gradcheck             eps 1e-6, atol 1e-7     torch.autograd.gradcheck in float64: central differences with step
+                                                  1e-6 of a smooth op err by ~eps^2 times its third derivative, plus
+                                                  rounding 1e-16 / eps = 1e-10, on O(1) entries.
+    gradgradcheck         eps 1e-6, atol 1e-6     The same on the first backward, whose derivatives (a
+                                                  normalisation's 1 / sigma^3 terms) are larger.
+    gradcheck_linear      eps 1e-6, atol 1e-8     An op linear in its inputs: central differences are exact up to
+                                                  rounding (1e-16 / eps = 1e-10).
+
+Bit-exact comparisons (a rerun, a batch against its samples one by one, a resumed run) are not tolerances:
+`assert_equal`, or `torch.equal` inside a larger condition.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,25 +82,52 @@ GRAD_TOLERANCES: dict[torch.dtype, dict[str, float]] = {
 }
 
 
-def tolerance(dtype: torch.dtype, kind: str = "output") -> dict[str, float]:
+# Comparisons of another kind than one dtype's rounding of the same math, justified in the module doc.
+NAMED_TOLERANCES: dict[str, dict[str, float]] = {
+    "float64_short": {"atol": 1e-13, "rtol": 1e-13},
+    "float32_coefficients": {"atol": 1e-6, "rtol": 0.0},
+    "float32_reordered": {"atol": 1e-5, "rtol": 1e-5},
+    "float32_compounded": {"atol": 1e-4, "rtol": 1e-4},
+    "float32_cancellation": {"atol": 1e-12, "rtol": 2e-4},
+    "gradcheck": {"eps": 1e-6, "atol": 1e-7},
+    "gradgradcheck": {"eps": 1e-6, "atol": 1e-6},
+    "gradcheck_linear": {"eps": 1e-6, "atol": 1e-8},
+}
+
+# Named entries whose atol is relative to the largest magnitude of the truth, as kind="grad" is (see module doc).
+_SCALED_BY_MAGNITUDE = frozenset({"float32_coefficients"})
+
+
+def tolerance(precision: torch.dtype | str, kind: str = "output") -> dict[str, float]:
+    """The tolerance of a dtype (kind "output" or "grad") or of a named entry: a dict to pass on as keywords."""
+    if isinstance(precision, str):
+        return dict(NAMED_TOLERANCES[precision])
     table = TOLERANCES if kind == "output" else GRAD_TOLERANCES
-    return dict(table[dtype])
+    return dict(table[precision])
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None,
-                 kind: str = "output", msg: str = "") -> None:
-    """Compare `actual` with the float64 truth `expected` at the tolerance of `dtype` (default: actual's dtype).
+def assert_close(actual, expected, precision: torch.dtype | str | None = None, kind: str = "output",
+                 msg: str = "") -> None:
+    """Compare `actual` with the float64 truth `expected` (tensors or numbers) at the tolerance of `precision`: a
+    dtype (default: actual's) or a named entry.
 
-    For kind="grad" the absolute tolerance is scaled by max(1, max|expected|), see the module doc.
+    For kind="grad", and the named entries that say so, the absolute tolerance is scaled by max(1, max|expected|),
+    see the module doc.
     """
-    dtype = dtype or actual.dtype
-    tol = tolerance(dtype, kind)
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    precision = precision or actual.dtype
+    tol = tolerance(precision, kind)
     expected = expected.detach().to(torch.float64)
     actual = actual.detach().to(torch.float64)
-    if kind == "grad" and expected.numel():
+    if (kind == "grad" or precision in _SCALED_BY_MAGNITUDE) and expected.numel():
         tol["atol"] *= max(1.0, expected.abs().max().item())
     torch.testing.assert_close(actual, expected, atol=tol["atol"], rtol=tol["rtol"], check_dtype=False,
                                check_stride=False, msg=(lambda m: f"{msg}\n{m}") if msg else None)
+
+
+def assert_equal(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:
+    """Bit for bit, dtype and shape included, with torch.testing's report of the first mismatches."""
+    torch.testing.assert_close(actual, expected, atol=0, rtol=0, msg=(lambda m: f"{msg}\n{m}") if msg else None)
 
 
 def device_for(backend: str) -> torch.device:

@@ -24,14 +24,9 @@ import gencore.diffusion.thresholding as thresholding
 from gencore.diffusion import (BETA_SCHEDULES, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, make_betas,
                                rescale_zero_terminal_snr)
 from gencore.reference.philox import philox_normal
-from gencore.testing import assert_close, backend_params, device_for, tolerance
+from gencore.testing import assert_close, assert_equal, backend_params, device_for
 
 SHAPE = (3, 2, 4, 4)
-F32 = tolerance(torch.float32)
-
-
-def close32(actual, expected, msg=""):
-    torch.testing.assert_close(actual, expected, **F32, msg=(lambda m: f"{msg}\n{m}") if msg else None)
 
 
 def rand(*shape, seed, scale=1.0, dtype=torch.float32):
@@ -77,7 +72,7 @@ def test_zero_terminal_snr_closed_form():
     betas = make_betas(1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     abar = torch.cumprod(1 - rescale_zero_terminal_snr(betas), 0)
     assert abar[-1] == 0  # SNR exactly zero at the last timestep
-    assert abs(abar[0] - torch.cumprod(1 - betas, 0)[0]) < 1e-6  # the first keeps its value
+    assert_equal(abar[0], torch.cumprod(1 - betas, 0)[0])  # the first keeps its value (correctly rounded ops)
     assert bool((abar[1:] <= abar[:-1]).all())
 
 
@@ -91,7 +86,7 @@ def test_cosine_schedule_closed_form():
     abar = torch.cumprod(1 - betas, 0)
     expected = torch.tensor([f((t + 1) / T) / f(0) for t in range(T)], dtype=torch.float64)
     uncapped = betas < 0.999
-    torch.testing.assert_close(abar[uncapped], expected[uncapped], rtol=1e-5, atol=1e-7)
+    assert_close(abar[uncapped], expected[uncapped], "float32_coefficients")  # float32 betas, as diffusers' are
 
 
 def test_trained_betas():
@@ -291,7 +286,7 @@ def test_ddim_off_schedule_timesteps_match_diffusers(spacing, n, eta, set_alpha_
     per_sample = ours.step(m, mixed, x, eta=eta, variance_noise=z).prev_sample
     for k, t in enumerate(mixed.tolist()):
         alone = ours.step(m[k:k + 1], t, x[k:k + 1], eta=eta, variance_noise=z[k:k + 1]).prev_sample
-        torch.testing.assert_close(per_sample[k:k + 1], alone, rtol=0, atol=0)
+        assert_equal(per_sample[k:k + 1], alone)
 
 
 DDPM_VARIANCES = ["fixed_small", "fixed_small_log", "fixed_large", "learned", "learned_range"]
@@ -316,8 +311,8 @@ def test_ddpm_step_matches_diffusers(variance_type, prediction_type, spacing, n,
             m = torch.cat([m, torch.rand(SHAPE, generator=torch.Generator().manual_seed(i)) * 2 - 1], 1)
         a = ours.step(m, t, x, generator=torch.Generator().manual_seed(7))
         b = theirs.step(m, t, x, generator=torch.Generator().manual_seed(7))
-        close32(a.prev_sample, b.prev_sample, f"t={int(t)}")
-        close32(a.pred_original_sample, b.pred_original_sample, f"t={int(t)}")
+        assert_close(a.prev_sample, b.prev_sample, torch.float32, msg=f"t={int(t)}")
+        assert_close(a.pred_original_sample, b.pred_original_sample, torch.float32, msg=f"t={int(t)}")
 
 
 @pytest.mark.parametrize("schedule", BETA_SCHEDULES)
@@ -332,8 +327,8 @@ def test_ddpm_full_schedule_and_thresholding_match_diffusers(schedule):
         x, m = rand(*SHAPE, seed=t, scale=3.0), rand(*SHAPE, seed=t + 1)
         a = ours.step(m, t, x, generator=torch.Generator().manual_seed(t))
         b = theirs.step(m, t, x, generator=torch.Generator().manual_seed(t))
-        close32(a.prev_sample, b.prev_sample, f"t={t}")
-        close32(a.pred_original_sample, b.pred_original_sample, f"t={t}")
+        assert_close(a.prev_sample, b.prev_sample, torch.float32, msg=f"t={t}")
+        assert_close(a.pred_original_sample, b.pred_original_sample, torch.float32, msg=f"t={t}")
 
 
 def test_ddpm_custom_timesteps_match_diffusers():
@@ -345,7 +340,7 @@ def test_ddpm_custom_timesteps_match_diffusers():
         x, m = rand(*SHAPE, seed=int(t)), rand(*SHAPE, seed=int(t) + 1)
         a = ours.step(m, t, x, generator=torch.Generator().manual_seed(1))
         b = theirs.step(m, t, x, generator=torch.Generator().manual_seed(1))
-        close32(a.prev_sample, b.prev_sample)
+        assert_close(a.prev_sample, b.prev_sample, torch.float32)
 
 
 def test_ddpm_fixed_large_log_is_fixed_large():
@@ -366,8 +361,7 @@ def test_ddpm_variance_type_none_is_fixed_small():
     x, m, z = rand(*SHAPE, seed=1), rand(*SHAPE, seed=2), rand(*SHAPE, seed=3)
     a, b = DDPMScheduler(variance_type=None), DDPMScheduler(variance_type="fixed_small")
     for t in (999, 500, 1):
-        torch.testing.assert_close(a.step(m, t, x, variance_noise=z).prev_sample,
-                                   b.step(m, t, x, variance_noise=z).prev_sample, rtol=0, atol=0)
+        assert_equal(a.step(m, t, x, variance_noise=z).prev_sample, b.step(m, t, x, variance_noise=z).prev_sample)
     explicit = DPMSolverMultistepScheduler(variance_type=None).config  # passed, so not a default DDPM replaces
     assert DDPMScheduler.from_config(explicit).config.variance_type is None
 
@@ -386,10 +380,10 @@ def test_get_variance_matches_diffusers(variance_type):
             theirs.set_timesteps(inference_steps)
         for t in ours.timesteps.tolist()[:3] + ours.timesteps.tolist()[-2:]:
             got, want = ours._get_variance(t, predicted_variance=v), theirs._get_variance(t, predicted_variance=v)
-            torch.testing.assert_close(got, want.to(got.dtype), rtol=2e-4, atol=1e-12, msg=f"t={t}")
+            assert_close(got, want, "float32_cancellation", msg=f"t={t}")
     ddim, theirs = DDIMScheduler(set_alpha_to_one=False), d.DDIMScheduler(set_alpha_to_one=False)
     for t, prev in ((0, 0), (420, 400), (980, 960), (487, 486), (999, 998), (10, -1)):
-        torch.testing.assert_close(ddim._get_variance(t, prev), theirs._get_variance(t, prev), rtol=2e-4, atol=1e-12)
+        assert_close(ddim._get_variance(t, prev), theirs._get_variance(t, prev), "float32_cancellation")
 
 
 def test_ddpm_loop_differs_from_diffusers_only_by_its_float32_coefficients():
@@ -414,11 +408,11 @@ def test_ddpm_loop_differs_from_diffusers_only_by_its_float32_coefficients():
 
     ours, theirs = loop(DDPMScheduler()), loop(d.DDPMScheduler())
     theirs_f64_coefficients = loop(upcast(d.DDPMScheduler()))  # 0-d float64 coefficients keep float32 samples
-    assert abs(theirs - 387.9466) < 1e-3 and abs(ours - 387.9676) < 1e-3
-    assert abs(ours - theirs_f64_coefficients) <= 1e-6 * ours
+    assert abs(theirs - 387.9466) < 1e-3 and abs(ours - 387.9676) < 1e-3  # the printed figures, to their last digit
+    assert_close(ours, theirs_f64_coefficients, "float32_coefficients")
     abar = d.DDPMScheduler().alphas_cumprod
     beta32, beta64 = 1 - abar[1] / abar[0], 1 - abar[1].double() / abar[0].double()
-    assert float(beta32.double() / beta64) - 1 == pytest.approx(-1.0e-4, abs=1e-6)
+    assert round(float(beta32.double() / beta64) - 1, 6) == -1.00e-4  # the docstring's 1.0e-4 low, one digit more
 
 
 def test_config_values_read_as_attributes_with_diffusers_warning():
@@ -459,8 +453,8 @@ def test_add_noise_and_velocity_match_diffusers(cls_name):
     theirs = getattr(d, cls_name)(beta_schedule="scaled_linear")
     x0, noise = rand(*SHAPE, seed=1), rand(*SHAPE, seed=2)
     for t in (torch.tensor([0, 500, 999]), torch.tensor(321), torch.tensor([7])):
-        close32(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
-        close32(ours.get_velocity(x0, noise, t), theirs.get_velocity(x0, noise, t))
+        assert_close(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t), torch.float32)
+        assert_close(ours.get_velocity(x0, noise, t), theirs.get_velocity(x0, noise, t), torch.float32)
     assert ours.scale_model_input(x0, 5) is x0
 
 
@@ -490,8 +484,8 @@ def test_per_sample_timesteps_equal_the_loop(cls, kwargs):
     fused = s.step(m, ts, x, variance_noise=z, **kwargs)
     for i in range(5):
         one = s.step(m[i:i + 1], int(ts[i]), x[i:i + 1], variance_noise=z[i:i + 1], **kwargs)
-        close32(fused.prev_sample[i:i + 1], one.prev_sample, f"sample {i}, t={int(ts[i])}")
-        close32(fused.pred_original_sample[i:i + 1], one.pred_original_sample)
+        assert_close(fused.prev_sample[i:i + 1], one.prev_sample, torch.float32, msg=f"sample {i}, t={int(ts[i])}")
+        assert_close(fused.pred_original_sample[i:i + 1], one.pred_original_sample, torch.float32)
 
 
 @pytest.mark.parametrize("cls", [DDIMScheduler, DDPMScheduler])
@@ -502,8 +496,8 @@ def test_guidance_combines_inside_the_step(cls):
     w = 4.5
     a = s.step(c, 900, x, model_output_uncond=u, guidance_scale=w, variance_noise=z)
     b = s.step(u + w * (c - u), 900, x, variance_noise=z)
-    close32(a.prev_sample, b.prev_sample)
-    close32(a.pred_original_sample, b.pred_original_sample)
+    assert_close(a.prev_sample, b.prev_sample, torch.float32)
+    assert_close(a.pred_original_sample, b.pred_original_sample, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
@@ -528,7 +522,7 @@ def test_generator_noise_matches_diffusers():
     x, m = rand(*SHAPE, seed=1), rand(*SHAPE, seed=2)
     a = ours.step(m, 900, x, eta=1.0, generator=torch.Generator().manual_seed(5))
     b = theirs.step(m, 900, x, eta=1.0, generator=torch.Generator().manual_seed(5))
-    close32(a.prev_sample, b.prev_sample)
+    assert_close(a.prev_sample, b.prev_sample, torch.float32)
 
 
 def test_same_generator_seed_same_noise():
@@ -712,8 +706,8 @@ def test_philox_noise_is_keyed_on_sample_and_step(cls, kwargs):
     t = 700  # position 2 of the schedule [900, 800, 700, ...]: the default philox_offset
     fused = s.step(m, t, x, philox_seed=1234, **kwargs).prev_sample
     z = philox_normal(SHAPE, 1234, 2)
-    close32(fused, s.step(m, t, x, variance_noise=z, **kwargs).prev_sample)
-    close32(s.step(m[:2], t, x[:2], philox_seed=1234, **kwargs).prev_sample, fused[:2])
+    assert_close(fused, s.step(m, t, x, variance_noise=z, **kwargs).prev_sample, torch.float32)
+    assert_close(s.step(m[:2], t, x[:2], philox_seed=1234, **kwargs).prev_sample, fused[:2], torch.float32)
     other = s.step(m, t, x, philox_seed=1234, philox_offset=3, **kwargs).prev_sample
     assert not torch.allclose(other, fused)
     with pytest.raises(ValueError, match="philox_offset"):
@@ -743,8 +737,8 @@ def test_thresholding_beyond_torch_quantile_limit(monkeypatch, limit):
     expected = s.step(m, 900, x)
     monkeypatch.setattr(thresholding, "QUANTILE_MAX_NUMEL", limit)
     got = s.step(m, 900, x)
-    close32(got.prev_sample, expected.prev_sample)
-    close32(got.pred_original_sample, expected.pred_original_sample)
+    assert_close(got.prev_sample, expected.prev_sample, torch.float32)
+    assert_close(got.pred_original_sample, expected.pred_original_sample, torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -761,8 +755,8 @@ def test_cuda_step_matches_cpu(cls, kwargs):
     ts = s.timesteps[torch.tensor([0, 4, 9], device="cuda")]
     gpu = s.step(m.cuda(), ts, x.cuda(), variance_noise=z.cuda(), **kwargs)
     cpu = s.step(m, ts.cpu(), x, variance_noise=z, **kwargs)
-    close32(gpu.prev_sample.cpu(), cpu.prev_sample)
-    close32(gpu.pred_original_sample.cpu(), cpu.pred_original_sample)
+    assert_close(gpu.prev_sample.cpu(), cpu.prev_sample, torch.float32)
+    assert_close(gpu.pred_original_sample.cpu(), cpu.pred_original_sample, torch.float32)
 
 
 @pytest.mark.gpu
@@ -792,7 +786,7 @@ def test_ddim_loop_captures_in_a_cuda_graph():
     eager = x_T.clone()
     for t in s.timesteps.tolist():
         eager = s.step(model(eager, torch.full((SHAPE[0],), t, device="cuda")), t, eager).prev_sample
-    close32(x_buf, eager)
+    assert_close(x_buf, eager, torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -843,7 +837,7 @@ def test_zero_terminal_snr_epsilon_step_is_clipped_like_diffusers(cls_name):
                                                                      generator=torch.Generator().manual_seed(4))
     assert torch.isfinite(got.prev_sample).all()
     assert torch.equal(got.pred_original_sample, want.pred_original_sample)  # +-1: the sign of x - eps
-    close32(got.prev_sample, want.prev_sample)
+    assert_close(got.prev_sample, want.prev_sample, torch.float32)
     # Thresholding takes the same limit (diffusers' quantile of inf gives NaN there): x0 = sign(x - eps) * max.
     t = cls(**dict(kw, clip_sample=False, thresholding=True, sample_max_value=2.0))
     t.set_timesteps(10)
