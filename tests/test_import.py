@@ -17,9 +17,9 @@ import torch
 import gencore
 from gencore import backends
 
-# Modules `import gencore` must leave unimported: each costs seconds (TorchDynamo and Inductor ~2 s, Triton and its
-# kernels ~0.3 s) or is a subpackage that loads on first access.
-HEAVY = ("torch._dynamo", "torch._inductor", "triton", "gencore.kernels")
+# Modules `import gencore` must leave unimported: it imports nothing (so `gencore --help` answers at once), and
+# neither do gencore's ops import TorchDynamo and Inductor (~2 s) or Triton and its kernels (~0.3 s).
+HEAVY = ("torch", "torch._dynamo", "torch._inductor", "triton", "gencore.kernels", "gencore.ops", "gencore._C")
 LAZY = ("gencore.data", "gencore.diffusion", "gencore.gan", "gencore.metrics", "gencore.models", "gencore.training")
 
 
@@ -38,11 +38,16 @@ def test_import_gencore_leaves_the_heavy_modules_unimported_and_binds_subpackage
         import gencore
 
         print(json.dumps([m for m in {HEAVY + LAZY!r} if m in sys.modules]))
+        import torch
+        import gencore.ops
+        print(json.dumps([[m for m in {HEAVY[1:5]!r} if m in sys.modules],
+                          hasattr(torch.ops.gencore, "group_norm_silu_fwd")]))
         scheduler = gencore.diffusion.DPMSolverMultistepScheduler()
         print(json.dumps([type(scheduler).__module__, "gencore.models" in sys.modules]))
     """))
-    loaded, (module, models_loaded) = map(json.loads, out.splitlines())
+    loaded, (loaded_by_ops, registered), (module, models_loaded) = map(json.loads, out.splitlines())
     assert loaded == [], f"import gencore imported {loaded}"
+    assert loaded_by_ops == [] and registered, f"import gencore.ops imported {loaded_by_ops}"
     assert module == "gencore.diffusion.dpm_solver" and not models_loaded
 
 

@@ -26,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from .. import backends
 from ..nn import convert
-from ..optimize import optimize
+from .._optimize import optimize
 from . import Case
 
 CIFAR10_UNET = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
