@@ -37,12 +37,15 @@ justified here; a test asks for one by name: `assert_close(a, b, "float32_compou
                                                   exported, captured in a CUDA graph, weights in channels_last):
                                                   fused or reordered operations move a result by a few ulps (1.2e-7)
                                                   per operation through a handful of O(1) layers.
-    float32_compounded    atol 1e-4,  rtol 1e-4   float32 through many steps whose roundings compound and are
-                                                  amplified: a 10-step sampling loop against diffusers' float32 loop
-                                                  (whose coefficients are computed in float32, gencore's in float64
-                                                  and rounded once), ~20 UNet layers against their float64 run, 300
-                                                  EMA updates, convolutions whose algorithm cuDNN picks per graph: a
-                                                  few 1e-6 relative per step or layer.
+    float32_compounded    atol 5e-5 * max(1, max|expected|), rtol 0
+                                                  float32 through many steps or layers whose roundings compound: a
+                                                  10-step sampling loop against diffusers' float32 loop (whose
+                                                  coefficients are computed in float32, gencore's in float64 and
+                                                  rounded once), ~20 UNet layers, convolutions whose algorithm cuDNN
+                                                  picks per graph. An entry's error comes from the whole state, not
+                                                  from its own size: the float32 row's atol, scaled by the largest
+                                                  magnitude, and no rtol. (On this machine: 2.1e-5 between 10-step
+                                                  DDIM pipelines' [0, 1] pixels, 3e-7 through the UNet.)
     float32_cancellation  atol 1e-12, rtol 2e-4   diffusers' float32 posterior variance against gencore's float64:
                                                   beta_1 = 1 - abar_1 / abar_0 = 1.2e-4 loses four digits to
                                                   cancellation in float32 (1e-4 relative); the variances are O(1e-8)
@@ -87,7 +90,7 @@ NAMED_TOLERANCES: dict[str, dict[str, float]] = {
     "float64_short": {"atol": 1e-13, "rtol": 1e-13},
     "float32_coefficients": {"atol": 1e-6, "rtol": 0.0},
     "float32_reordered": {"atol": 1e-5, "rtol": 1e-5},
-    "float32_compounded": {"atol": 1e-4, "rtol": 1e-4},
+    "float32_compounded": {"atol": TOLERANCES[torch.float32]["atol"], "rtol": 0.0},
     "float32_cancellation": {"atol": 1e-12, "rtol": 2e-4},
     "gradcheck": {"eps": 1e-6, "atol": 1e-7},
     "gradgradcheck": {"eps": 1e-6, "atol": 1e-6},
@@ -95,7 +98,7 @@ NAMED_TOLERANCES: dict[str, dict[str, float]] = {
 }
 
 # Named entries whose atol is relative to the largest magnitude of the truth, as kind="grad" is (see module doc).
-_SCALED_BY_MAGNITUDE = frozenset({"float32_coefficients"})
+_SCALED_BY_MAGNITUDE = frozenset({"float32_coefficients", "float32_compounded"})
 
 
 def tolerance(precision: torch.dtype | str, kind: str = "output") -> dict[str, float]:
