@@ -15,7 +15,7 @@ import gencore
 from gencore._rules import is_channels_last
 from gencore.ops.group_norm_silu import group_norm_silu
 from gencore.reference.group_norm_silu import group_norm_silu_ref, group_norm_silu_stats_ref
-from gencore.testing import assert_close, backend_params
+from gencore.testing import assert_close, backend_params, tolerance
 
 pytestmark = pytest.mark.gpu
 
@@ -264,8 +264,8 @@ def test_torch_compile_fullgraph_cuda(backend):
     x.grad = None
     compiled = torch.compile(block, fullgraph=True)(x, temb)
     compiled.sum().backward()
-    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(x.grad, eager_grad, atol=1e-4, rtol=1e-4)
+    assert_close(compiled, eager, "float32_compounded")  # cuDNN picks the convolutions' algorithms per graph
+    assert_close(x.grad, eager_grad, "float32_compounded")
 
 
 @pytest.mark.parametrize("backend", CUDA_BACKENDS)
@@ -278,5 +278,5 @@ def test_gradcheck_and_gradgradcheck_cuda(backend, activation):
     def fn(x, w, b, t, ss):
         return group_norm_silu(x, 3, w, b, temb=t, scale_shift=ss, activation=activation, backend=backend)
 
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
-    assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(fn, inputs, **tolerance("gradcheck"))
+    assert torch.autograd.gradgradcheck(fn, inputs, **tolerance("gradgradcheck"))
