@@ -117,7 +117,9 @@ def assert_close(actual, expected, precision: torch.dtype | str | None = None, k
     For kind="grad", and the named entries that say so, the absolute tolerance is scaled by max(1, max|expected|),
     see the module doc.
     """
-    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    # Python numbers are float64 (torch.as_tensor would make a float32 of a float)
+    actual, expected = (torch.as_tensor(v, dtype=torch.float64) if isinstance(v, (int, float)) else torch.as_tensor(v)
+                        for v in (actual, expected))
     precision = precision or actual.dtype
     tol = tolerance(precision, kind)
     expected = expected.detach().to(torch.float64)

@@ -6,7 +6,7 @@ import torch
 import gencore
 from gencore.models import (MODELS, ConditionalDCGANDiscriminator, ConditionalDCGANGenerator, DCGANDiscriminator,
                             DCGANGenerator, ProjectionDiscriminator, UNet, WGANGPCritic, build_model, describe)
-from gencore.testing import backend_params
+from gencore.testing import assert_close, assert_equal, backend_params
 
 TINY_UNET = dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), attention_heads=2,
                  norm_groups=4)
@@ -57,8 +57,8 @@ def test_unet_scalar_and_vector_timesteps_agree():
         a = m(x, 7)
         b = m(x, torch.tensor(7))
         c = m(x, torch.full((3,), 7, dtype=torch.long))
-    torch.testing.assert_close(a, c)
-    torch.testing.assert_close(b, c)
+    assert_equal(a, c)
+    assert_equal(b, c)
 
 
 def test_unet_class_conditioning_and_null_class():
@@ -70,7 +70,7 @@ def test_unet_class_conditioning_and_null_class():
         y_null = m(x, 5, None)
         y_explicit_null = m(x, 5, torch.tensor([10, 10]))
         y_cond = m(x, 5, torch.tensor([3, 4]))
-    torch.testing.assert_close(y_null, y_explicit_null)
+    assert_equal(y_null, y_explicit_null)
     assert not torch.allclose(y_null, y_cond)
 
 
@@ -162,10 +162,9 @@ def _golden_output(m, x):
 def test_unet_golden_reference():
     y = _golden_output(*_golden_model_and_input(torch.float64))
     assert y.shape == (2, 1, 9, 11)
-    torch.testing.assert_close(y.flatten()[::17], torch.tensor(GOLDEN_EVERY_17TH, dtype=torch.float64),
-                               atol=1e-8, rtol=1e-8)
-    assert y.sum().item() == pytest.approx(GOLDEN_SUM, abs=1e-7)
-    assert y.abs().sum().item() == pytest.approx(GOLDEN_ABS_SUM, abs=1e-7)
+    assert_close(y.flatten()[::17], torch.tensor(GOLDEN_EVERY_17TH, dtype=torch.float64))
+    assert_close(y.sum(), GOLDEN_SUM)
+    assert_close(y.abs().sum(), GOLDEN_ABS_SUM)
 
 
 @pytest.mark.parametrize("backend", backend_params(("cpu",)))
@@ -174,8 +173,7 @@ def test_unet_golden_fused_backend_agrees(backend):
     with gencore.use_backend(backend):
         y = _golden_output(m, x)
     # float32 through ~20 layers of O(1) activations: a few 1e-6 relative per layer.
-    torch.testing.assert_close(y.flatten()[::17], torch.tensor(GOLDEN_EVERY_17TH, dtype=torch.float64),
-                               atol=1e-4, rtol=1e-4)
+    assert_close(y.flatten()[::17], torch.tensor(GOLDEN_EVERY_17TH, dtype=torch.float64), "float32_compounded")
 
 
 def test_unet_torch_export():
@@ -184,7 +182,7 @@ def test_unet_torch_export():
     x, t, c = torch.randn(2, 1, 28, 28), torch.tensor([1, 900]), torch.tensor([0, 3])
     ep = torch.export.export(m, (x, t, c))
     with torch.no_grad():
-        torch.testing.assert_close(ep.module()(x, t, c), m(x, t, c), atol=1e-5, rtol=1e-5)
+        assert_close(ep.module()(x, t, c), m(x, t, c), "float32_reordered")
 
 
 def test_unet_bf16_autocast():
@@ -337,7 +335,7 @@ def test_optimize_without_compile_matches():
         opt = gencore.optimize(m, compile=False)
         out = opt(x, torch.tensor([3, 4]))
     assert next(p for p in opt.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert_close(out, ref, "float32_reordered")
 
 
 def test_optimize_compiled_generator_matches():
@@ -347,7 +345,7 @@ def test_optimize_compiled_generator_matches():
     with torch.no_grad():
         ref = g(z)
         out = gencore.optimize(g)(z)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert_close(out, ref, "float32_reordered")
 
 
 def test_optimize_rejects_non_module():
