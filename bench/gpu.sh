@@ -94,8 +94,8 @@ fi
 # reference), the GPU-marked tests (streams, CUDA-graph capture of a sampling loop, opcheck and compile on CUDA).
 run "GPU tests" "$T_TESTS" "$RESULTS/tests.log" \
   "$PY" -m pytest -q -ra -p no:cacheprovider --junitxml="$RESULTS/tests.xml" \
-  tests/test_group_norm_silu.py tests/test_group_norm_silu_gpu.py tests/test_sampler_step.py \
-  tests/test_gradient_penalty.py tests/test_fake_devices.py tests/test_diffusion_sampling.py -k "cuda or triton or gpu"
+  tests/ops/test_group_norm_silu.py tests/ops/test_group_norm_silu_gpu.py tests/ops/test_sampler_step.py \
+  tests/ops/test_gradient_penalty.py tests/ops/test_fake_devices.py tests/library/test_diffusion_sampling.py -k "cuda or triton or gpu"
 
 run "GPU benchmark table" "$T_BENCH" "$RESULTS/bench.md" \
   "$PY" -m gencore.cli bench --device cuda --min-time "${GENCORE_BENCH_MIN_TIME:-0.2}"

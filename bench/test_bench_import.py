@@ -9,7 +9,7 @@ interpreter in wall-clock and in CPU seconds (the steadier of the two where othe
 differences: gencore's own cost (the extension, the ops and their registration with
 torch.library, gencore.nn), which should stay under 0.3 s on a machine without a GPU. TorchDynamo, Inductor and
 Triton are not part of it: the Triton ops register on first use (gencore/ops/_triton_ops.py), and
-tests/test_import.py fails if gencore's ops import them. A wall-clock bound is a benchmark, not a test: on a
+tests/build/test_import.py fails if gencore's ops import them. A wall-clock bound is a benchmark, not a test: on a
 shared machine it would fail at random.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ Each module ``gencore.kernels.<op>`` holds the ``@triton.jit`` kernels of one op
 from the shape (never ``@triton.autotune``: a kernel must compile ahead of time with fixed constexprs and run
 unchanged in the interpreter, ``TRITON_INTERPRET=1``), and use no floating-point atomics (deterministic results).
 
-Ahead-of-time compile convention (tests/test_triton_aot.py)
+Ahead-of-time compile convention (tests/build/test_triton_aot.py)
 ------------------------------------------------------------
 Every module here that defines Triton kernels exposes::
 

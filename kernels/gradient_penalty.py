@@ -186,7 +186,7 @@ def gradient_norm_penalty_bwd(grad_penalty: torch.Tensor, grad: torch.Tensor, no
 # ---------------------------------------------------------------------------------------------------------------------
 # Ahead-of-time compilation specs (the convention of gencore.kernels): (label, kernel, signature, constexprs, options)
 # for every configuration the launchers above launch: each dtype x each constexpr value (BLOCK, ITERS and the
-# finalize tiles are fixed; ONE_SIDED and ACC_FP64 take both values), so that tests/test_triton_aot.py compiles them
+# finalize tiles are fixed; ONE_SIDED and ACC_FP64 take both values), so that tests/build/test_triton_aot.py compiles them
 # for sm_80/sm_90 without a GPU. Sizes are "i32": tensors of 2**31 elements or more per sample make the JIT build an
 # "i64" variant of the same code (all offsets are computed in int64 either way).
 

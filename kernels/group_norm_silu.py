@@ -23,7 +23,7 @@ partial means on a pivot, so x = 1000 + noise keeps its digits. xhat is formed a
 for x near the mean (Sterbenz), which keeps offset data precise in the elementwise passes too.
 
 Block sizes come from a fixed menu chosen by shape (no autotuning): every kernel can be compiled ahead of time with
-the exact constexprs a launch can pick (`aot_specs`, exercised by tests/test_triton_aot.py), and run unchanged in
+the exact constexprs a launch can pick (`aot_specs`, exercised by tests/build/test_triton_aot.py), and run unchanged in
 the interpreter (TRITON_INTERPRET=1).
 """
 from __future__ import annotations

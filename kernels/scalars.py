@@ -5,7 +5,7 @@ float64 kernels. So a launcher passes `float_bits(value)`, the int64 bit pattern
 `from_bits(arg)` to get the float64 back. The JIT types an int argument by its value (i32 when it fits, as the
 pattern of 0.0 does, else i64), so every such parameter is annotated `tl.int64` (as are Philox seeds and offsets):
 the JIT then types it i64 whatever the value, one compiled variant, the one the AOT specs list
-(tests/test_triton_launch_types.py holds the specs to the launches). `from_bits` still widens to int64 first, so
+(tests/build/test_triton_launch_types.py holds the specs to the launches). `from_bits` still widens to int64 first, so
 the interpreter, which passes Python ints unannotated, computes the same float.
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ SchedulerCommonTest itself, collected again in each file with no scheduler class
 
 Exit status 0 when the failing tests are exactly those listed in docs/scheduler-parity.md (each documented
 deliberate difference names the tests it fails), 1 otherwise: an undocumented failure, or a documented one that
-now passes (the page is then out of date). tests/test_diffusers_parity.py runs this where $GENCORE_DIFFUSERS_SRC is
+now passes (the page is then out of date). tests/library/test_diffusers_parity.py runs this where $GENCORE_DIFFUSERS_SRC is
 set. diffusers' tests/conftest.py puts the checkout's src/ first on sys.path: a full checkout tests its own
 diffusers, so use one whose version matches the diffusers installed beside gencore.
 """

@@ -20,8 +20,8 @@ echo "building with -fsanitize=address,undefined in $WORK"
 ASAN_LIB="$(gcc -print-file-name=libasan.so)"
 STDCXX_LIB="$(gcc -print-file-name=libstdc++.so)"
 if [ $# -eq 0 ]; then
-  set -- tests/test_group_norm_silu.py tests/test_sampler_step.py tests/test_gradient_penalty.py \
-    tests/test_fake_devices.py tests/test_properties.py -k "cpu or reference" -q -p no:cacheprovider
+  set -- tests/ops/test_group_norm_silu.py tests/ops/test_sampler_step.py tests/ops/test_gradient_penalty.py \
+    tests/ops/test_fake_devices.py tests/ops/test_properties.py -k "cpu or reference" -q -p no:cacheprovider
 fi
 cd "$WORK"
 LD_PRELOAD="$ASAN_LIB $STDCXX_LIB" \

@@ -8,7 +8,7 @@ the fused step.
 diffusers' DPMSolverMultistepScheduler: its constructor's names and defaults, set_timesteps (the three spacings,
 Karras, Lu, exponential and beta sigmas, lambda_min_clipped, final_sigmas_type), and step() (the order schedule with
 lower_order_final / euler_at_final, the history of predictions, the SDE variants' noise, the four algorithm types),
-equal to diffusers' numbers to float rounding (tests/test_dpm_solver.py, in float64). What still differs, and why,
+equal to diffusers' numbers to float rounding (tests/library/test_dpm_solver.py, in float64). What still differs, and why,
 is listed once in docs/scheduler-parity.md.
 
 The math, in the notation every row below is built in. sigma_i = sigmas[i] = sqrt((1 - abar) / abar) at step i,

@@ -12,7 +12,7 @@ arguments and its output's prev_sample / pred_original_sample; add_noise, get_ve
 _get_variance; the configuration API (gencore/diffusion/scheduler_config.py). Numbers: gencore computes each step's
 coefficients in float64 from diffusers' float32 alphas_cumprod and rounds them once; diffusers computes them in
 float32, which at small t loses digits to cancellation (1 - abar_t / abar_{t-1} at t = 1 is 1e-4 relative low), so
-steps agree to float32 rounding except there (tests/test_schedulers.py holds the steps to diffusers run in float64).
+steps agree to float32 rounding except there (tests/library/test_schedulers.py holds the steps to diffusers run in float64).
 What differs on purpose, with the diffusers tests each difference fails, is listed once in docs/scheduler-parity.md;
 the two a user meets most: DDIM and DDPM step from a timestep of the schedule to the schedule's previous timestep
 (diffusers' DDIM takes t - num_train_timesteps // num_inference_steps, which for "linspace" and "trailing" spacing

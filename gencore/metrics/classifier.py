@@ -8,7 +8,7 @@ with it are comparable across gencore runs, not with papers that use InceptionV3
 Training: scripts/train_mnist_classifier.py (seed 0, 8 epochs), on the first 8,000 images of the MNIST test file
 only (the project's training part). Accuracy on the last 2,000 (the held-out reference set it never saw): 98.80%
 (1976 / 2000). Both are recorded next to the weights in metrics/weights/mnist_classifier.json, with the SHA-256 of
-the weights file, and tests/test_metrics.py re-measures the accuracy from the shipped weights.
+the weights file, and tests/library/test_metrics.py re-measures the accuracy from the shipped weights.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ DISCRIMINATORS = ("dcgan", "projection")
 
 # The samplers of a trained model, and each one's default number of steps: DDPM ancestral sampling over every
 # training timestep, DDIM, and DPM-Solver++ 2M, whose 20 steps land as close to the exact ODE solution as DDIM's 50
-# (tests/test_dpm_solver.py; no Karras sigmas: on the cosine schedule these models use they hurt).
+# (tests/library/test_dpm_solver.py; no Karras sigmas: on the cosine schedule these models use they hurt).
 SAMPLERS = ("ddim", "dpm++", "ddpm")
 DEFAULT_STEPS = {"ddim": 50, "dpm++": 20, "ddpm": 1000}
 

@@ -672,7 +672,7 @@ def test_table_columns_are_one_contract_in_python_and_cpp():
     """csrc/sampler_step_table.h (read by the CPU kernels, the CUDA binding and the CUDA kernels) names the same
     columns in the same order as gencore._rules.COEF_COLUMNS (read by the reference, the Triton kernels and the
     schedulers)."""
-    header = (Path(__file__).resolve().parents[1] / "csrc" / "sampler_step_table.h").read_text()
+    header = (Path(__file__).resolve().parents[2] / "csrc" / "sampler_step_table.h").read_text()
     body = header[header.index("enum Column"):header.index("};")]
     names = re.findall(r"\bk([A-Z]\w*)", body)
     assert names[-1] == "NumCoefs"

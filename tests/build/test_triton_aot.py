@@ -39,7 +39,7 @@ MAX_SHARED_BYTES = {80: 166912, 90: 232448}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The subprocess side (python tests/test_triton_aot.py): compile everything, one JSON line per (spec, target).
+# The subprocess side (python tests/build/test_triton_aot.py): compile everything, one JSON line per (spec, target).
 
 
 def _modules():

@@ -4,7 +4,7 @@ import re
 import subprocess
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "gpu.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu.sh"
 
 
 def _dry_run(tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 CI_SCRIPT = ROOT / ".ci" / "run"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)

@@ -1,6 +1,6 @@
 """GPU-only checks of group_norm_silu's fused CUDA-tensor backends (cuda, and triton where it applies).
 
-tests/test_group_norm_silu.py already runs its whole matrix on CUDA tensors for the cuda and triton backends when a
+tests/ops/test_group_norm_silu.py already runs its whole matrix on CUDA tensors for the cuda and triton backends when a
 GPU is present (gencore.testing.device_for). This file adds what only a GPU can show: the split reduction at batch 1
 with 32 groups and large spatial sizes, 64-bit indexing past 2^31 elements, capture in a CUDA graph, launches on the
 caller's current stream, the device guard, opcheck and torch.compile on CUDA tensors. Every test is marked `gpu`

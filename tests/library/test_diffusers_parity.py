@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "diffusers_scheduler_tests.py"
 SRC = os.environ.get("GENCORE_DIFFUSERS_SRC")
 _spec = importlib.util.spec_from_file_location("diffusers_scheduler_tests", SCRIPT)

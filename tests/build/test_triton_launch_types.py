@@ -1,4 +1,4 @@
-"""Every Triton launch the launchers really make is one that tests/test_triton_aot.py compiles, typed as the JIT types it.
+"""Every Triton launch the launchers really make is one that tests/build/test_triton_aot.py compiles, typed as the JIT types it.
 
 The AOT test compiles the signatures of each module's `aot_specs()`; a hand-written signature can disagree with what
 the JIT infers from the values a launcher really passes (an int argument is i32 or i64 by its value: the sampler
