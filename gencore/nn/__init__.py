@@ -33,7 +33,12 @@ class _FusedGroupNormBase(nn.GroupNorm):
         return weight, bias
 
     def _forward(self, x, temb=None, scale_shift=None, backend=None):
-        if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        weight, bias = self.weight, self.bias
+        if torch_is_faster(x, weight, bias, temb, scale_shift, self._activation, backend):
+            # torch's ops on the module's own tensors, as torch.nn.GroupNorm (+ SiLU) computes them.
+            return torch_group_norm_silu(x, self.num_groups, weight, bias, self.eps, temb, scale_shift,
+                                         self._activation)
+        if x.is_cuda and torch.is_autocast_enabled("cuda"):
             # CUDA autocast runs torch's group_norm in float32 (its "fp32" op list); do the same so results and
             # output dtype match torch. CPU autocast keeps the input dtype, which the path below already does.
             x = x.float()
@@ -44,9 +49,6 @@ class _FusedGroupNormBase(nn.GroupNorm):
                 return group_norm_silu(x, self.num_groups, weight, bias, self.eps, temb=temb,
                                        scale_shift=scale_shift, activation=self._activation, backend=backend)
         weight, bias = self._params_for(x)
-        if torch_is_faster(x, weight, bias, temb, scale_shift, self._activation, backend=backend):
-            return torch_group_norm_silu(x, self.num_groups, weight, bias, self.eps, temb, scale_shift,
-                                         self._activation)
         return group_norm_silu(x, self.num_groups, weight, bias, self.eps, temb=temb, scale_shift=scale_shift,
                                activation=self._activation, backend=backend)
 

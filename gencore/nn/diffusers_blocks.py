@@ -46,14 +46,15 @@ def can_fuse_resnet_block(block: nn.Module) -> bool:
 
 def _gn_silu(norm: nn.GroupNorm, x: torch.Tensor, temb=None, scale_shift=None) -> torch.Tensor:
     weight, bias = norm.weight, norm.bias
-    if weight.dtype != x.dtype:  # a model cast by hand, or autocast: the op takes one dtype
-        weight, bias = weight.to(x.dtype), bias.to(x.dtype)
-    if temb is not None:
-        temb = temb.to(x.dtype)
-    if scale_shift is not None:
-        scale_shift = scale_shift.to(x.dtype)
     if torch_is_faster(x, weight, bias, temb, scale_shift, "silu"):
         return torch_group_norm_silu(x, norm.num_groups, weight, bias, norm.eps, temb, scale_shift)
+    dtype = x.dtype
+    if weight.dtype != dtype:  # a model cast by hand, or autocast: the op takes one dtype
+        weight, bias = weight.to(dtype), bias.to(dtype)
+    if temb is not None and temb.dtype != dtype:
+        temb = temb.to(dtype)
+    if scale_shift is not None and scale_shift.dtype != dtype:
+        scale_shift = scale_shift.to(dtype)
     return group_norm_silu(x, norm.num_groups, weight, bias, norm.eps, temb=temb, scale_shift=scale_shift,
                            activation="silu")
 

@@ -70,24 +70,27 @@ NOT_CONTIGUOUS_FACTOR = 8
 
 def torch_is_faster(x: torch.Tensor, weight, bias, temb, scale_shift, activation: str | None,
                     backend: str | None = None) -> bool:
-    """Whether torch's own ops should serve this call of the fused op's arguments (the rule in the module doc)."""
-    if backend is not None or x.device.type != "cpu" or backends.get_backend() != "auto":
+    """Whether torch's own ops should serve this call of the fused op's arguments (the rule in the module doc).
+
+    Written for the calls it sends to torch, which are the small ones: every check costs a tiny model's forward
+    about as much as the op it routes, so the cheap ones come first and the backend lookup last."""
+    if backend is not None or not x.is_cpu:
         return False
-    records = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, bias, temb, scale_shift))
+    records = torch.is_grad_enabled() and (x.requires_grad or any(
+        t is not None and t.requires_grad for t in (weight, bias, temb, scale_shift)))
     passes_saved = (activation == "silu") + (temb is not None or scale_shift is not None)
     threshold = (MIN_NUMEL_TRAINING if records else MIN_NUMEL_FORWARD) * FACTOR_BY_PASSES_SAVED[passes_saved]
     if not x.is_contiguous():
         threshold *= NOT_CONTIGUOUS_FACTOR
-    return x.numel() < threshold
+    return x.numel() < threshold and backends.get_backend() == "auto"
 
 
 def torch_group_norm_silu(x, num_groups, weight, bias, eps, temb=None, scale_shift=None, activation="silu"):
     """The fused op's math in torch's own kernels: what a model computes without gencore."""
-    per_channel = (1,) * (x.dim() - 2)
-    h = x if temb is None else x + temb.reshape(temb.shape + per_channel)
-    y = F.group_norm(h, num_groups, weight, bias, eps)
+    if temb is not None:
+        x = x + temb.reshape(temb.shape + (1,) * (x.dim() - 2))
+    y = F.group_norm(x, num_groups, weight, bias, eps)
     if scale_shift is not None:
-        scale, shift = scale_shift.reshape(scale_shift.shape + per_channel).chunk(2, dim=1)
+        scale, shift = scale_shift.reshape(scale_shift.shape + (1,) * (x.dim() - 2)).chunk(2, dim=1)
         y = y * (1 + scale) + shift
     return F.silu(y) if activation == "silu" else y
