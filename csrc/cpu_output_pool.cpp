@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <list>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -29,6 +30,13 @@ size_t limit_from_env() {
   return (end == env || mb <= 0) ? 0 : static_cast<size_t>(mb) << 20;
 }
 
+// How many sizes the cache follows (see cpu_output_pool.h). More than the distinct output sizes of one pass of a
+// loop, so a loop keeps all of its buffers: the GroupNorms of Stable Diffusion 1.5's UNet produce 8 to 10 sizes of
+// 1 MiB or more at batch 1 to 8 (the backward's grad_x the same ones), a CIFAR DDPM UNet's 7 to 9. Few enough that a
+// run over varied shapes holds little: over 300 GroupNorms of random shapes (six runs), following 32 sizes raised the
+// peak RSS by 90 MB on average (at most 140 MB) over no cache, 16 sizes by 37 MB (at most 68 MB).
+constexpr size_t kRecentSizes = 16;
+
 // Each block is [header: its byte size][kSlack bytes][nbytes]; the data starts somewhere in the first kPage bytes
 // after the header, at the page offset asked for. The DataPtr context is the block.
 class OutputPool {
@@ -36,15 +44,26 @@ class OutputPool {
   c10::DataPtr allocate(size_t nbytes, size_t page_offset) {
     if (nbytes < kMinPooledBytes || limit_.load() == 0) return c10::GetDefaultCPUAllocator()->allocate(nbytes);
     char* block = nullptr;
+    std::vector<void*> dropped;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_.find(nbytes);
-      if (it != free_.end() && !it->second.empty()) {
-        block = static_cast<char*>(it->second.back());
-        it->second.pop_back();
-        cached_ -= nbytes;
+      auto it = sizes_.find(nbytes);
+      if (it != sizes_.end()) {
+        SizeEntry& entry = it->second;
+        recent_.splice(recent_.begin(), recent_, entry.recency);  // now the most recent size
+        entry.asked_again = true;
+        if (!entry.free.empty()) {
+          block = static_cast<char*>(entry.free.back());
+          entry.free.pop_back();
+          cached_ -= nbytes;
+        }
+      } else {
+        recent_.push_front(nbytes);
+        sizes_.emplace(nbytes, SizeEntry{recent_.begin(), false, {}});
+        if (sizes_.size() > kRecentSizes) dropped = forget(recent_.back());
       }
     }
+    for (void* b : dropped) c10::free_cpu(b);
     if (block == nullptr) {
       block = static_cast<char*>(c10::alloc_cpu(kHeader + kSlack + nbytes));
       std::memcpy(block, &nbytes, sizeof(nbytes));
@@ -55,17 +74,18 @@ class OutputPool {
   }
 
   int64_t empty_cache() {
-    std::unordered_map<size_t, std::vector<void*>> drop;
+    std::vector<void*> drop;
+    int64_t released = 0;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      drop.swap(free_);
+      for (auto& [bytes, entry] : sizes_) {
+        drop.insert(drop.end(), entry.free.begin(), entry.free.end());
+        entry.free.clear();
+      }
+      released = static_cast<int64_t>(cached_);
       cached_ = 0;
     }
-    int64_t released = 0;
-    for (auto& [bytes, blocks] : drop) {
-      for (void* b : blocks) c10::free_cpu(b);
-      released += static_cast<int64_t>(bytes * blocks.size());
-    }
+    for (void* b : drop) c10::free_cpu(b);
     return released;
   }
 
@@ -91,14 +111,33 @@ class OutputPool {
   }
 
  private:
+  // One of the recently asked-for sizes: its place in recent_, whether it was asked for more than once while
+  // followed (only then are its freed buffers kept), and its cached buffers.
+  struct SizeEntry {
+    std::list<size_t>::iterator recency;
+    bool asked_again;
+    std::vector<void*> free;
+  };
+
+  // Stops following a size; returns its cached buffers for the caller to free outside the lock.
+  std::vector<void*> forget(size_t nbytes) {
+    auto it = sizes_.find(nbytes);
+    std::vector<void*> blocks = std::move(it->second.free);
+    cached_ -= nbytes * blocks.size();
+    recent_.erase(it->second.recency);
+    sizes_.erase(it);
+    return blocks;
+  }
+
   static void release(void* block) {
     size_t nbytes;
     std::memcpy(&nbytes, block, sizeof(nbytes));
     OutputPool& pool = get();
     {
       std::lock_guard<std::mutex> lock(pool.mutex_);
-      if (pool.cached_ + nbytes <= pool.limit_.load()) {
-        pool.free_[nbytes].push_back(block);
+      auto it = pool.sizes_.find(nbytes);
+      if (it != pool.sizes_.end() && it->second.asked_again && pool.cached_ + nbytes <= pool.limit_.load()) {
+        it->second.free.push_back(block);
         pool.cached_ += nbytes;
         return;
       }
@@ -107,7 +146,8 @@ class OutputPool {
   }
 
   std::mutex mutex_;
-  std::unordered_map<size_t, std::vector<void*>> free_;
+  std::list<size_t> recent_;                        // the followed sizes, most recently asked for first
+  std::unordered_map<size_t, SizeEntry> sizes_;     // at most kRecentSizes entries, one per element of recent_
   size_t cached_ = 0;
   std::atomic<size_t> limit_{limit_from_env()};
 };

@@ -1,11 +1,17 @@
-// A small cache of large CPU output buffers, for the fused ops' outputs (y, grad_x).
+// A small cache of large CPU output buffers, for the fused ops' outputs (y, grad_x, prev_sample, ...).
 //
 // Why: a fresh allocation of tens of MB is served by mmap, and the first write to each 4 KiB page then costs a page
 // fault plus the kernel zeroing the page. For the GroupNorm of an (8, 320, 64, 64) float32 activation that is about
-// 65 ms of page faults against ~10 ms of actual work: the allocator, not the kernel, would set the speed. Buffers
-// of at least kMinPooledBytes freed by their tensors return here and are reused by the next output of the same
-// size (training and sampling loops repeat their shapes), like the CUDA caching allocator does on the GPU.
-// Bounded: at most GENCORE_CPU_CACHE_MB megabytes (default 1024; 0 turns the cache off) are kept; beyond that a
+// 65 ms of page faults against ~10 ms of actual work: the allocator, not the kernel, would set the speed. A loop
+// (sampling, training) asks for the same sizes again and again, so buffers of at least 1 MiB freed by their tensors
+// come back here and serve the next output of the same size, like the CUDA caching allocator does on the GPU.
+//
+// What is kept: only what a loop reuses. A freed buffer is kept only when its size was asked for before (a size
+// asked for once, as in a run over varied shapes, goes straight back to the system), and only while that size is
+// among the 16 sizes asked for most recently: asking for a new size drops the buffers of the size asked for longest
+// ago. A loop whose outputs take up to 16 sizes (a diffusion UNet's GroupNorms, forward and backward, take about 10)
+// keeps them all from its second pass on; varied shapes leave next to nothing cached.
+// Bounded also in bytes: at most GENCORE_CPU_CACHE_MB megabytes (default 1024; 0 turns the cache off), beyond which a
 // freed buffer goes back to the system. gencore::cpu_empty_cache() releases everything cached.
 #pragma once
 
@@ -35,7 +41,8 @@ int64_t cpu_empty_cache();
 // [bytes cached now, limit in bytes].
 std::vector<int64_t> cpu_cache_stats();
 
-// Sets the limit (0 turns the cache off; what it holds beyond the new limit is released); returns cpu_cache_stats().
+// Sets the limit in bytes (0 turns the cache off; what it holds beyond the new limit is released); returns
+// cpu_cache_stats().
 std::vector<int64_t> cpu_set_cache_limit(int64_t bytes);
 
 }  // namespace gencore

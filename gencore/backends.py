@@ -223,7 +223,9 @@ def cpu_output_cache(limit_mb: float | None = None) -> dict | None:
 
     Fresh multi-MB CPU allocations cost a page fault per 4 KiB on first write (65 ms of faults against ~10 ms of
     work for an (8, 320, 64, 64) float32 GroupNorm), so the fused CPU ops take their outputs from a cache of freed
-    buffers of the same size (csrc/cpu_output_pool.h), like the CUDA caching allocator. Bounded: 1024 MB by default,
+    buffers of the same size (csrc/cpu_output_pool.h), like the CUDA caching allocator. Only buffers a loop reuses are
+    kept: those of sizes asked for more than once, among the 16 sizes asked for most recently (varied shapes leave
+    next to nothing cached). Bounded: 1024 MB by default,
     GENCORE_CPU_CACHE_MB at start-up, or limit_mb here; 0 turns it off and releases what it holds (a lower limit
     releases it too). torch.ops.gencore.cpu_empty_cache() releases it without changing the limit. None when the
     extension is not built.

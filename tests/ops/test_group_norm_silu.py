@@ -536,7 +536,8 @@ def test_cpu_output_cache_is_visible_bounded_and_can_be_turned_off():
         pytest.skip("no cpu backend here")
     before = gencore.cpu_output_cache()
     try:
-        x = torch.randn(2, 8, 128, 128)  # 1 MiB output: cached when freed
+        x = torch.randn(2, 8, 128, 128)  # 1 MiB output: cached when freed, once its size is asked for again
+        group_norm_silu(x, 4, backend="cpu")
         y = group_norm_silu(x, 4, backend="cpu")
         ptr = y.data_ptr()
         del y
