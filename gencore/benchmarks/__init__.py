@@ -36,7 +36,8 @@ import torch
 FUSED = ("cpu", "cuda", "triton")
 # Baselines and the column title of a fused provider's speed-up over each. "torch" is what a user writes without
 # gencore (e.g. F.silu(F.group_norm(x + temb))): torch's own native kernels, which the reference twin is not.
-BASELINES = {"reference": "vs eager", "torch": "vs torch", "torch_compile": "vs compile", "diffusers": "vs diffusers"}
+BASELINES = {"reference": "vs eager", "torch": "vs torch", "torch_compile": "vs compile", "diffusers": "vs diffusers",
+             "cpu_no_cache": "vs no cache"}  # cpu_no_cache: the cpu backend with its output cache off
 
 
 @dataclass
