@@ -50,6 +50,13 @@ justified here; a test asks for one by name: `assert_close(a, b, "float32_compou
                                                   beta_1 = 1 - abar_1 / abar_0 = 1.2e-4 loses four digits to
                                                   cancellation in float32 (1e-4 relative); the variances are O(1e-8)
                                                   and up, so atol only admits an exact 0.
+    float64_matrix_sqrt   atol 1e-6,  rtol 1e-6   A Frechet distance in float64 against pytorch-fid's scipy sqrtm: the
+                                                  matrix square root's error grows with the covariances' condition
+                                                  number (~1e6 for feature covariances) times eps; the distance of a
+                                                  set to itself is 0 within the same 1e-6.
+    float32_rounded_inputs atol 0,    rtol 1e-4   float64 math on statistics first rounded to float32 (6e-8 relative
+                                                  each): a Frechet distance is a difference of traces ~1e3 times its
+                                                  size, so cancellation amplifies that rounding to ~1e-5 relative.
     gradcheck             eps 1e-6, atol 1e-7     torch.autograd.gradcheck in float64: central differences with step
                                                   1e-6 of a smooth op err by ~eps^2 times its third derivative, plus
                                                   rounding 1e-16 / eps = 1e-10, on O(1) entries.
@@ -92,6 +99,8 @@ NAMED_TOLERANCES: dict[str, dict[str, float]] = {
     "float32_reordered": {"atol": 1e-5, "rtol": 1e-5},
     "float32_compounded": {"atol": TOLERANCES[torch.float32]["atol"], "rtol": 0.0},
     "float32_cancellation": {"atol": 1e-12, "rtol": 2e-4},
+    "float64_matrix_sqrt": {"atol": 1e-6, "rtol": 1e-6},
+    "float32_rounded_inputs": {"atol": 0.0, "rtol": 1e-4},
     "gradcheck": {"eps": 1e-6, "atol": 1e-7},
     "gradgradcheck": {"eps": 1e-6, "atol": 1e-6},
     "gradcheck_linear": {"eps": 1e-6, "atol": 1e-8},
@@ -128,6 +137,14 @@ def assert_close(actual, expected, precision: torch.dtype | str | None = None, k
         tol["atol"] *= max(1.0, expected.abs().max().item())
     torch.testing.assert_close(actual, expected, atol=tol["atol"], rtol=tol["rtol"], check_dtype=False,
                                check_stride=False, msg=(lambda m: f"{msg}\n{m}") if msg else None)
+
+
+def approx(expected, precision: torch.dtype | str):
+    """pytest.approx at the tolerance of a dtype or a named entry, for a number (or numbers) inside a larger assert."""
+    import pytest  # a test dependency, not one of the package's
+
+    tol = tolerance(precision)
+    return pytest.approx(expected, rel=tol["rtol"], abs=tol["atol"])
 
 
 def assert_equal(actual: torch.Tensor, expected: torch.Tensor, msg: str = "") -> None:

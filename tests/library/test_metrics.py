@@ -22,6 +22,7 @@ from gencore.metrics import (
 )
 from gencore.metrics import scores as scores_module
 from gencore.metrics.classifier import classifier_weights_path
+from gencore.testing import approx
 
 HAS_WEIGHTS = classifier_weights_path().is_file()
 needs_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason="classifier weights not trained yet")
@@ -51,10 +52,10 @@ def test_matches_scipy_sqrtm_on_well_conditioned_stats():
         # pytorch-fid's computation: scipy's (non-symmetric) sqrtm of the product, real part.
         covmean = scipy_linalg.sqrtm(s1.numpy() @ s2.numpy()).real
         expected = float(((m1 - m2) ** 2).sum()) + np.trace(s1.numpy()) + np.trace(s2.numpy()) - 2 * np.trace(covmean)
-        assert frechet_distance(m1, s1, m2, s2) == pytest.approx(expected, rel=1e-6)
+        assert frechet_distance(m1, s1, m2, s2) == approx(expected, "float64_matrix_sqrt")
         # numpy inputs and float32 inputs are accepted (converted to float64)
-        assert frechet_distance(m1.numpy(), s1.numpy(), m2.numpy(), s2.numpy()) == pytest.approx(expected, rel=1e-6)
-        assert frechet_distance(m1.float(), s1.float(), m2.float(), s2.float()) == pytest.approx(expected, rel=1e-4)
+        assert frechet_distance(m1.numpy(), s1.numpy(), m2.numpy(), s2.numpy()) == approx(expected, "float64_matrix_sqrt")
+        assert frechet_distance(m1.float(), s1.float(), m2.float(), s2.float()) == approx(expected, "float32_rounded_inputs")
 
 
 def test_closed_form_gaussians():
@@ -62,19 +63,19 @@ def test_closed_form_gaussians():
     a, b = torch.tensor([1.0, 4.0, 9.0, 0.25]), torch.tensor([4.0, 1.0, 9.0, 0.0])
     mu1, mu2 = torch.tensor([0.0, 1.0, 2.0, 3.0]), torch.tensor([1.0, 1.0, 0.0, 3.0])
     expected = 1 + 4 + ((a.sqrt() - b.sqrt()) ** 2).sum().item()
-    assert frechet_distance(mu1, torch.diag(a), mu2, torch.diag(b)) == pytest.approx(expected, rel=1e-12)
+    assert frechet_distance(mu1, torch.diag(a), mu2, torch.diag(b)) == approx(expected, "float64_short")
     # S2 = c S1: FID = |dmu|^2 + (1 - sqrt c)^2 Tr S1, for any S1 (here a random rank-deficient one).
     x = _gaussian_features(10, 32, 3)
     s1 = torch.cov(x.T)
     assert frechet_distance(mu1.new_zeros(32), s1, mu1.new_zeros(32), 2.25 * s1) == \
-        pytest.approx(0.25 * s1.trace().item(), rel=1e-9)
+        approx(0.25 * s1.trace().item(), torch.float64)
     # Non-commuting 2x2: Tr sqrt(M) = sqrt(tr M + 2 sqrt(det M)) for the 2x2 product M = S1 S2.
     s1 = torch.tensor([[2.0, 0.7], [0.7, 1.0]], dtype=torch.float64)
     s2 = torch.tensor([[1.0, -0.4], [-0.4, 3.0]], dtype=torch.float64)
     m = s1 @ s2
     tr_sqrt = math.sqrt(m.trace().item() + 2 * math.sqrt(torch.det(m).item()))
     expected = 0.5 + s1.trace().item() + s2.trace().item() - 2 * tr_sqrt
-    assert frechet_distance(torch.zeros(2), s1, torch.tensor([0.5, -0.5]), s2) == pytest.approx(expected, rel=1e-12)
+    assert frechet_distance(torch.zeros(2), s1, torch.tensor([0.5, -0.5]), s2) == approx(expected, "float64_short")
 
 
 def test_rank_deficient_covariances_are_finite_and_exact():
@@ -89,21 +90,21 @@ def test_rank_deficient_covariances_are_finite_and_exact():
     tr_sqrt = np.linalg.svd(c1 @ c2.T, compute_uv=False).sum() / math.sqrt(19 * 29)
     expected = float(((m1 - m2) ** 2).sum() + s1.trace() + s2.trace()) - 2 * tr_sqrt
     value = frechet_distance(m1, s1, m2, s2)
-    assert math.isfinite(value) and value == pytest.approx(expected, rel=1e-9)
+    assert math.isfinite(value) and value == approx(expected, torch.float64)
     # Disjoint supports (product exactly 0): Tr sqrt = 0.
     assert frechet_distance(torch.zeros(3), torch.diag(torch.tensor([1.0, 0, 0])), torch.zeros(3),
-                            torch.diag(torch.tensor([0, 2.0, 0]))) == pytest.approx(3.0, rel=1e-12)
+                            torch.diag(torch.tensor([0, 2.0, 0]))) == approx(3.0, "float64_short")
 
 
 @pytest.mark.parametrize("n, d", [(500, 32), (20, 128)], ids=["full-rank", "rank-deficient"])
 def test_identical_sets_give_zero(n, d):
     x = _gaussian_features(n, d, 6, shift=5.0, scale=10.0)  # a large offset and scale, as network features have
     m, s = _stats(x)
-    assert 0.0 <= frechet_distance(m, s, m, s) < 1e-6
+    assert frechet_distance(m, s, m, s) == approx(0.0, "float64_matrix_sqrt")
     fid = _identity_fid()
     fid.update_features(x, real=True)
     fid.update_features(x.flip(0), real=False)
-    assert 0.0 <= fid.compute() < 1e-6
+    assert fid.compute() == approx(0.0, "float64_matrix_sqrt")
 
 
 def test_never_negative():
@@ -146,7 +147,7 @@ def test_fid_independent_of_batching_and_order():
                 fid.update_features(real_batches[i], real=True)
         results.append(fid.compute())
     for value in results:
-        assert value == pytest.approx(reference, rel=1e-9)
+        assert value == approx(reference, torch.float64)
 
 
 def test_fid_images_through_extractor_and_batch_size():
@@ -164,7 +165,7 @@ def test_fid_images_through_extractor_and_batch_size():
         fid.update(real, real=True)
         fid.update(fake, real=False)
         values.append(fid.compute())
-    assert values[0] == pytest.approx(values[1], rel=1e-9) and values[0] > 0
+    assert values[0] == approx(values[1], torch.float64) and values[0] > 0
 
 
 def test_fid_save_and_load_reference(tmp_path):
@@ -178,7 +179,7 @@ def test_fid_save_and_load_reference(tmp_path):
     other = _identity_fid()
     other.load_reference(path)
     other.update_features(fake, real=False)
-    assert other.compute() == pytest.approx(value, rel=1e-12)
+    assert other.compute() == approx(value, "float64_short")
     assert other.count(real=True) == 300
     other.reset(real=False)  # keep the reference, forget the samples
     assert other.count(real=True) == 300 and other.count(real=False) == 0
@@ -219,7 +220,7 @@ def test_fid_on_cuda_matches_cpu():
         fid.update_features(real.to(device), real=True)
         fid.update_features(fake.to(device), real=False)
         values.append(fid.compute())
-    assert values[1] == pytest.approx(values[0], rel=1e-9)
+    assert values[1] == approx(values[0], torch.float64)
 
 
 # -- Inception Score ------------------------------------------------------------------------------------------------
@@ -233,18 +234,18 @@ def _confident_logits(n, c, seed, margin=30.0):
 
 def test_is_uniform_is_one():
     mean, std = inception_score(torch.full((100, 10), 0.1))
-    assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
-    assert inception_score(torch.zeros(50, 7), splits=5)[0] == pytest.approx(1.0, abs=1e-12)  # uniform logits
+    assert mean == approx(1.0, "float64_short") and std == approx(0.0, "float64_short")
+    assert inception_score(torch.zeros(50, 7), splits=5)[0] == approx(1.0, "float64_short")  # uniform logits
 
 
 @pytest.mark.parametrize("c, n, splits", [(10, 1000, 10), (7, 700, 10), (10, 100, 1)])
 def test_is_confident_even_predictions_is_number_of_classes(c, n, splits):
     probs = torch.eye(c, dtype=torch.float64).repeat(n // c, 1)
     mean, std = inception_score(probs, splits=splits)
-    assert mean == pytest.approx(c, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
+    assert mean == approx(c, torch.float64) and std == approx(0.0, torch.float64)
     # class-sorted and as logits: the same
     assert inception_score(probs[probs.argmax(1).argsort(stable=True)] * 50, splits=splits, inputs="logits")[0] == \
-        pytest.approx(c, rel=1e-9)
+        approx(c, torch.float64)
 
 
 def test_is_order_independent():
@@ -266,7 +267,7 @@ def test_is_splits_as_defined():
     probs = torch.softmax(logits, 1)
     # splits=1 is the plain definition on the whole set
     kl = (probs * (probs.log() - probs.mean(0).log())).sum(1)
-    assert inception_score(logits, splits=1) == (pytest.approx(kl.mean().exp().item(), rel=1e-12), 0.0)
+    assert inception_score(logits, splits=1) == (approx(kl.mean().exp().item(), "float64_short"), 0.0)
     # the splits partition the samples, sizes differ by at most one, and mean/std (ddof=0) are over the splits
     parts = scores_module._split_assignment(probs.float(), 10)
     assert sorted(torch.cat(parts).tolist()) == list(range(103))
@@ -276,11 +277,11 @@ def test_is_splits_as_defined():
         p = probs[index]
         per_split.append((p * (p.log() - p.mean(0).log())).sum(1).mean().exp().item())
     mean, std = inception_score(logits, splits=10)
-    assert mean == pytest.approx(np.mean(per_split), rel=1e-12) and std == pytest.approx(np.std(per_split), rel=1e-9)
+    assert mean == approx(np.mean(per_split), "float64_short") and std == approx(np.std(per_split), torch.float64)
     # one sample per split: each split's p(y) is that sample's p(y|x), so every score is 1
-    assert inception_score(logits[:20], splits=20) == (pytest.approx(1.0), pytest.approx(0.0, abs=1e-12))
+    assert inception_score(logits[:20], splits=20) == (approx(1.0, "float64_short"), approx(0.0, "float64_short"))
     # probabilities and logits of the same predictions agree (auto-detected or explicit)
-    assert inception_score(probs, splits=4)[0] == pytest.approx(inception_score(logits, splits=4)[0], rel=1e-9)
+    assert inception_score(probs, splits=4)[0] == approx(inception_score(logits, splits=4)[0], torch.float64)
 
 
 def test_is_bad_input():
@@ -303,11 +304,11 @@ def test_is_bad_input():
 def test_diversity_is_mean_pairwise_distance(monkeypatch):
     x = torch.rand(150, 1, 28, 28) * 2 - 1
     expected = torch.pdist(x.flatten(1).double()).mean().item()
-    assert diversity_score(x) == pytest.approx(expected, rel=1e-9)
+    assert diversity_score(x) == approx(expected, torch.float64)
     monkeypatch.setattr(scores_module, "_BLOCK_ELEMENTS", 1000)  # many small blocks: the same value
-    assert diversity_score(x) == pytest.approx(expected, rel=1e-9)
-    assert diversity_score(x, max_samples=20) == pytest.approx(torch.pdist(x[:20].flatten(1).double()).mean().item())
-    assert diversity_score(x[:1].repeat(10, 1, 1, 1)) < 1e-5  # a collapsed generator (0 up to rounding)
+    assert diversity_score(x) == approx(expected, torch.float64)
+    assert diversity_score(x, max_samples=20) == approx(torch.pdist(x[:20].flatten(1).double()).mean().item(), torch.float64)
+    assert diversity_score(x[:1].repeat(10, 1, 1, 1)) == approx(0.0, "float32_reordered")  # a collapsed generator
 
 
 def test_diversity_bad_input():
@@ -334,11 +335,11 @@ def test_precision_recall_matches_brute_force(monkeypatch):
     fake = _gaussian_features(250, 8, 15, shift=0.4, scale=0.7)
     expected = _brute_force_pr(real, fake, 3)
     got = precision_recall(real, fake, k=3)
-    assert got == pytest.approx(expected, abs=1e-12)
+    assert got == approx(expected, "float64_short")
     assert 0 < got.precision < 1 and 0 < got.recall < 1
     monkeypatch.setattr(scores_module, "_BLOCK_ELEMENTS", 8192)  # ~30 row blocks: identical result
     assert precision_recall(real, fake, k=3) == got
-    assert precision_recall(real, fake, k=5) == pytest.approx(_brute_force_pr(real, fake, 5), abs=1e-12)
+    assert precision_recall(real, fake, k=5) == approx(_brute_force_pr(real, fake, 5), "float64_short")
 
 
 def test_precision_recall_limits():
@@ -406,7 +407,7 @@ def test_classifier_heldout_accuracy(mnist_dir):
                                  for i in range(0, 2000, 500)])
     accuracy = (predictions == held_out.labels).double().mean().item()
     assert accuracy >= 0.975
-    assert accuracy == pytest.approx(classifier_info()["heldout_accuracy"], abs=0.002)  # the recorded number
+    assert accuracy == pytest.approx(classifier_info()["heldout_accuracy"], abs=0.002)  # the recorded number, as printed (3 decimals) and rounded
 
 
 @needs_weights
@@ -456,15 +457,15 @@ def test_class_coverage_exact():
     cov = class_coverage(one_class)
     assert cov.counts == [0, 0, 0, 50, 0, 0, 0, 0, 0, 0] and cov.present == 1
     assert cov.rare == [0, 1, 2, 4, 5, 6, 7, 8, 9] and cov.collapsed
-    assert cov.kl_from_uniform == pytest.approx(math.log(10), abs=1e-12) and cov.effective_classes == pytest.approx(1)
+    assert cov.kl_from_uniform == approx(math.log(10), "float64_short") and cov.effective_classes == approx(1, "float64_short")
     even = torch.nn.functional.one_hot(torch.arange(50) % 10, 10).double() * 5  # logits
     cov = class_coverage(even)
     assert cov.counts == [5] * 10 and cov.present == 10 and cov.rare == [] and not cov.collapsed
-    assert cov.kl_from_uniform == pytest.approx(0, abs=1e-12) and cov.effective_classes == pytest.approx(10)
+    assert cov.kl_from_uniform == approx(0, "float64_short") and cov.effective_classes == approx(10, "float64_short")
     # two classes, 30 / 20 of 50: KL = log 10 - H(0.6, 0.4)
     two = torch.nn.functional.one_hot(torch.tensor([1] * 30 + [7] * 20), 10).double()
     expected = math.log(10) + 0.6 * math.log(0.6) + 0.4 * math.log(0.4)
-    assert class_coverage(two).kl_from_uniform == pytest.approx(expected, abs=1e-12)
+    assert class_coverage(two).kl_from_uniform == approx(expected, "float64_short")
     # a class under a fifth of its even share (1,000 samples: under 20 of 100) is rare; 20 is not
     counts = [20, 19] + [120] * 8 + [41]
     logits = torch.nn.functional.one_hot(torch.cat([torch.full((c,), k) for k, c in enumerate(counts[:10])]), 10)
@@ -506,7 +507,7 @@ def test_eval_command(mnist_dir, tmp_path, monkeypatch, capsys):
     np.savez(tmp_path / "fake.npz", fake[:50].numpy())
     for spec in (str(folder), str(tmp_path / "fake.npz")):
         assert main(["eval", "--real", str(tmp_path / "fake.npz"), "--fake", spec, "--json", str(out_json)]) == 0
-        assert json.loads(out_json.read_text())["fid"] < 1e-6
+        assert json.loads(out_json.read_text())["fid"] == approx(0.0, "float64_matrix_sqrt")
 
 
 def test_eval_command_errors(tmp_path, capsys):
@@ -561,9 +562,9 @@ def test_eval_warns_when_every_sample_is_one_class(tmp_path, capsys):
     digit = int(np.argmax(results["class_counts"]))
     assert results["class_counts"] == [200 if k == digit else 0 for k in range(10)]
     assert results["classes_present"] == 1 and results["collapsed"]
-    assert results["inception_score"] == pytest.approx(1.0, abs=1e-9)
-    assert results["class_kl_from_uniform"] == pytest.approx(math.log(10), abs=1e-9)
-    assert results["effective_classes"] == pytest.approx(1.0)
+    assert results["inception_score"] == approx(1.0, torch.float64)
+    assert results["class_kl_from_uniform"] == approx(math.log(10), torch.float64)
+    assert results["effective_classes"] == approx(1.0, "float64_short")
     assert "classes    1 of 10 present" in out
     warning = [line for line in err.splitlines() if "warning" in line]
     assert len(warning) == 1 and "9 of 10 are rare or absent" in warning[0]
