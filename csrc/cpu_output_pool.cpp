@@ -177,11 +177,6 @@ c10::Allocator* allocator_like(const at::Tensor& like) {
 
 }  // namespace
 
-at::Tensor pooled_empty(at::IntArrayRef sizes, const at::Tensor& like) {
-  return at::detail::empty_generic(sizes, allocator_like(like), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   like.scalar_type(), std::nullopt);
-}
-
 at::Tensor pooled_empty_like(const at::Tensor& t) {
   return at::detail::empty_strided_generic(t.sizes(), t.strides(), allocator_like(t),
                                            c10::DispatchKeySet(c10::DispatchKey::CPU), t.scalar_type());

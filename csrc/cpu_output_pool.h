@@ -21,18 +21,15 @@
 
 namespace gencore {
 
-// An uninitialised CPU tensor of `sizes`, contiguous, with `like`'s dtype, whose storage comes from the pool and whose
-// data starts at the same offset within a 4 KiB page as `like`'s (to 64 bytes).
+// An uninitialised CPU tensor with t's sizes, strides and dtype (t must be non-overlapping and dense, so its strides
+// span exactly t.numel() elements), whose storage comes from the cache and whose data starts at the same offset
+// within a 4 KiB page as t's (to 64 bytes).
 //
 // Why the page offset: a kernel that streams an input and writes an output element by element stalls when a load's
 // address matches a recent store's address in its low 12 bits ("4K aliasing": the load is held back as if it
 // depended on that store). With the input at page offset 64 (where the system allocator puts large blocks) and the
 // output 64 bytes further, every vector load aliased the store of the previous iteration: the sampler step at
 // (4, 3, 256, 256) ran in 160 us instead of 103 us. Outputs at the input's offset never alias a later load.
-at::Tensor pooled_empty(at::IntArrayRef sizes, const at::Tensor& like);
-
-// The same with t's sizes, strides and dtype, at t's page offset (t must be non-overlapping and dense, so its strides
-// span exactly t.numel() elements).
 at::Tensor pooled_empty_like(const at::Tensor& t);
 
 // Frees every cached buffer; returns the number of bytes released.

@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
 #include <vector>
 
 namespace gencore {
@@ -36,15 +35,12 @@ constexpr int64_t kGrain = 32768;
 // one thread vs 7.0 us on two for the whole op call on the 2-core CI machine).
 constexpr int64_t kReduceGrain = 65536;
 
-template <typename scalar_t>
-using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
 // ---------------------------------------------------------------------------------------------------------------
 // Vector helpers: float/double use their own Vectorized; half types load as two float vectors.
 
 template <typename scalar_t>
-inline acc_t<scalar_t> sum_of_squares(const scalar_t* x, int64_t len) {
-  using acc = acc_t<scalar_t>;
+inline acc_type<scalar_t> sum_of_squares(const scalar_t* x, int64_t len) {
+  using acc = acc_type<scalar_t>;
   using aVec = Vectorized<acc>;
   aVec s0(acc(0)), s1(acc(0)), s2(acc(0)), s3(acc(0));
   int64_t i = 0;
@@ -83,9 +79,9 @@ inline acc_t<scalar_t> sum_of_squares(const scalar_t* x, int64_t len) {
 
 // out[i] = a * p[i] + b * q[i] over len elements (q may be null: out = a * p).
 template <typename scalar_t>
-inline void axpby(acc_t<scalar_t> a, const scalar_t* p, acc_t<scalar_t> b, const scalar_t* q, scalar_t* out,
+inline void axpby(acc_type<scalar_t> a, const scalar_t* p, acc_type<scalar_t> b, const scalar_t* q, scalar_t* out,
                   int64_t len) {
-  using acc = acc_t<scalar_t>;
+  using acc = acc_type<scalar_t>;
   using aVec = Vectorized<acc>;
   const aVec va(a), vb(b);
   int64_t i = 0;
@@ -152,10 +148,10 @@ at::Tensor gradient_penalty_interpolate_cpu(const at::Tensor& real_in, const at:
     fake = fake.contiguous();
   }
   const at::Tensor alpha = alpha_in.contiguous();
-  at::Tensor out = gp::output_like(real);  // the layout of real, stride for stride
+  at::Tensor out = output_like(real);  // the layout of real, stride for stride
   const int64_t d = real.numel() / n;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, real.scalar_type(), "gradient_penalty_interpolate_cpu", [&] {
-    using acc = acc_t<scalar_t>;
+    using acc = acc_type<scalar_t>;
     const scalar_t* r = real.const_data_ptr<scalar_t>();
     const scalar_t* f = fake.const_data_ptr<scalar_t>();
     const scalar_t* a = alpha.const_data_ptr<scalar_t>();
@@ -179,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor> gradient_norm_penalty_fwd_cpu(const at::Tenso
   at::Tensor penalty = at::empty({}, grad.options().dtype(stats));
   const int64_t chunks = std::max<int64_t>(1, (d + kChunk - 1) / kChunk);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_norm_penalty_fwd_cpu", [&] {
-    using acc = acc_t<scalar_t>;
+    using acc = acc_type<scalar_t>;
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     std::vector<acc> partial(n * chunks);
     // Tasks of at least ~kReduceGrain elements: MNIST-sized samples (784 elements) one per task would cost more in
@@ -215,9 +211,9 @@ at::Tensor gradient_norm_penalty_bwd_cpu(const at::Tensor& grad_penalty, const a
   const int64_t d = grad.numel() / n;
   const at::Tensor norms = norms_in.contiguous();
   const double gout = scalar_value(grad_penalty);
-  at::Tensor out = gp::output_like(grad);
+  at::Tensor out = output_like(grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "gradient_norm_penalty_bwd_cpu", [&] {
-    using acc = acc_t<scalar_t>;
+    using acc = acc_type<scalar_t>;
     const acc* nrm = norms.const_data_ptr<acc>();
     // coef[n] = gout * (2/N) * d[n] * s^2 / norm[n]; 0 where norm[n] == 0 (then grad[n] == 0 too, the subgradient
     // torch.linalg.vector_norm's backward picks) or where one_sided clips d[n] to 0. A NaN norm stays NaN (the test

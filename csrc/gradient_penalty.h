@@ -4,22 +4,14 @@
 
 #include <ATen/ATen.h>
 
-#include "cpu_output_pool.h"
 #include "tensor_rules.h"
 
 namespace gencore {
 namespace gp {
 
 // Layout: per_sample_dense (tensor_rules.h). Such tensors are read in place as (N, D) and outputs get the same
-// strides (output_like); others are copied to contiguous first.
+// strides (output_like, tensor_rules.h); others are copied to contiguous first.
 inline at::Tensor as_flat(const at::Tensor& t) { return per_sample_dense(t) ? t : t.contiguous(); }
-
-// An uninitialised tensor with t's sizes and strides (t is per_sample_dense, so empty_like keeps them exactly).
-// On the CPU from the output pool (cpu_output_pool.h): a fresh multi-MB buffer per call costs page faults that
-// took longer than the penalty's kernels at (64, 3, 64, 64); CUDA has its caching allocator.
-inline at::Tensor output_like(const at::Tensor& t) {
-  return t.is_cpu() && t.is_non_overlapping_and_dense() ? pooled_empty_like(t) : at::empty_like(t);
-}
 
 inline void check_batch(const at::Tensor& t, const char* name, c10::DeviceType device) {
   TORCH_CHECK(t.device().type() == device, name, " must be a ", c10::DeviceTypeName(device), " tensor here, got ",

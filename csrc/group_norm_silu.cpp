@@ -25,7 +25,7 @@
 // and M_lo is folded into the per-channel constants, so the passes cost no extra operation:
 //   forward   z = (x - M_hi)*A + B',  B' = B - M_lo*A,  y = silu(z) or z
 //   backward  xhat = (x - M_hi)*r + X0,  X0 = -M_lo*r;  gx = A*gz + E*(x - M_hi) + F',  F' = F - E*M_lo
-// Each of y and grad_x is one allocation, from the output cache (cpu_output_pool.h).
+// Each of y and grad_x is one allocation in x's layout (output_like, tensor_rules.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -36,7 +36,6 @@
 #include <cmath>
 #include <vector>
 
-#include "cpu_output_pool.h"
 #include "group_norm_silu.h"
 
 namespace gencore {
@@ -290,12 +289,6 @@ inline void affine_act_row(const T* x, T* y, int64_t C, const acc_t* M, const ac
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Arguments: checks and per-channel parameters as contiguous accumulation-type arrays.
-
-// x's layout, from the output pool (see cpu_output_pool.h: large fresh allocations cost more than the kernel).
-at::Tensor output_like(const at::Tensor& x) {
-  if (is_channels_last(x)) return pooled_empty(x.movedim(1, -1).sizes(), x).movedim(-1, 1);
-  return pooled_empty(x.sizes(), x);
-}
 
 // A (possibly absent) small parameter tensor as a contiguous accumulation-type tensor (undefined if absent).
 at::Tensor as_acc(const std::optional<at::Tensor>& t, at::ScalarType acc) {

@@ -18,7 +18,6 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "cpu_output_pool.h"
 #include "philox.h"
 #include "sampler_step.h"
 
@@ -55,13 +54,6 @@ inline void store(const Vectorized<acc_t>& v, scalar_t* p, int64_t count) {
     v.store(buf);
     for (int64_t j = 0; j < count; ++j) p[j] = static_cast<scalar_t>(buf[j]);
   }
-}
-
-// An output in t's layout (contiguous or channels-last), from the output pool: fresh multi-MB allocations cost page
-// faults comparable to the whole step (cpu_output_pool.h), and a sampling loop repeats its shapes.
-at::Tensor output_like(const at::Tensor& t, bool channels_last) {
-  if (channels_last) return pooled_empty(t.movedim(1, -1).sizes(), t).movedim(-1, 1);
-  return pooled_empty(t.sizes(), t);
 }
 
 // timesteps (checked by ss::check_table) as a contiguous tensor, each value a row of coefs: on the CPU the range is
@@ -340,8 +332,8 @@ std::tuple<at::Tensor, at::Tensor> sampler_step_cpu(
   if (history2_in.has_value()) history2 = to_layout(*history2_in, channels_last);
   if (noise_in.has_value()) noise = to_layout(*noise_in, channels_last);
   if (threshold_in.has_value()) threshold = threshold_in->to(coefs.scalar_type()).contiguous();
-  auto prev = output_like(sample, channels_last);
-  auto x0 = output_like(sample, channels_last);
+  auto prev = output_like(sample);
+  auto x0 = output_like(sample);
   const Clip clip = threshold.has_value() ? Clip::kThreshold : clip_range.has_value() ? Clip::kRange : Clip::kNone;
   const Noise noise_kind = noise.has_value() ? Noise::kTensor : philox_seed.has_value() ? Noise::kPhilox : Noise::kNone;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sample.scalar_type(), "sampler_step_cpu", [&] {
@@ -392,8 +384,8 @@ std::tuple<at::Tensor, at::Tensor> training_inputs_cpu(const at::Tensor& x0_in, 
   const auto x0 = to_layout(x0_in, channels_last);
   const auto noise = to_layout(noise_in, channels_last);
   const auto coefs = coefs_in.contiguous();
-  auto noisy = output_like(x0, channels_last);
-  auto v = velocity ? output_like(x0, channels_last) : at::empty({0}, x0.options());
+  auto noisy = output_like(x0);
+  auto v = velocity ? output_like(x0) : at::empty({0}, x0.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x0.scalar_type(), "diffusion_training_inputs_cpu", [&] {
     training_inputs_kernel<scalar_t>(x0, noise, ts, coefs, noisy, velocity ? &v : nullptr);
   });

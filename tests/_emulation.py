@@ -13,8 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# The launchers' element types: the values of gencore::ScalarKind (csrc/scalar_kind.h).
+SCALAR_KIND = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 
 
 def cuda_include() -> Path | None:
@@ -26,14 +29,13 @@ def cuda_include() -> Path | None:
     return None
 
 
-def build_emulation(name: str, driver: Path, sources: list[Path]) -> ctypes.CDLL:
-    """The driver built once per source version (cached under build/cuda_emulation/), loaded; skips the calling
-    test module with the reason when the CUDA headers, a C++20 compiler or a source is missing."""
+def build_emulation(name: str, driver: Path) -> ctypes.CDLL:
+    """The driver built once per version of its sources (the driver and every header and kernel under csrc/ that it
+    may include; cached under build/cuda_emulation/), loaded; skips the calling test module with the reason when the
+    CUDA headers or a C++20 compiler are missing."""
     include = cuda_include()
     cxx = shutil.which(os.environ.get("CXX", "g++"))
-    missing = [str(p.relative_to(ROOT)) for p in sources if not p.exists()]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
+    sources = [driver] + sorted(p for p in (ROOT / "csrc").rglob("*") if p.suffix in (".h", ".cuh", ".cu"))
     if include is None or cxx is None:
         pytest.skip(f"needs the CUDA headers (found: {include}) and a C++20 compiler (found: {cxx})")
     flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter",

@@ -22,20 +22,17 @@ from gencore._rules import accumulation_dtype, is_channels_last, output_like
 from gencore.reference.group_norm_silu import group_norm_silu_ref, group_norm_silu_stats_ref
 from gencore.testing import assert_close
 
-from _emulation import build_emulation
+from _emulation import SCALAR_KIND, build_emulation
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "cuda_emulation" / "group_norm_silu_emulation.cpp"
-SOURCES = [DRIVER, ROOT / "csrc/cuda/group_norm_silu_kernels.cu", ROOT / "csrc/cuda/group_norm_silu_kernels.h",
-           ROOT / "csrc/cuda/common.cuh", ROOT / "csrc/cuda/host_emulation.h"]
-KIND = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 @pytest.fixture(scope="module")
 def emu():
     """The emulation library, built once per source version (cached under build/cuda_emulation/)."""
-    so = build_emulation("group_norm_silu", DRIVER, SOURCES)
+    so = build_emulation("group_norm_silu", DRIVER)
     i64, vp = ctypes.c_int64, ctypes.c_void_p
     so.gencore_emulation_gns_splits.restype = i64
     so.gencore_emulation_gns_splits.argtypes = [i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]
@@ -62,7 +59,7 @@ def emulated_fwd(emu, x, groups, weight=None, bias=None, temb=None, scale_shift=
     y = output_like(x)
     mean = torch.empty(x.shape[0], groups, dtype=torch.float64)  # the saved mean is float64 on every backend
     rstd = torch.empty(x.shape[0], groups, dtype=accumulation_dtype(x.dtype))
-    rc = emu.gencore_emulation_gns_fwd(KIND[x.dtype], *_dims(x, groups), _ptr(x), _ptr(weight), _ptr(bias),
+    rc = emu.gencore_emulation_gns_fwd(SCALAR_KIND[x.dtype], *_dims(x, groups), _ptr(x), _ptr(weight), _ptr(bias),
                                        _ptr(temb), _ptr(scale_shift), _ptr(y), _ptr(mean), _ptr(rstd), eps, silu)
     assert rc == 0, f"forward launcher returned cudaError {rc}"
     return y, mean, rstd
@@ -73,7 +70,7 @@ def emulated_bwd(emu, grad_out, x, groups, mean, rstd, weight=None, bias=None, t
     x = x if x.is_contiguous() or is_channels_last(x) else x.contiguous()
     grad_out = grad_out.movedim(1, -1).contiguous().movedim(-1, 1) if is_channels_last(x) else grad_out.contiguous()
     grads = [output_like(x)] + [None if t is None else torch.empty_like(t) for t in (weight, bias, temb, scale_shift)]
-    rc = emu.gencore_emulation_gns_bwd(KIND[x.dtype], *_dims(x, groups), _ptr(grad_out), _ptr(x), _ptr(weight),
+    rc = emu.gencore_emulation_gns_bwd(SCALAR_KIND[x.dtype], *_dims(x, groups), _ptr(grad_out), _ptr(x), _ptr(weight),
                                        _ptr(bias), _ptr(temb), _ptr(scale_shift), _ptr(mean), _ptr(rstd),
                                        *[_ptr(g) for g in grads], silu)
     assert rc == 0, f"backward launcher returned cudaError {rc}"

@@ -17,24 +17,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from gencore._rules import accumulation_dtype
 from gencore.reference.gradient_penalty import gradient_norm_penalty_ref, interpolate_ref
 from gencore.testing import assert_close
 
-from _emulation import build_emulation
+from _emulation import SCALAR_KIND, build_emulation
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "cuda_emulation" / "gradient_penalty_emulation.cpp"
-EMULATION = ROOT / "csrc" / "cuda" / "host_emulation.h"
-SOURCES = [DRIVER, ROOT / "csrc/cuda/gradient_penalty_kernels.cu", ROOT / "csrc/cuda/gradient_penalty_kernels.h",
-           ROOT / "csrc/cuda/common.cuh", EMULATION]
-KIND = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}  # GpDtype
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 @pytest.fixture(scope="module")
 def emu():
     """The emulation library, built once per source version (cached under build/cuda_emulation/)."""
-    so = build_emulation("gradient_penalty", DRIVER, SOURCES)
+    so = build_emulation("gradient_penalty", DRIVER)
     i64, vp, dbl, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
     so.gencore_emulation_gp_chunks.restype = i64
     so.gencore_emulation_gp_chunks.argtypes = [i64]
@@ -42,10 +39,6 @@ def emu():
     so.gencore_emulation_gradient_norm_penalty_fwd.argtypes = [cint, vp, vp, vp, i64, i64, dbl, cint, dbl]
     so.gencore_emulation_gradient_norm_penalty_bwd.argtypes = [cint, vp, vp, vp, vp, i64, i64, dbl, cint, dbl]
     return so
-
-
-def _stats(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 # (N, D): one chunk, several chunks with a ragged tail, batch 1 over many chunks, one element per sample; and D a
@@ -65,19 +58,20 @@ def test_kernels_match_reference(emu, dtype, shape, center, one_sided, scale):
     fake = torch.randn(n, d, generator=gen, dtype=torch.float64).to(dtype)
     alpha = torch.rand(n, generator=gen, dtype=torch.float64).to(dtype)
     out = torch.full_like(real, float("nan"))
-    assert emu.gencore_emulation_gradient_penalty_interpolate(KIND[dtype], real.data_ptr(), fake.data_ptr(), alpha.data_ptr(),
-                                                out.data_ptr(), n, d) == 0
+    assert emu.gencore_emulation_gradient_penalty_interpolate(SCALAR_KIND[dtype], real.data_ptr(), fake.data_ptr(),
+                                                              alpha.data_ptr(), out.data_ptr(), n, d) == 0
     assert_close(out, interpolate_ref(real, fake, alpha, upcast=True), dtype, msg="interpolate")
 
     sample_scale = torch.linspace(0.02, 0.2, n, dtype=torch.float64)[:, None] * 4
     grad = (torch.randn(n, d, generator=gen, dtype=torch.float64) * sample_scale).to(dtype)
     if n > 2:
         grad[1] = 0  # a zero-norm sample
-    stats = _stats(dtype)
+    stats = accumulation_dtype(dtype)
     norms = torch.full((n,), float("nan"), dtype=stats)
     penalty = torch.full((), float("nan"), dtype=stats)
-    assert emu.gencore_emulation_gradient_norm_penalty_fwd(KIND[dtype], grad.data_ptr(), norms.data_ptr(),
-                                                     penalty.data_ptr(), n, d, center, int(one_sided), scale) == 0
+    assert emu.gencore_emulation_gradient_norm_penalty_fwd(SCALAR_KIND[dtype], grad.data_ptr(), norms.data_ptr(),
+                                                           penalty.data_ptr(), n, d, center, int(one_sided),
+                                                           scale) == 0
     g64 = grad.double().requires_grad_(True)
     truth, truth_norms = gradient_norm_penalty_ref(g64, center, one_sided, scale)
     assert_close(norms, truth_norms, stats, msg="norms")
@@ -85,9 +79,9 @@ def test_kernels_match_reference(emu, dtype, shape, center, one_sided, scale):
 
     grad_penalty = torch.tensor(1.5, dtype=stats)
     grad_grad = torch.full_like(grad, float("nan"))
-    assert emu.gencore_emulation_gradient_norm_penalty_bwd(KIND[dtype], grad_penalty.data_ptr(), grad.data_ptr(),
-                                                     norms.data_ptr(), grad_grad.data_ptr(), n, d, center,
-                                                     int(one_sided), scale) == 0
+    assert emu.gencore_emulation_gradient_norm_penalty_bwd(SCALAR_KIND[dtype], grad_penalty.data_ptr(),
+                                                           grad.data_ptr(), norms.data_ptr(), grad_grad.data_ptr(), n,
+                                                           d, center, int(one_sided), scale) == 0
     (truth_grad,) = torch.autograd.grad(truth, g64, torch.tensor(1.5, dtype=torch.float64))
     assert torch.isfinite(grad_grad).all()
     assert_close(grad_grad, truth_grad, dtype, kind="grad", msg="penalty backward")

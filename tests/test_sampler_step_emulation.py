@@ -24,21 +24,17 @@ from gencore._rules import NUM_COEFS
 from gencore.reference.sampler_step import diffusion_training_inputs_ref, sampler_step_ref
 from gencore.testing import assert_close
 
-from _emulation import build_emulation
+from _emulation import SCALAR_KIND, build_emulation
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "cuda_emulation" / "sampler_step_emulation.cpp"
-EMULATION_HEADER = ROOT / "csrc" / "cuda" / "host_emulation.h"
-SOURCES = [DRIVER, ROOT / "csrc/cuda/sampler_step_kernels.cu", ROOT / "csrc/cuda/sampler_step_kernels.h",
-           ROOT / "csrc/philox.h", ROOT / "csrc/sampler_step_table.h", ROOT / "csrc/cuda/common.cuh", EMULATION_HEADER]
-KIND = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 @pytest.fixture(scope="module")
 def emu():
     """The emulation library, built once per source version (cached under build/cuda_emulation/)."""
-    so = build_emulation("sampler_step", DRIVER, SOURCES)
+    so = build_emulation("sampler_step", DRIVER)
     i64, u64, vp, ci, cd = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     so.gencore_emulation_sampler_step.argtypes = ([ci, i64, i64, i64, i64, ci] + [vp] * 6 + [i64, vp, cd, ci, cd, ci,
                                                                                           u64, u64, vp, vp, vp, vp])
@@ -72,7 +68,7 @@ def emulated_step(emu, model_output, sample, timesteps, coefs, *, model_output_u
     threshold = None if threshold is None else threshold.to(coefs.dtype).contiguous()
     prev, x0 = torch.empty_like(sample), torch.empty_like(sample)
     rc = emu.gencore_emulation_sampler_step(
-        KIND[sample.dtype], *_dims(sample), _ptr(model_output), _ptr(sample), _ptr(uncond), _ptr(noise),
+        SCALAR_KIND[sample.dtype], *_dims(sample), _ptr(model_output), _ptr(sample), _ptr(uncond), _ptr(noise),
         _ptr(timesteps), _ptr(coefs.contiguous()), coefs.shape[0], _ptr(threshold), float(guidance_scale),
         int(clip_range is not None), float(clip_range or 1.0), int(philox_seed is not None), int(philox_seed or 0),
         int(philox_offset), _ptr(prev), _ptr(x0), _ptr(history1), _ptr(history2))
@@ -160,7 +156,7 @@ def test_training_inputs(emu, dtype, velocity):
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         coefs = torch.rand(10, 2, dtype=acc)
         noisy, v = torch.empty_like(x0), torch.empty_like(x0)
-        rc = emu.gencore_emulation_training_inputs(KIND[dtype], *_dims(x0), _ptr(x0), _ptr(noise), _ptr(ts),
+        rc = emu.gencore_emulation_training_inputs(SCALAR_KIND[dtype], *_dims(x0), _ptr(x0), _ptr(noise), _ptr(ts),
                                                    _ptr(coefs), 10, _ptr(noisy), _ptr(v) if velocity else None)
         assert rc == 0
         ref_noisy, ref_v = diffusion_training_inputs_ref(x0, noise, ts, coefs, "v_prediction", upcast=True)

@@ -1,7 +1,8 @@
-// What every gencore CUDA kernel file shares: the element types' conversions to the compute type, the correctly
-// rounded square root and division (the extension builds with --use_fast_math), and the one launch helper through
-// which a kernel runs either on the GPU or, in the tests, on CPU fibers (host_emulation.h). No PyTorch headers: the
-// kernels compile with nvcc alone (tests/test_cuda_compile.py).
+// What every gencore CUDA kernel file shares: the element types (the ScalarKind a launcher is handed, and acc_type,
+// the type the math runs in: ../scalar_kind.h, shared with the CPU kernels and the bindings), their conversions to
+// the compute type, the correctly rounded square root and division (the extension builds with --use_fast_math), and
+// the one launch helper through which a kernel runs either on the GPU or, in the tests, on CPU fibers
+// (host_emulation.h). No PyTorch headers: the kernels compile with nvcc alone (tests/test_cuda_compile.py).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -11,6 +12,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../scalar_kind.h"
+
 #ifdef GENCORE_CUDA_HOST_EMULATION
 #include "host_emulation.h"  // tests only: runs the kernels on CPU fibers (tests/test_*_emulation.py)
 #endif
@@ -19,18 +22,6 @@ namespace gencore {
 namespace cuda {
 
 constexpr int kThreads = 256;  // threads per block of every gencore kernel
-
-// T is the storage type, Acc<T> the compute type: float for float16/bfloat16/float32, double for float64.
-template <class T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
-template <class T>
-using Acc = typename AccOf<T>::type;
 
 // V elements loaded or stored with one instruction (16 bytes for kVecWidth<T> elements); the caller guarantees the
 // alignment.
@@ -49,7 +40,7 @@ __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
 
 template <class T>
-__device__ __forceinline__ T from_acc(Acc<T> v);
+__device__ __forceinline__ T from_acc(acc_type<T> v);
 template <>
 __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
 template <>
@@ -71,6 +62,19 @@ __device__ __forceinline__ double exact_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ float exact_div(float a, float b) { return __fdiv_rn(a, b); }
 __device__ __forceinline__ double exact_div(double a, double b) { return a / b; }
 #endif
+
+// Calls fn with a value of the element type `kind` names (__half, __nv_bfloat16, float or double) and returns what
+// it returns (a cudaError_t); cudaErrorInvalidValue for a value outside the enum.
+template <class Fn>
+cudaError_t dispatch(ScalarKind kind, Fn&& fn) {
+  switch (kind) {
+    case ScalarKind::Float16: return fn(__half{});
+    case ScalarKind::BFloat16: return fn(__nv_bfloat16{});
+    case ScalarKind::Float32: return fn(float{});
+    case ScalarKind::Float64: return fn(double{});
+  }
+  return cudaErrorInvalidValue;
+}
 
 // Every launch goes through here: on the GPU a plain <<<grid, kThreads, 0, stream>>>; under host emulation (tests
 // only) the same kernel runs on CPU fibers. Returns the launch error, if any.

@@ -11,16 +11,6 @@
 namespace gencore {
 namespace {
 
-cuda::GpDtype gp_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return cuda::GpDtype::kFloat32;
-    case at::kDouble: return cuda::GpDtype::kFloat64;
-    case at::kHalf: return cuda::GpDtype::kFloat16;
-    case at::kBFloat16: return cuda::GpDtype::kBFloat16;
-    default: TORCH_CHECK(false, "gradient penalty: unsupported dtype ", t);
-  }
-}
-
 void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, " failed: ", cudaGetErrorString(err));
 }
@@ -34,11 +24,12 @@ at::Tensor gradient_penalty_interpolate_cuda(const at::Tensor& real_in, const at
     fake = fake.contiguous();
   }
   const at::Tensor alpha = alpha_in.contiguous();
-  at::Tensor out = gp::output_like(real);
+  at::Tensor out = output_like(real);
   const int64_t n = real.size(0);
-  check_launch(cuda::gradient_penalty_interpolate(gp_dtype(real.scalar_type()), real.const_data_ptr(), fake.const_data_ptr(),
-                                    alpha.const_data_ptr(), out.mutable_data_ptr(), n, real.numel() / n,
-                                    c10::cuda::getCurrentCUDAStream()),
+  check_launch(cuda::gradient_penalty_interpolate(scalar_kind(real.scalar_type(), "real"), real.const_data_ptr(),
+                                                  fake.const_data_ptr(), alpha.const_data_ptr(),
+                                                  out.mutable_data_ptr(), n, real.numel() / n,
+                                                  c10::cuda::getCurrentCUDAStream()),
                "gradient_penalty_interpolate");
   return out;
 }
@@ -53,10 +44,10 @@ std::tuple<at::Tensor, at::Tensor> gradient_norm_penalty_fwd_cuda(const at::Tens
   at::Tensor workspace = at::empty({n * cuda::gp_chunks(d)}, stats);
   at::Tensor norms = at::empty({n}, stats);
   at::Tensor penalty = at::empty({}, stats);
-  check_launch(cuda::gradient_norm_penalty_fwd(gp_dtype(grad.scalar_type()), grad.const_data_ptr(),
-                                         workspace.mutable_data_ptr(), norms.mutable_data_ptr(),
-                                         penalty.mutable_data_ptr(), n, d, center, one_sided, grad_scale,
-                                         c10::cuda::getCurrentCUDAStream()),
+  check_launch(cuda::gradient_norm_penalty_fwd(scalar_kind(grad.scalar_type(), "grad"), grad.const_data_ptr(),
+                                               workspace.mutable_data_ptr(), norms.mutable_data_ptr(),
+                                               penalty.mutable_data_ptr(), n, d, center, one_sided, grad_scale,
+                                               c10::cuda::getCurrentCUDAStream()),
                "gradient_norm_penalty_fwd");
   return {penalty, norms};
 }
@@ -70,10 +61,11 @@ at::Tensor gradient_norm_penalty_bwd_cuda(const at::Tensor& grad_penalty, const 
   // Stays on the device: the kernel reads the scalar itself, so no host synchronisation.
   const at::Tensor gout = grad_penalty.reshape({}).to(norms_in.scalar_type()).contiguous();
   const at::Tensor norms = norms_in.contiguous();
-  at::Tensor out = gp::output_like(grad);
-  check_launch(cuda::gradient_norm_penalty_bwd(gp_dtype(grad.scalar_type()), gout.const_data_ptr(), grad.const_data_ptr(),
-                                         norms.const_data_ptr(), out.mutable_data_ptr(), n, d, center, one_sided,
-                                         grad_scale, c10::cuda::getCurrentCUDAStream()),
+  at::Tensor out = output_like(grad);
+  check_launch(cuda::gradient_norm_penalty_bwd(scalar_kind(grad.scalar_type(), "grad"), gout.const_data_ptr(),
+                                               grad.const_data_ptr(), norms.const_data_ptr(), out.mutable_data_ptr(),
+                                               n, d, center, one_sided, grad_scale,
+                                               c10::cuda::getCurrentCUDAStream()),
                "gradient_norm_penalty_bwd");
   return out;
 }

@@ -41,7 +41,7 @@ __device__ A block_sum(A v) {
 template <typename T, int V>
 __global__ void interpolate_kernel(const T* __restrict__ real, const T* __restrict__ fake, const T* __restrict__ alpha,
                                    T* __restrict__ out, int64_t n, int64_t d) {
-  using A = Acc<T>;
+  using A = acc_type<T>;
   using P = Pack<T, V>;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t s = blockIdx.y; s < n; s += gridDim.y) {
@@ -59,9 +59,9 @@ __global__ void interpolate_kernel(const T* __restrict__ real, const T* __restri
 }
 
 template <typename T, int V>
-__global__ void sumsq_kernel(const T* __restrict__ grad, Acc<T>* __restrict__ partial, int64_t n,
+__global__ void sumsq_kernel(const T* __restrict__ grad, acc_type<T>* __restrict__ partial, int64_t n,
                              int64_t d, int64_t chunks) {
-  using A = Acc<T>;
+  using A = acc_type<T>;
   using P = Pack<T, V>;
   for (int64_t s = blockIdx.y; s < n; s += gridDim.y) {
     for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {
@@ -103,11 +103,11 @@ __global__ void finalize_kernel(const A* __restrict__ partial, A* __restrict__ n
 }
 
 template <typename T, int V>
-__global__ void penalty_bwd_kernel(const Acc<T>* __restrict__ grad_penalty, const T* __restrict__ grad,
-                                   const Acc<T>* __restrict__ norms, T* __restrict__ out, int64_t n,
-                                   int64_t d, Acc<T> center, bool one_sided,
-                                   Acc<T> scale_sq) {
-  using A = Acc<T>;
+__global__ void penalty_bwd_kernel(const acc_type<T>* __restrict__ grad_penalty, const T* __restrict__ grad,
+                                   const acc_type<T>* __restrict__ norms, T* __restrict__ out, int64_t n,
+                                   int64_t d, acc_type<T> center, bool one_sided,
+                                   acc_type<T> scale_sq) {
+  using A = acc_type<T>;
   const A gout = *grad_penalty;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t s = blockIdx.y; s < n; s += gridDim.y) {
@@ -134,66 +134,55 @@ dim3 elementwise_grid(int64_t n, int64_t d) {
   return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y));
 }
 
-template <typename F>
-cudaError_t dispatch(GpDtype dtype, const F& f) {
-  switch (dtype) {
-    case GpDtype::kFloat32: f(float{}); break;
-    case GpDtype::kFloat64: f(double{}); break;
-    case GpDtype::kFloat16: f(__half{}); break;
-    case GpDtype::kBFloat16: f(__nv_bfloat16{}); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
-}
-
 }  // namespace
 
-cudaError_t gradient_penalty_interpolate(GpDtype dtype, const void* real, const void* fake, const void* alpha, void* out,
-                           int64_t n, int64_t d, cudaStream_t stream) {
+cudaError_t gradient_penalty_interpolate(ScalarKind dtype, const void* real, const void* fake, const void* alpha,
+                                         void* out, int64_t n, int64_t d, cudaStream_t stream) {
   if (n <= 0 || d <= 0) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
     constexpr int V = kVecWidth<T>;
     const bool vec = d % V == 0 && aligned16(real) && aligned16(fake) && aligned16(out);
-    launch(vec ? interpolate_kernel<T, V> : interpolate_kernel<T, 1>, elementwise_grid(n, d), stream,
-           static_cast<const T*>(real), static_cast<const T*>(fake), static_cast<const T*>(alpha),
-           static_cast<T*>(out), n, d);
+    return launch(vec ? interpolate_kernel<T, V> : interpolate_kernel<T, 1>, elementwise_grid(n, d), stream,
+                  static_cast<const T*>(real), static_cast<const T*>(fake), static_cast<const T*>(alpha),
+                  static_cast<T*>(out), n, d);
   });
 }
 
-cudaError_t gradient_norm_penalty_fwd(GpDtype dtype, const void* grad, void* workspace, void* norms, void* penalty,
+cudaError_t gradient_norm_penalty_fwd(ScalarKind dtype, const void* grad, void* workspace, void* norms, void* penalty,
                                 int64_t n, int64_t d, double center, bool one_sided, double grad_scale,
                                 cudaStream_t stream) {
   if (n <= 0) return cudaErrorInvalidValue;
   const int64_t chunks = gp_chunks(d);
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    using A = Acc<T>;
+    using A = acc_type<T>;
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(chunks, 1 << 20)),
                     static_cast<unsigned>(std::min<int64_t>(n, kMaxGridY)));
     constexpr int V = kVecWidth<T>;
     const bool vec = d % V == 0 && aligned16(grad);
-    launch(vec ? sumsq_kernel<T, V> : sumsq_kernel<T, 1>, grid, stream, static_cast<const T*>(grad),
-           static_cast<A*>(workspace), n, d, chunks);
-    launch(finalize_kernel<A>, dim3(1), stream, static_cast<const A*>(workspace), static_cast<A*>(norms),
-           static_cast<A*>(penalty), n, chunks, static_cast<A>(center), one_sided,
-           static_cast<A>(grad_scale < 0 ? -grad_scale : grad_scale));
+    const cudaError_t err = launch(vec ? sumsq_kernel<T, V> : sumsq_kernel<T, 1>, grid, stream,
+                                   static_cast<const T*>(grad), static_cast<A*>(workspace), n, d, chunks);
+    if (err != cudaSuccess) return err;
+    return launch(finalize_kernel<A>, dim3(1), stream, static_cast<const A*>(workspace), static_cast<A*>(norms),
+                  static_cast<A*>(penalty), n, chunks, static_cast<A>(center), one_sided,
+                  static_cast<A>(grad_scale < 0 ? -grad_scale : grad_scale));
   });
 }
 
-cudaError_t gradient_norm_penalty_bwd(GpDtype dtype, const void* grad_penalty, const void* grad, const void* norms,
+cudaError_t gradient_norm_penalty_bwd(ScalarKind dtype, const void* grad_penalty, const void* grad, const void* norms,
                                 void* out, int64_t n, int64_t d, double center, bool one_sided, double grad_scale,
                                 cudaStream_t stream) {
   if (n <= 0 || d <= 0) return cudaSuccess;
   return dispatch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    using A = Acc<T>;
+    using A = acc_type<T>;
     constexpr int V = kVecWidth<T>;
     const bool vec = d % V == 0 && aligned16(grad) && aligned16(out);
-    launch(vec ? penalty_bwd_kernel<T, V> : penalty_bwd_kernel<T, 1>, elementwise_grid(n, d), stream,
-           static_cast<const A*>(grad_penalty),
-           static_cast<const T*>(grad), static_cast<const A*>(norms), static_cast<T*>(out), n, d,
-           static_cast<A>(center), one_sided, static_cast<A>(grad_scale * grad_scale));
+    return launch(vec ? penalty_bwd_kernel<T, V> : penalty_bwd_kernel<T, 1>, elementwise_grid(n, d), stream,
+                  static_cast<const A*>(grad_penalty), static_cast<const T*>(grad), static_cast<const A*>(norms),
+                  static_cast<T*>(out), n, d, static_cast<A>(center), one_sided,
+                  static_cast<A>(grad_scale * grad_scale));
   });
 }
 

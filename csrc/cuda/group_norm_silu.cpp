@@ -24,23 +24,6 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 namespace gk = gencore::cuda;
 
-gk::ScalarKind scalar_kind(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf: return gk::ScalarKind::Float16;
-    case at::kBFloat16: return gk::ScalarKind::BFloat16;
-    case at::kFloat: return gk::ScalarKind::Float32;
-    case at::kDouble: return gk::ScalarKind::Float64;
-    default: break;
-  }
-  TORCH_CHECK(false, "group_norm_silu (cuda): x must be float16, bfloat16, float32 or float64, got ", t);
-}
-
-// The layout rule of every backend (tensor_rules.h, gencore/_rules.py).
-Tensor output_like(const Tensor& x) {
-  if (is_channels_last(x)) return at::empty(x.movedim(1, -1).sizes(), x.options()).movedim(-1, 1);
-  return at::empty(x.sizes(), x.options());
-}
-
 // x as the kernels read it: itself when contiguous or channels-last, else a contiguous copy.
 Tensor in_kernel_layout(const Tensor& x) { return x.is_contiguous() || is_channels_last(x) ? x : x.contiguous(); }
 
@@ -87,7 +70,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_silu_fwd_cuda(
   Tensor rstd = at::empty({n, num_groups}, stats_options);
 
   gk::GroupNormSiluFwdArgs args;
-  args.dtype = scalar_kind(x.scalar_type());
+  args.dtype = scalar_kind(x.scalar_type(), "group_norm_silu: x");
   args.dims = dims_of(x, num_groups);
   args.x = x.data_ptr();
   args.weight = ptr(weight);
@@ -130,7 +113,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_silu_bwd_cuda(
   Tensor grad_scale_shift = grad_or_empty(scale_shift);
 
   gk::GroupNormSiluBwdArgs args;
-  args.dtype = scalar_kind(x.scalar_type());
+  args.dtype = scalar_kind(x.scalar_type(), "group_norm_silu: x");
   args.dims = dims_of(x, num_groups);
   args.grad_out = grad_out.data_ptr();
   args.x = x.data_ptr();

@@ -40,7 +40,7 @@ constexpr int64_t kMaxGridY = 65535;
 
 // An optional per-channel value: p[i], or `absent` where the tensor was None.
 template <class T>
-__device__ __forceinline__ Acc<T> opt(const T* p, int64_t i, Acc<T> absent) {
+__device__ __forceinline__ acc_type<T> opt(const T* p, int64_t i, acc_type<T> absent) {
   return p != nullptr ? to_acc(p[i]) : absent;
 }
 
@@ -109,6 +109,7 @@ __device__ __forceinline__ Pack<A, V> lanes_of(const A* p, int64_t nc) {
 // directions use bit-identical coefficients.
 template <class T>
 struct ChannelParams {
+  using A = acc_type<T>;
   const T* weight;
   const T* bias;
   const T* temb;
@@ -116,9 +117,7 @@ struct ChannelParams {
   int64_t C;
 
   // w, b, t, k = 1 + scale, sh = shift for sample n, channel c.
-  __device__ __forceinline__ void load(int64_t n, int64_t c, Acc<T>& w, Acc<T>& b, Acc<T>& t, Acc<T>& k,
-                                       Acc<T>& sh) const {
-    using A = Acc<T>;
+  __device__ __forceinline__ void load(int64_t n, int64_t c, A& w, A& b, A& t, A& k, A& sh) const {
     w = opt(weight, c, A(1));
     b = opt(bias, c, A(0));
     t = opt(temb, n * C + c, A(0));
@@ -127,9 +126,8 @@ struct ChannelParams {
   }
 
   // t, mean, A, B of channel i = n*C + c, for a group with statistics (mean, r).
-  __device__ __forceinline__ void store_forward(const ChannelCoefs<Acc<T>>& cf, int64_t n, int64_t c, Acc<T> mean,
-                                                Acc<T> r) const {
-    Acc<T> w, b, t, k, sh;
+  __device__ __forceinline__ void store_forward(const ChannelCoefs<A>& cf, int64_t n, int64_t c, A mean, A r) const {
+    A w, b, t, k, sh;
     load(n, c, w, b, t, k, sh);
     const int64_t i = n * C + c;
     cf.t[i] = t;
@@ -192,7 +190,7 @@ __device__ __forceinline__ int64_t lane_channel(int64_t nc, int k) {
 // so one reciprocal serves the V updates of a step.
 template <class T, int V, bool CL>
 struct FwdStatsOp {
-  using A = Acc<T>;
+  using A = acc_type<T>;
   using State = Welford<A>;
   struct Lanes {
     A count;
@@ -233,7 +231,7 @@ struct FwdStatsOp {
 // xhat = d*r, d = x + t - mean).
 template <class T, int V, bool CL>
 struct BwdSumsOp {
-  using A = Acc<T>;
+  using A = acc_type<T>;
   using State = Sums3<A>;
   struct Lanes {
     A s1[V];
@@ -386,10 +384,10 @@ struct GroupPlan {
 // order; then block_merge), write mean and rstd, and the per-channel coefficients of y = act(d*A + B).
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    fwd_finalize_kernel(ReducePlan rp, GroupPlan gp, const Acc<T>* part_mean, const Acc<T>* part_m2,
-                        ChannelParams<T> params, Acc<T> eps, double* out_mean, Acc<T>* out_rstd,
-                        ChannelCoefs<Acc<T>> coefs) {
-  using A = Acc<T>;
+    fwd_finalize_kernel(ReducePlan rp, GroupPlan gp, const acc_type<T>* part_mean, const acc_type<T>* part_m2,
+                        ChannelParams<T> params, acc_type<T> eps, double* out_mean, acc_type<T>* out_rstd,
+                        ChannelCoefs<acc_type<T>> coefs) {
+  using A = acc_type<T>;
   __shared__ Welford<A> shared[kWarps + 1];
   const int64_t slots = gp.cpg * rp.splits;
   const int64_t per_thread = (slots + kThreads - 1) / kThreads;
@@ -438,8 +436,8 @@ struct RowColWalker {
 
 template <class T, int V, bool CL>
 __global__ void __launch_bounds__(kThreads)
-    fwd_apply_kernel(ApplyPlan p, const T* x, T* y, ChannelCoefs<Acc<T>> coefs, bool silu) {
-  using A = Acc<T>;
+    fwd_apply_kernel(ApplyPlan p, const T* x, T* y, ChannelCoefs<acc_type<T>> coefs, bool silu) {
+  using A = acc_type<T>;
   const int64_t cols = p.L / V;
   const int64_t start = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t step = int64_t(gridDim.x) * kThreads;
@@ -467,13 +465,13 @@ __global__ void __launch_bounds__(kThreads)
 // Per (n, c): the forward's coefficients (from the saved mean and rstd) and r.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    bwd_prepare_kernel(GroupPlan gp, ChannelParams<T> params, const double* mean_in, const Acc<T>* rstd_in,
-                       ChannelCoefs<Acc<T>> coefs) {
+    bwd_prepare_kernel(GroupPlan gp, ChannelParams<T> params, const double* mean_in, const acc_type<T>* rstd_in,
+                       ChannelCoefs<acc_type<T>> coefs) {
   const int64_t total = gp.N * gp.C;
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < total; i += int64_t(gridDim.x) * kThreads) {
     const int64_t n = i / gp.C, c = i % gp.C;
     const int64_t ng = n * gp.G + c / gp.cpg;
-    params.store_forward(coefs, n, c, Acc<T>(mean_in[ng]), rstd_in[ng]);
+    params.store_forward(coefs, n, c, acc_type<T>(mean_in[ng]), rstd_in[ng]);
     coefs.r[i] = rstd_in[ng];
   }
 }
@@ -483,11 +481,12 @@ __global__ void __launch_bounds__(kThreads)
 // coefficients of gx = A*gz + E*d + F.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    bwd_finalize_kernel(ReducePlan rp, GroupPlan gp, ChannelParams<T> params, const Acc<T>* rstd_in,
-                        const Acc<T>* part_s1, const Acc<T>* part_s2, const Acc<T>* part_s3, Acc<T>* sum_s1,
-                        Acc<T>* sum_s3, Acc<T>* gw_nc, Acc<T>* gb_nc, ChannelCoefs<Acc<T>> coefs,
+    bwd_finalize_kernel(ReducePlan rp, GroupPlan gp, ChannelParams<T> params, const acc_type<T>* rstd_in,
+                        const acc_type<T>* part_s1, const acc_type<T>* part_s2, const acc_type<T>* part_s3,
+                        acc_type<T>* sum_s1, acc_type<T>* sum_s3, acc_type<T>* gw_nc, acc_type<T>* gb_nc,
+                        ChannelCoefs<acc_type<T>> coefs,
                         T* grad_temb, T* grad_scale_shift) {
-  using A = Acc<T>;
+  using A = acc_type<T>;
   __shared__ Sums3<A> shared[kWarps + 1];
   for (int64_t ng = blockIdx.x; ng < gp.N * gp.G; ng += gridDim.x) {
     const int64_t n = ng / gp.G, g = ng % gp.G;
@@ -531,8 +530,9 @@ __global__ void __launch_bounds__(kThreads)
 
 template <class T, int V, bool CL>
 __global__ void __launch_bounds__(kThreads)
-    bwd_apply_kernel(ApplyPlan p, const T* x, const T* grad_out, T* grad_x, ChannelCoefs<Acc<T>> coefs, bool silu) {
-  using A = Acc<T>;
+    bwd_apply_kernel(ApplyPlan p, const T* x, const T* grad_out, T* grad_x, ChannelCoefs<acc_type<T>> coefs,
+                     bool silu) {
+  using A = acc_type<T>;
   const int64_t cols = p.L / V;
   const int64_t start = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   const int64_t step = int64_t(gridDim.x) * kThreads;
@@ -561,9 +561,9 @@ __global__ void __launch_bounds__(kThreads)
 // g_weight[c] = sum_n gw_nc[n, c], g_bias[c] = sum_n gb_nc[n, c], n ascending: one thread per channel.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    param_grads_kernel(int64_t N, int64_t C, const Acc<T>* gw_nc, const Acc<T>* gb_nc, T* grad_weight,
+    param_grads_kernel(int64_t N, int64_t C, const acc_type<T>* gw_nc, const acc_type<T>* gb_nc, T* grad_weight,
                        T* grad_bias) {
-  using A = Acc<T>;
+  using A = acc_type<T>;
   for (int64_t c = int64_t(blockIdx.x) * kThreads + threadIdx.x; c < C; c += int64_t(gridDim.x) * kThreads) {
     A gw = A(0), gb = A(0);
     for (int64_t n = 0; n < N; ++n) {
@@ -661,34 +661,36 @@ class Carver {
 
 template <class T>
 struct FwdWorkspace {
-  Acc<T>*part_mean, *part_m2;
-  ChannelCoefs<Acc<T>> coefs{};  // t, m, a, b
+  using A = acc_type<T>;
+  A *part_mean, *part_m2;
+  ChannelCoefs<A> coefs{};  // t, m, a, b
   size_t bytes;
   FwdWorkspace(void* base, const GroupNormSiluDims& d, const ReducePlan& rp) {
     Carver w(base);
-    part_mean = w.take<Acc<T>>(d.N * d.C * rp.splits);
-    part_m2 = w.take<Acc<T>>(d.N * d.C * rp.splits);
-    for (Acc<T>** p : {&coefs.t, &coefs.m, &coefs.a, &coefs.b}) *p = w.take<Acc<T>>(d.N * d.C);
+    part_mean = w.take<A>(d.N * d.C * rp.splits);
+    part_m2 = w.take<A>(d.N * d.C * rp.splits);
+    for (A** p : {&coefs.t, &coefs.m, &coefs.a, &coefs.b}) *p = w.take<A>(d.N * d.C);
     bytes = w.used();
   }
 };
 
 template <class T>
 struct BwdWorkspace {
-  Acc<T>*part_s1, *part_s2, *part_s3, *sum_s1, *sum_s3, *gw_nc, *gb_nc;
-  ChannelCoefs<Acc<T>> coefs{};  // all seven
+  using A = acc_type<T>;
+  A *part_s1, *part_s2, *part_s3, *sum_s1, *sum_s3, *gw_nc, *gb_nc;
+  ChannelCoefs<A> coefs{};  // all seven
   size_t bytes;
   BwdWorkspace(void* base, const GroupNormSiluDims& d, const ReducePlan& rp) {
     Carver w(base);
     const int64_t nc = d.N * d.C;
-    for (Acc<T>** p : {&coefs.t, &coefs.m, &coefs.a, &coefs.b, &coefs.r, &coefs.e, &coefs.f}) *p = w.take<Acc<T>>(nc);
-    part_s1 = w.take<Acc<T>>(nc * rp.splits);
-    part_s2 = w.take<Acc<T>>(nc * rp.splits);
-    part_s3 = w.take<Acc<T>>(nc * rp.splits);
-    sum_s1 = w.take<Acc<T>>(nc);
-    sum_s3 = w.take<Acc<T>>(nc);
-    gw_nc = w.take<Acc<T>>(nc);
-    gb_nc = w.take<Acc<T>>(nc);
+    for (A** p : {&coefs.t, &coefs.m, &coefs.a, &coefs.b, &coefs.r, &coefs.e, &coefs.f}) *p = w.take<A>(nc);
+    part_s1 = w.take<A>(nc * rp.splits);
+    part_s2 = w.take<A>(nc * rp.splits);
+    part_s3 = w.take<A>(nc * rp.splits);
+    sum_s1 = w.take<A>(nc);
+    sum_s3 = w.take<A>(nc);
+    gw_nc = w.take<A>(nc);
+    gb_nc = w.take<A>(nc);
     bytes = w.used();
   }
 };
@@ -722,7 +724,7 @@ void launch_partials(const Op& op, const ReducePlan& rp, cudaStream_t stream) {
 template <class T, int V, bool CL>
 void fwd_reduce_and_apply(const GroupNormSiluFwdArgs& a, const ReducePlan& rp, const FwdWorkspace<T>& ws, int sms,
                           cudaStream_t stream) {
-  using A = Acc<T>;
+  using A = acc_type<T>;
   const GroupNormSiluDims& d = a.dims;
   const T* x = static_cast<const T*>(a.x);
   FwdStatsOp<T, V, CL> op{x, static_cast<const T*>(a.temb), ws.part_mean, ws.part_m2};
@@ -765,7 +767,7 @@ cudaError_t fwd_typed(const GroupNormSiluFwdArgs& a, void* workspace, size_t wor
 template <class T, int V, bool CL>
 void bwd_reduce_and_apply(const GroupNormSiluBwdArgs& a, const ReducePlan& rp, const BwdWorkspace<T>& ws, int sms,
                           cudaStream_t stream) {
-  using A = Acc<T>;
+  using A = acc_type<T>;
   const GroupNormSiluDims& d = a.dims;
   const GroupPlan gp = make_group_plan(d);
   const ChannelParams<T> params = channel_params<T>(a.weight, a.bias, a.temb, a.scale_shift, d.C);
@@ -819,37 +821,26 @@ cudaError_t bwd_typed(const GroupNormSiluBwdArgs& a, void* workspace, size_t wor
   return cudaGetLastError();
 }
 
-template <class Args, class Fn>
-cudaError_t dispatch(const Args& a, Fn&& fn) {
-  switch (a.dtype) {
-    case ScalarKind::Float16: return fn(__half{});
-    case ScalarKind::BFloat16: return fn(__nv_bfloat16{});
-    case ScalarKind::Float32: return fn(float{});
-    case ScalarKind::Float64: return fn(double{});
-  }
-  return cudaErrorInvalidValue;
-}
-
 }  // namespace
 
 cudaError_t group_norm_silu_fwd_workspace_bytes(const GroupNormSiluFwdArgs& args, size_t* bytes) {
-  return dispatch(args, [&](auto tag) { return fwd_typed<decltype(tag)>(args, nullptr, 0, bytes, nullptr); });
+  return dispatch(args.dtype, [&](auto tag) { return fwd_typed<decltype(tag)>(args, nullptr, 0, bytes, nullptr); });
 }
 
 cudaError_t group_norm_silu_bwd_workspace_bytes(const GroupNormSiluBwdArgs& args, size_t* bytes) {
-  return dispatch(args, [&](auto tag) { return bwd_typed<decltype(tag)>(args, nullptr, 0, bytes, nullptr); });
+  return dispatch(args.dtype, [&](auto tag) { return bwd_typed<decltype(tag)>(args, nullptr, 0, bytes, nullptr); });
 }
 
 cudaError_t group_norm_silu_fwd(const GroupNormSiluFwdArgs& args, void* workspace, size_t workspace_bytes,
                                 cudaStream_t stream) {
-  return dispatch(args, [&](auto tag) {
+  return dispatch(args.dtype, [&](auto tag) {
     return fwd_typed<decltype(tag)>(args, workspace, workspace_bytes, nullptr, stream);
   });
 }
 
 cudaError_t group_norm_silu_bwd(const GroupNormSiluBwdArgs& args, void* workspace, size_t workspace_bytes,
                                 cudaStream_t stream) {
-  return dispatch(args, [&](auto tag) {
+  return dispatch(args.dtype, [&](auto tag) {
     return bwd_typed<decltype(tag)>(args, workspace, workspace_bytes, nullptr, stream);
   });
 }

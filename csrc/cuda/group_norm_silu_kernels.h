@@ -12,12 +12,10 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../scalar_kind.h"
+
 namespace gencore {
 namespace cuda {
-
-// Element type of x and of every other tensor argument and gradient (they all share x's dtype). Statistics and all
-// accumulation are float32 (float64 for Float64).
-enum class ScalarKind : int { Float16 = 0, BFloat16 = 1, Float32 = 2, Float64 = 3 };
 
 // x viewed as (N, C, S), S = prod(spatial) (1 without spatial dims), G groups (C % G == 0).
 //   channels_last == false: element (n, c, s) at n*C*S + c*S + s   (x.is_contiguous())
@@ -27,6 +25,8 @@ struct GroupNormSiluDims {
   bool channels_last = false;
 };
 
+// dtype: the element type of x and of every other tensor argument and gradient (they all share x's dtype).
+// Statistics and all accumulation are in acc_type (../scalar_kind.h): float32, float64 for Float64.
 struct GroupNormSiluFwdArgs {
   ScalarKind dtype = ScalarKind::Float32;
   GroupNormSiluDims dims;

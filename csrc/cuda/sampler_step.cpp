@@ -23,17 +23,6 @@ using OptTensor = std::optional<Tensor>;
 namespace sk = gencore::cuda;
 
 
-sk::SamplerDtype sampler_dtype(at::ScalarType t, const char* name) {
-  switch (t) {
-    case at::kHalf: return sk::SamplerDtype::Float16;
-    case at::kBFloat16: return sk::SamplerDtype::BFloat16;
-    case at::kFloat: return sk::SamplerDtype::Float32;
-    case at::kDouble: return sk::SamplerDtype::Float64;
-    default: break;
-  }
-  TORCH_CHECK(false, name, " must be float16, bfloat16, float32 or float64, got ", t);
-}
-
 sk::SamplerDims dims_of(const Tensor& sample, bool channels_last) {
   sk::SamplerDims d;
   d.N = sample.size(0);
@@ -57,7 +46,7 @@ std::tuple<Tensor, Tensor> sampler_step_cuda(const Tensor& model_output_in, cons
                                              const OptTensor& history2_in) {
   ss::check_step(model_output_in, sample_in, timesteps_in, coefs_in, ss::kNumCoefs, uncond_in, clip_range,
                  threshold_in, noise_in, philox_seed, philox_offset, history1_in, history2_in, c10::DeviceType::CUDA);
-  sampler_dtype(sample_in.scalar_type(), "sample");
+  const ScalarKind dtype = scalar_kind(sample_in.scalar_type(), "sample");
 
   c10::cuda::CUDAGuard guard(sample_in.device());
   const bool channels_last = is_channels_last(sample_in);
@@ -71,12 +60,11 @@ std::tuple<Tensor, Tensor> sampler_step_cuda(const Tensor& model_output_in, cons
   if (history2_in.has_value()) history2 = to_layout(*history2_in, channels_last);
   if (noise_in.has_value()) noise = to_layout(*noise_in, channels_last);
   if (threshold_in.has_value()) threshold = threshold_in->to(coefs.scalar_type()).contiguous();
-  // empty_like keeps a dense sample's strides: contiguous stays contiguous, channels-last stays channels-last.
-  Tensor prev = at::empty_like(sample);
-  Tensor x0 = at::empty_like(sample);
+  Tensor prev = output_like(sample);
+  Tensor x0 = output_like(sample);
 
   sk::SamplerStepArgs a;
-  a.dtype = sampler_dtype(sample.scalar_type(), "sample");
+  a.dtype = dtype;
   a.dims = dims_of(sample, channels_last);
   a.model_output = model_output.const_data_ptr();
   a.sample = sample.const_data_ptr();
@@ -104,18 +92,18 @@ std::tuple<Tensor, Tensor> training_inputs_cuda(const Tensor& x0_in, const Tenso
                                                 const Tensor& timesteps_in, const Tensor& coefs_in, bool velocity) {
   ss::check_table(x0_in, timesteps_in, coefs_in, 2, "x0", c10::DeviceType::CUDA);
   ss::check_like(noise_in, x0_in, "noise", "x0");
-  sampler_dtype(x0_in.scalar_type(), "x0");
+  const ScalarKind dtype = scalar_kind(x0_in.scalar_type(), "x0");
   c10::cuda::CUDAGuard guard(x0_in.device());
   const bool channels_last = is_channels_last(x0_in);
   const Tensor x0 = to_layout(x0_in, channels_last);
   const Tensor noise = to_layout(noise_in, channels_last);
   const Tensor timesteps = timesteps_in.contiguous();
   const Tensor coefs = coefs_in.contiguous();
-  Tensor noisy = at::empty_like(x0);
-  Tensor v = velocity ? at::empty_like(x0) : at::empty({0}, x0.options());
+  Tensor noisy = output_like(x0);
+  Tensor v = velocity ? output_like(x0) : at::empty({0}, x0.options());
 
   sk::TrainingInputsArgs a;
-  a.dtype = sampler_dtype(x0.scalar_type(), "x0");
+  a.dtype = dtype;
   a.dims = dims_of(x0, channels_last);
   a.x0 = x0.const_data_ptr();
   a.noise = noise.const_data_ptr();

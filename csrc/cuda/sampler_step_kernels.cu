@@ -134,7 +134,7 @@ __device__ __forceinline__ int64_t clamped_row(const int64_t* timesteps, int64_t
 
 template <typename T, int E, bool VEC, bool CHANNELS_LAST>
 __global__ void __launch_bounds__(kThreads) sampler_step_kernel(SamplerStepArgs a) {
-  using A = Acc<T>;
+  using A = acc_type<T>;
   const int64_t groups = (a.dims.numel + E - 1) / E;  // work items per sample, E / 4 Philox groups each
   const int64_t total = a.dims.N * groups;
   const A guidance = static_cast<A>(a.guidance_scale);
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(kThreads) sampler_step_kernel(SamplerStepArgs 
 
 template <typename T, bool VEC, bool CHANNELS_LAST>
 __global__ void __launch_bounds__(kThreads) training_inputs_kernel(TrainingInputsArgs a) {
-  using A = Acc<T>;
+  using A = acc_type<T>;
   const int64_t groups = (a.dims.numel + 3) / 4;
   const int64_t total = a.dims.N * groups;
   const A* coefs = static_cast<const A*>(a.coefs);
@@ -285,24 +285,12 @@ cudaError_t training_inputs_typed(const TrainingInputsArgs& a, cudaStream_t stre
 
 cudaError_t launch_sampler_step(const SamplerStepArgs& args, cudaStream_t stream) {
   if (args.dims.N == 0 || args.dims.numel == 0) return cudaSuccess;
-  switch (args.dtype) {
-    case SamplerDtype::Float16: return sampler_step_typed<__half>(args, stream);
-    case SamplerDtype::BFloat16: return sampler_step_typed<__nv_bfloat16>(args, stream);
-    case SamplerDtype::Float32: return sampler_step_typed<float>(args, stream);
-    case SamplerDtype::Float64: return sampler_step_typed<double>(args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch(args.dtype, [&](auto tag) { return sampler_step_typed<decltype(tag)>(args, stream); });
 }
 
 cudaError_t launch_training_inputs(const TrainingInputsArgs& args, cudaStream_t stream) {
   if (args.dims.N == 0 || args.dims.numel == 0) return cudaSuccess;
-  switch (args.dtype) {
-    case SamplerDtype::Float16: return training_inputs_typed<__half>(args, stream);
-    case SamplerDtype::BFloat16: return training_inputs_typed<__nv_bfloat16>(args, stream);
-    case SamplerDtype::Float32: return training_inputs_typed<float>(args, stream);
-    case SamplerDtype::Float64: return training_inputs_typed<double>(args, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch(args.dtype, [&](auto tag) { return training_inputs_typed<decltype(tag)>(args, stream); });
 }
 
 cudaError_t launch_philox_uint32(int64_t* out, int64_t N, int64_t numel, uint64_t seed, uint64_t offset,

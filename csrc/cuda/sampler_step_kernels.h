@@ -14,13 +14,10 @@
 #include <cstdint>
 
 #include "../sampler_step_table.h"
+#include "../scalar_kind.h"
 
 namespace gencore {
 namespace cuda {
-
-// Element type of the samples (model outputs, noise and outputs share it). Math in float32, float64 for Float64,
-// which is also the type of the coefficient table and of the threshold vector.
-enum class SamplerDtype : int { Float16 = 0, BFloat16 = 1, Float32 = 2, Float64 = 3 };
 
 // Columns of sampler_step's coefficient table: ../sampler_step_table.h (shared with the CPU kernels and the binding).
 constexpr int kNumCoefs = sampler_table::kNumCoefs;
@@ -33,8 +30,11 @@ struct SamplerDims {
   bool channels_last = false;
 };
 
+// dtype: the element type of the samples (model outputs, noise and outputs share it). The math runs in its acc_type
+// (../scalar_kind.h: float32, float64 for Float64), which is also the type of the coefficient table and of the
+// threshold vector.
 struct SamplerStepArgs {
-  SamplerDtype dtype = SamplerDtype::Float32;
+  ScalarKind dtype = ScalarKind::Float32;
   SamplerDims dims;
   const void* model_output = nullptr;  // same layout as the sample
   const void* sample = nullptr;
@@ -56,7 +56,7 @@ struct SamplerStepArgs {
 };
 
 struct TrainingInputsArgs {
-  SamplerDtype dtype = SamplerDtype::Float32;
+  ScalarKind dtype = ScalarKind::Float32;
   SamplerDims dims;
   const void* x0 = nullptr;
   const void* noise = nullptr;

@@ -18,7 +18,7 @@ struct PoisonedWorkspace {
   void* data;
 };
 
-gencore::cuda::GpDtype kind(int dtype) { return static_cast<gencore::cuda::GpDtype>(dtype); }
+gencore::ScalarKind kind(int dtype) { return static_cast<gencore::ScalarKind>(dtype); }
 
 }  // namespace
 
@@ -33,7 +33,7 @@ int gencore_emulation_gradient_penalty_interpolate(int dtype, const void* real, 
 
 int gencore_emulation_gradient_norm_penalty_fwd(int dtype, const void* grad, void* norms, void* penalty, int64_t n,
                                           int64_t d, double center, int one_sided, double grad_scale) {
-  const size_t stats_bytes = kind(dtype) == gencore::cuda::GpDtype::kFloat64 ? 8 : 4;
+  const size_t stats_bytes = kind(dtype) == gencore::ScalarKind::Float64 ? 8 : 4;
   PoisonedWorkspace ws(static_cast<size_t>(n * gencore::cuda::gp_chunks(d)) * stats_bytes);
   return static_cast<int>(gencore::cuda::gradient_norm_penalty_fwd(kind(dtype), grad, ws.data, norms, penalty, n, d, center,
                                                              one_sided != 0, grad_scale, nullptr));

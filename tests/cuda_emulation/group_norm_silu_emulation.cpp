@@ -50,7 +50,7 @@ int gencore_emulation_gns_fwd(int dtype, int64_t N, int64_t C, int64_t S, int64_
                               const void* x, const void* weight, const void* bias, const void* temb,
                               const void* scale_shift, void* y, void* mean, void* rstd, double eps, int silu) {
   gencore::cuda::GroupNormSiluFwdArgs a;
-  a.dtype = static_cast<gencore::cuda::ScalarKind>(dtype);
+  a.dtype = static_cast<gencore::ScalarKind>(dtype);
   a.dims = dims(N, C, S, G, channels_last);
   a.x = x;
   a.weight = weight;
@@ -75,7 +75,7 @@ int gencore_emulation_gns_bwd(int dtype, int64_t N, int64_t C, int64_t S, int64_
                               void* grad_x, void* grad_weight, void* grad_bias, void* grad_temb,
                               void* grad_scale_shift, int silu) {
   gencore::cuda::GroupNormSiluBwdArgs a;
-  a.dtype = static_cast<gencore::cuda::ScalarKind>(dtype);
+  a.dtype = static_cast<gencore::ScalarKind>(dtype);
   a.dims = dims(N, C, S, G, channels_last);
   a.grad_out = grad_out;
   a.x = x;

@@ -27,7 +27,7 @@ int gencore_emulation_sampler_step(int dtype, int64_t N, int64_t numel, int64_t 
                                    int philox, uint64_t seed, uint64_t offset, void* prev, void* x0,
                                    const void* history1, const void* history2) {
   gencore::cuda::SamplerStepArgs a;
-  a.dtype = static_cast<gencore::cuda::SamplerDtype>(dtype);
+  a.dtype = static_cast<gencore::ScalarKind>(dtype);
   a.dims = dims(N, numel, C, S, channels_last);
   a.model_output = model_output;
   a.sample = sample;
@@ -54,7 +54,7 @@ int gencore_emulation_training_inputs(int dtype, int64_t N, int64_t numel, int64
                                       const void* x0, const void* noise, const int64_t* timesteps, const void* coefs,
                                       int64_t T, void* noisy, void* velocity) {
   gencore::cuda::TrainingInputsArgs a;
-  a.dtype = static_cast<gencore::cuda::SamplerDtype>(dtype);
+  a.dtype = static_cast<gencore::ScalarKind>(dtype);
   a.dims = dims(N, numel, C, S, channels_last);
   a.x0 = x0;
   a.noise = noise;
