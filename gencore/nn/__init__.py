@@ -38,7 +38,7 @@ class _FusedGroupNormBase(nn.GroupNorm):
             # torch's ops on the module's own tensors, as torch.nn.GroupNorm (+ SiLU) computes them.
             return torch_group_norm_silu(x, self.num_groups, weight, bias, self.eps, temb, scale_shift,
                                          self._activation)
-        if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
             # CUDA autocast runs torch's group_norm in float32 (its "fp32" op list); do the same so results and
             # output dtype match torch. CPU autocast keeps the input dtype, which the path below already does.
             x = x.float()

@@ -74,7 +74,7 @@ def torch_is_faster(x: torch.Tensor, weight, bias, temb, scale_shift, activation
 
     Written for the calls it sends to torch, which are the small ones: every check costs a tiny model's forward
     about as much as the op it routes, so the cheap ones come first and the backend lookup last."""
-    if backend is not None or not x.is_cpu:
+    if backend is not None or x.device.type != "cpu":  # not x.is_cpu: TorchDynamo would record that as a graph node
         return False
     records = torch.is_grad_enabled() and (x.requires_grad or any(
         t is not None and t.requires_grad for t in (weight, bias, temb, scale_shift)))
