@@ -10,11 +10,10 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include "gradient_penalty.h"
+#include "vec_io.h"
 
 #include <algorithm>
 #include <cmath>
@@ -22,8 +21,6 @@
 
 namespace gencore {
 namespace {
-
-using at::vec::Vectorized;
 
 // Elements per partial sum of squares: large enough to amortise a task, small enough that batch 1 still splits
 // across threads.
@@ -36,40 +33,25 @@ constexpr int64_t kGrain = 32768;
 constexpr int64_t kReduceGrain = 65536;
 
 // ---------------------------------------------------------------------------------------------------------------
-// Vector helpers: float/double use their own Vectorized; half types load as two float vectors.
+// Vector helpers, over VecIO (vec_io.h): every element type in steps of one accumulation vector of W elements, the
+// last len % W elements one by one.
 
 template <typename scalar_t>
 inline acc_type<scalar_t> sum_of_squares(const scalar_t* x, int64_t len) {
   using acc = acc_type<scalar_t>;
-  using aVec = Vectorized<acc>;
-  aVec s0(acc(0)), s1(acc(0)), s2(acc(0)), s3(acc(0));
+  using io = VecIO<scalar_t>;
+  using V = typename io::V;
+  constexpr int64_t W = io::W;
+  V s0(acc(0)), s1(acc(0)), s2(acc(0)), s3(acc(0));
   int64_t i = 0;
-  if constexpr (at::vec::is_reduced_floating_point_v<scalar_t>) {
-    constexpr int64_t W = Vectorized<scalar_t>::size();  // = 2 float vectors
-    for (; i + 2 * W <= len; i += 2 * W) {
-      auto [a0, a1] = at::vec::convert_to_float<scalar_t>(Vectorized<scalar_t>::loadu(x + i));
-      auto [b0, b1] = at::vec::convert_to_float<scalar_t>(Vectorized<scalar_t>::loadu(x + i + W));
-      s0 = at::vec::fmadd(a0, a0, s0);
-      s1 = at::vec::fmadd(a1, a1, s1);
-      s2 = at::vec::fmadd(b0, b0, s2);
-      s3 = at::vec::fmadd(b1, b1, s3);
-    }
-  } else {
-    constexpr int64_t W = aVec::size();
-    for (; i + 4 * W <= len; i += 4 * W) {
-      aVec a = aVec::loadu(x + i), b = aVec::loadu(x + i + W), c = aVec::loadu(x + i + 2 * W),
-           d = aVec::loadu(x + i + 3 * W);
-      s0 = at::vec::fmadd(a, a, s0);
-      s1 = at::vec::fmadd(b, b, s1);
-      s2 = at::vec::fmadd(c, c, s2);
-      s3 = at::vec::fmadd(d, d, s3);
-    }
+  for (; i + 4 * W <= len; i += 4 * W) {
+    const V a = io::load(x + i), b = io::load(x + i + W), c = io::load(x + i + 2 * W), d = io::load(x + i + 3 * W);
+    s0 = at::vec::fmadd(a, a, s0);
+    s1 = at::vec::fmadd(b, b, s1);
+    s2 = at::vec::fmadd(c, c, s2);
+    s3 = at::vec::fmadd(d, d, s3);
   }
-  aVec s = (s0 + s1) + (s2 + s3);
-  acc lanes[aVec::size()];
-  s.store(lanes);
-  acc total = 0;
-  for (int64_t k = 0; k < aVec::size(); ++k) total += lanes[k];
+  acc total = lane_sum((s0 + s1) + (s2 + s3));
   for (; i < len; ++i) {
     const acc v = static_cast<acc>(x[i]);
     total += v * v;
@@ -82,28 +64,15 @@ template <typename scalar_t>
 inline void axpby(acc_type<scalar_t> a, const scalar_t* p, acc_type<scalar_t> b, const scalar_t* q, scalar_t* out,
                   int64_t len) {
   using acc = acc_type<scalar_t>;
-  using aVec = Vectorized<acc>;
-  const aVec va(a), vb(b);
+  using io = VecIO<scalar_t>;
+  using V = typename io::V;
+  constexpr int64_t W = io::W;
+  const V va(a), vb(b);
   int64_t i = 0;
-  if constexpr (at::vec::is_reduced_floating_point_v<scalar_t>) {
-    constexpr int64_t W = Vectorized<scalar_t>::size();
-    for (; i + W <= len; i += W) {
-      auto [p0, p1] = at::vec::convert_to_float<scalar_t>(Vectorized<scalar_t>::loadu(p + i));
-      aVec o0 = va * p0, o1 = va * p1;
-      if (q != nullptr) {
-        auto [q0, q1] = at::vec::convert_to_float<scalar_t>(Vectorized<scalar_t>::loadu(q + i));
-        o0 = at::vec::fmadd(vb, q0, o0);
-        o1 = at::vec::fmadd(vb, q1, o1);
-      }
-      at::vec::convert_from_float<scalar_t>(o0, o1).store(out + i);
-    }
-  } else {
-    constexpr int64_t W = aVec::size();
-    for (; i + W <= len; i += W) {
-      aVec o = va * aVec::loadu(p + i);
-      if (q != nullptr) o = at::vec::fmadd(vb, aVec::loadu(q + i), o);
-      o.store(out + i);
-    }
+  for (; i + W <= len; i += W) {
+    V o = va * io::load(p + i);
+    if (q != nullptr) o = at::vec::fmadd(vb, io::load(q + i), o);
+    io::store(out + i, o);
   }
   for (; i < len; ++i) {
     acc o = a * static_cast<acc>(p[i]);

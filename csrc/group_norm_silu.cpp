@@ -28,7 +28,6 @@
 // Each of y and grad_x is one allocation in x's layout (output_like, tensor_rules.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
@@ -37,6 +36,7 @@
 #include <vector>
 
 #include "group_norm_silu.h"
+#include "vec_io.h"
 
 namespace gencore {
 namespace {
@@ -49,39 +49,6 @@ constexpr int64_t kChunk = 4096;
 constexpr int64_t kRowBlockElems = 16384;
 // Backward keeps gz of a whole slab in a per-thread float buffer (saves recomputing the SiLU's exp) up to this size.
 constexpr int64_t kMaxScratch = int64_t(1) << 18;
-
-// Loads/stores of T as vectors of the accumulation type (float for half types: half-width loads, converted).
-template <typename T>
-struct IO {
-  using V = Vectorized<T>;
-  static constexpr int64_t W = V::size();
-  static V load(const T* p) { return V::loadu(p); }
-  static V load(const T* p, int64_t n) { return V::loadu(p, n); }
-  static void store(T* p, const V& v) { v.store(p); }
-  static void store(T* p, const V& v, int64_t n) { v.store(p, static_cast<int>(n)); }
-};
-
-template <typename T>
-struct IOReduced {
-  using V = Vectorized<float>;
-  static constexpr int64_t W = V::size();
-  static V load(const T* p) {
-    V out;
-    at::vec::load_to_float(p, out);
-    return out;
-  }
-  static V load(const T* p, int64_t n) {
-    return std::get<0>(at::vec::convert_to_float<T>(Vectorized<T>::loadu(p, n)));
-  }
-  static void store(T* p, const V& v) { at::vec::convert_from_float<T>(v, v).store(p, static_cast<int>(W)); }
-  static void store(T* p, const V& v, int64_t n) {
-    at::vec::convert_from_float<T>(v, v).store(p, static_cast<int>(n));
-  }
-};
-template <>
-struct IO<at::Half> : IOReduced<at::Half> {};
-template <>
-struct IO<at::BFloat16> : IOReduced<at::BFloat16> {};
 
 #define GENCORE_INLINE inline __attribute__((always_inline))
 
@@ -164,21 +131,11 @@ GENCORE_INLINE V silu_backward(const V& z, const V& gy) {
   return gy * s * at::vec::fmadd(z, one - s, one);
 }
 
-// Sum of a vector's lanes in lane order (fixed: deterministic).
-template <typename V>
-inline typename V::value_type lane_sum(const V& v) {
-  typename V::value_type buf[V::size()];
-  v.store(buf);
-  typename V::value_type s = 0;
-  for (int64_t i = 0; i < V::size(); ++i) s += buf[i];
-  return s;
-}
-
 // Centred two-pass moments of one chunk, around its first element x0 so that offset data (x = 1000 + noise) keeps
 // its precision in float32: returns x0, the mean of x - x0, and M2 = sum (x - mean)^2.
 template <typename T, typename acc_t>
 inline void chunk_moments(const T* p, int64_t len, acc_t& shift_out, acc_t& rel_mean_out, acc_t& m2_out) {
-  using io = IO<T>;
+  using io = VecIO<T>;
   using V = typename io::V;
   constexpr int64_t W = io::W;
   const acc_t x0 = static_cast<acc_t>(p[0]);
@@ -248,7 +205,7 @@ inline void split_centre(double M, acc_t& hi, double& lo) {
 // y = act((x - M)*A + B) over len elements of one channel.
 template <typename T, typename acc_t>
 inline void affine_act(const T* x, T* y, int64_t len, acc_t M, acc_t A, acc_t B, bool use_silu) {
-  using io = IO<T>;
+  using io = VecIO<T>;
   using V = typename io::V;
   constexpr int64_t W = io::W;
   const V vm(M), va(A), vb(B);
@@ -272,7 +229,7 @@ inline void affine_act(const T* x, T* y, int64_t len, acc_t M, acc_t A, acc_t B,
 template <typename T, typename acc_t>
 inline void affine_act_row(const T* x, T* y, int64_t C, const acc_t* M, const acc_t* A, const acc_t* B,
                            bool use_silu) {
-  using io = IO<T>;
+  using io = VecIO<T>;
   using V = typename io::V;
   constexpr int64_t W = io::W;
   int64_t c = 0;
@@ -412,7 +369,7 @@ template <typename T>
 void forward_channels_last(const T* x, T* y, double* mean, acc_type<T>* rstd,
                            const Shape& sh, const Params<acc_type<T>>& P, double eps, bool use_silu) {
   using acc_t = acc_type<T>;
-  using io = IO<T>;
+  using io = VecIO<T>;
   using V = typename io::V;
   constexpr int64_t W = io::W;
   const int64_t C = sh.C, S = sh.S;
@@ -435,7 +392,7 @@ void forward_channels_last(const T* x, T* y, double* mean, acc_type<T>* rstd,
         const T* row = xb + s * C;
         for (int64_t c = 0; c < C; c += W) {
           const int64_t m = std::min(W, C - c);
-          V v = m == W ? io::load(row + c) : io::load(row + c, m);
+          V v = load_n(row + c, m);
           (V::loadu(pm + c, m) + (v - V::loadu(ps + c, m))).store(pm + c, m);
         }
       }
@@ -445,7 +402,7 @@ void forward_channels_last(const T* x, T* y, double* mean, acc_type<T>* rstd,
         const T* row = xb + s * C;
         for (int64_t c = 0; c < C; c += W) {
           const int64_t m = std::min(W, C - c);
-          V v = m == W ? io::load(row + c) : io::load(row + c, m);
+          V v = load_n(row + c, m);
           V d = (v - V::loadu(ps + c, m)) - V::loadu(pm + c, m);
           at::vec::fmadd(d, d, V::loadu(p2 + c, m)).store(p2 + c, m);
         }
@@ -527,14 +484,14 @@ struct BwdCoefs {
 template <typename T, typename acc_t>
 inline void reduce_chunk(const T* x, const T* gy, int64_t len, acc_t M, acc_t A, acc_t B, acc_t r, acc_t x0,
                          bool use_silu, float* gz_out, acc_t& s1, acc_t& s2, acc_t& s3) {
-  using io = IO<T>;
+  using io = VecIO<T>;
   using V = typename io::V;
   constexpr int64_t W = io::W;
   const V vm(M), va(A), vb(B), vr(r), vx0(x0);
   V a1(0), a2(0), a3(0), b1(0), b2(0), b3(0);
   auto step = [&](int64_t i, int64_t n, V& c1, V& c2, V& c3) {
-    V d = (n == W ? io::load(x + i) : io::load(x + i, n)) - vm;
-    V g = n == W ? io::load(gy + i) : io::load(gy + i, n);  // zero-filled lanes give gz = 0
+    V d = load_n(x + i, n) - vm;
+    V g = load_n(gy + i, n);  // zero-filled lanes give gz = 0
     V gz = use_silu ? silu_backward(at::vec::fmadd(d, va, vb), g) : g;
     V xhat = at::vec::fmadd(d, vr, vx0);
     if (n != W) xhat = V::set(V(0), xhat, n);
@@ -563,22 +520,22 @@ inline void reduce_chunk(const T* x, const T* gy, int64_t len, acc_t M, acc_t A,
 template <typename T, typename acc_t>
 inline void grad_input_chunk(const T* x, const T* gy, T* gx, int64_t len, acc_t M, acc_t A, acc_t B, acc_t E,
                              acc_t F, bool use_silu, const float* gz_in) {
-  using io = IO<T>;
+  using io = VecIO<T>;
   using V = typename io::V;
   constexpr int64_t W = io::W;
   const V vm(M), va(A), vb(B), ve(E), vf(F);
   auto step = [&](int64_t i, int64_t n) {
-    V d = (n == W ? io::load(x + i) : io::load(x + i, n)) - vm;
+    V d = load_n(x + i, n) - vm;
     V gz;
     if constexpr (std::is_same_v<acc_t, float>) {
       if (gz_in) gz = n == W ? V::loadu(gz_in + i) : V::loadu(gz_in + i, n);
     }
     if (!gz_in) {
-      V g = n == W ? io::load(gy + i) : io::load(gy + i, n);
+      V g = load_n(gy + i, n);
       gz = use_silu ? silu_backward(at::vec::fmadd(d, va, vb), g) : g;
     }
     V out = at::vec::fmadd(va, gz, at::vec::fmadd(ve, d, vf));
-    if (n == W) io::store(gx + i, out); else io::store(gx + i, out, n);
+    store_n(gx + i, out, n);
   };
   int64_t i = 0;
   for (; i + W <= len; i += W) step(i, W);
@@ -683,7 +640,7 @@ void backward_channels_last(const T* x, const T* gy, T* gx, const Shape& sh,
                             acc_type<T>* S1, acc_type<T>* S2, acc_type<T>* S3,
                             acc_type<T>* g_temb, acc_type<T>* g_ss, bool use_silu) {
   using acc_t = acc_type<T>;
-  using io = IO<T>;
+  using io = VecIO<T>;
   using V = typename io::V;
   constexpr int64_t W = io::W;
   const int64_t C = sh.C, S = sh.S;
@@ -706,7 +663,7 @@ void backward_channels_last(const T* x, const T* gy, T* gx, const Shape& sh,
         for (int64_t c = 0; c < C; c += W) {
           const int64_t m = std::min(W, C - c);
           V d = m == W ? io::load(xr + c) - V::loadu(M + c) : V::set(V(0), io::load(xr + c, m) - V::loadu(M + c, m), m);
-          V g = m == W ? io::load(gr + c) : io::load(gr + c, m);
+          V g = load_n(gr + c, m);
           V gz = use_silu ? silu_backward(at::vec::fmadd(d, V::loadu(A + c, m), V::loadu(B + c, m)), g) : g;
           V xhat = at::vec::fmadd(d, V::loadu(r + c, m), V::loadu(X0 + c, m));  // tail lanes: 0
           (V::loadu(q1 + c, m) + gz).store(q1 + c, m);
@@ -744,11 +701,11 @@ void backward_channels_last(const T* x, const T* gy, T* gx, const Shape& sh,
       T* out = gx + row * C;
       for (int64_t c = 0; c < C; c += W) {
         const int64_t m = std::min(W, C - c);
-        V d = (m == W ? io::load(xr + c) : io::load(xr + c, m)) - V::loadu(M + c, m);
-        V g = m == W ? io::load(gr + c) : io::load(gr + c, m);
+        V d = load_n(xr + c, m) - V::loadu(M + c, m);
+        V g = load_n(gr + c, m);
         V gz = use_silu ? silu_backward(at::vec::fmadd(d, V::loadu(A + c, m), V::loadu(B + c, m)), g) : g;
         V o = at::vec::fmadd(V::loadu(A + c, m), gz, at::vec::fmadd(V::loadu(E + c, m), d, V::loadu(F + c, m)));
-        if (m == W) io::store(out + c, o); else io::store(out + c, o, m);
+        store_n(out + c, o, m);
       }
     }
   });

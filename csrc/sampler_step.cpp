@@ -20,6 +20,7 @@
 
 #include "philox.h"
 #include "sampler_step.h"
+#include "vec_io.h"
 
 namespace gencore {
 namespace {
@@ -30,31 +31,6 @@ using namespace sampler_table;
 constexpr int64_t kChunk = 2048;              // elements per work item: a multiple of 4 and of every vector width
 constexpr int64_t kGrainElements = 1 << 15;   // below ~32K elements a second thread costs more than it saves
 
-
-// Loads `count` (<= vector size) elements as the compute type; half types convert through a small buffer.
-template <typename acc_t, typename scalar_t>
-inline Vectorized<acc_t> load(const scalar_t* p, int64_t count) {
-  using Vec = Vectorized<acc_t>;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return count == Vec::size() ? Vec::loadu(p) : Vec::loadu(p, count);
-  } else {
-    alignas(64) acc_t buf[Vec::size()] = {};
-    for (int64_t j = 0; j < count; ++j) buf[j] = static_cast<acc_t>(p[j]);
-    return Vec::loadu(buf);
-  }
-}
-
-template <typename acc_t, typename scalar_t>
-inline void store(const Vectorized<acc_t>& v, scalar_t* p, int64_t count) {
-  using Vec = Vectorized<acc_t>;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    if (count == Vec::size()) v.store(p); else v.store(p, count);
-  } else {
-    alignas(64) acc_t buf[Vec::size()];
-    v.store(buf);
-    for (int64_t j = 0; j < count; ++j) p[j] = static_cast<scalar_t>(buf[j]);
-  }
-}
 
 // timesteps (checked by ss::check_table) as a contiguous tensor, each value a row of coefs: on the CPU the range is
 // checked here, naming the offending sample.
@@ -202,10 +178,10 @@ template <typename scalar_t, bool kGuided, Clip kClip, Noise kNoise, bool kHisto
 void sampler_step_span(const StepSpan<scalar_t> p, const StepCoefs<acc_t>& c, const acc_t* z, int64_t len) {
   using Vec = Vectorized<acc_t>;
   const auto step = [&](int64_t i, int64_t count) {
-    const Vec x = load<acc_t>(p.sample + i, count);
-    Vec m = load<acc_t>(p.model_output + i, count);
+    const Vec x = load_n(p.sample + i, count);
+    Vec m = load_n(p.model_output + i, count);
     if constexpr (kGuided) {
-      const Vec u = load<acc_t>(p.uncond + i, count);
+      const Vec u = load_n(p.uncond + i, count);
       m = u + c.guidance * (m - u);
     }
     Vec x0 = at::vec::fmadd(c.x0_from_sample, x, c.x0_from_model * m);
@@ -216,16 +192,16 @@ void sampler_step_span(const StepSpan<scalar_t> p, const StepCoefs<acc_t>& c, co
     }
     Vec out = at::vec::fmadd(c.fold_x0, x0, at::vec::fmadd(c.fold_x, x, c.fold_m * m));
     if constexpr (kHistory) {
-      out = at::vec::fmadd(c.from_h1, load<acc_t>(p.history1 + i, count), out);
-      out = at::vec::fmadd(c.from_h2, load<acc_t>(p.history2 + i, count), out);
+      out = at::vec::fmadd(c.from_h1, load_n(p.history1 + i, count), out);
+      out = at::vec::fmadd(c.from_h2, load_n(p.history2 + i, count), out);
     }
     if constexpr (kNoise == Noise::kTensor) {
-      out = at::vec::fmadd(c.noise_std, load<acc_t>(p.noise + i, count), out);
+      out = at::vec::fmadd(c.noise_std, load_n(p.noise + i, count), out);
     } else if constexpr (kNoise == Noise::kPhilox) {
       out = at::vec::fmadd(c.noise_std, Vec::loadu(z + i, count), out);
     }
-    store(out, p.prev + i, count);
-    store(x0, p.x0 + i, count);
+    store_n(p.prev + i, out, count);
+    store_n(p.x0 + i, x0, count);
   };
   int64_t i = 0;
   for (; i + Vec::size() <= len; i += Vec::size()) step(i, Vec::size());
@@ -366,10 +342,10 @@ void training_inputs_kernel(const at::Tensor& x0, const at::Tensor& noise, const
     const int64_t base = n * numel + start;
     for (int64_t i = 0; i < len; i += Vec::size()) {
       const int64_t count = std::min<int64_t>(Vec::size(), len - i);
-      const Vec x = load<acc_t>(x_ptr + base + i, count);
-      const Vec z = load<acc_t>(z_ptr + base + i, count);
-      store(c0 * x + c1 * z, noisy_ptr + base + i, count);
-      if (v_ptr) store(c0 * z - c1 * x, v_ptr + base + i, count);
+      const Vec x = load_n(x_ptr + base + i, count);
+      const Vec z = load_n(z_ptr + base + i, count);
+      store_n(noisy_ptr + base + i, c0 * x + c1 * z, count);
+      if (v_ptr) store_n(v_ptr + base + i, c0 * z - c1 * x, count);
     }
   });
 }
