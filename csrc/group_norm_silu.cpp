@@ -10,7 +10,7 @@
 // a block of rows, all channels). Each chunk gets a centred two-pass (mean, M2) while it sits in L1/L2, and the
 // chunks are Chan-merged per (n, g) in one fixed order. The chunking depends only on the shape, never on the thread
 // count, and no result is ever accumulated by two threads, so outputs and gradients are bit-identical for any
-// number of threads (tests/test_group_norm_silu.py checks 1 vs 2 threads).
+// number of threads (tests/ops/test_group_norm_silu.py checks 1 vs 2 threads).
 //
 // Channels-first speed: each (n, g) slab is contiguous, so with enough slabs to keep every thread busy one task
 // takes a whole slab: stats pass, then the output pass while the slab is still in L2 (x is read from DRAM once).

@@ -2,7 +2,7 @@
 // the type the math runs in: ../scalar_kind.h, shared with the CPU kernels and the bindings), their conversions to
 // the compute type, the correctly rounded square root and division (the extension builds with --use_fast_math), and
 // the one launch helper through which a kernel runs either on the GPU or, in the tests, on CPU fibers
-// (host_emulation.h). No PyTorch headers: the kernels compile with nvcc alone (tests/test_cuda_compile.py).
+// (host_emulation.h). No PyTorch headers: the kernels compile with nvcc alone (tests/build/test_cuda_compile.py).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -15,7 +15,7 @@
 #include "../scalar_kind.h"
 
 #ifdef GENCORE_CUDA_HOST_EMULATION
-#include "host_emulation.h"  // tests only: runs the kernels on CPU fibers (tests/test_*_emulation.py)
+#include "host_emulation.h"  // tests only: runs the kernels on CPU fibers (tests/ops/test_*_emulation.py)
 #endif
 
 namespace gencore {

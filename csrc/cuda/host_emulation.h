@@ -1,5 +1,5 @@
 // Runs the CUDA kernels of csrc/cuda/*_kernels.cu on the CPU, so that their indexing, split reductions and merges are
-// tested on machines without a GPU (tests/test_cuda_emulation.py). Only a g++ build with
+// tested on machines without a GPU (tests/ops/test_*_emulation.py). Only a g++ build with
 // -DGENCORE_CUDA_HOST_EMULATION includes this; nvcc and setup.py never see it.
 //
 // The model is the CUDA execution model, literally: every GPU thread of a block is a fiber (ucontext) with its own

@@ -1,6 +1,6 @@
 // The CUDA kernels of csrc/cuda/group_norm_silu_kernels.cu, built with g++ on top of csrc/cuda/host_emulation.h so
-// that tests/test_cuda_emulation.py can run them on CPU tensors through ctypes. The .cu is included verbatim: what
-// runs here is the code nvcc compiles, with only the kernel launch and the CUDA built-ins replaced.
+// that tests/ops/test_group_norm_silu_emulation.py can run them on CPU tensors through ctypes. The .cu is included
+// verbatim: what runs here is the code nvcc compiles, with only the kernel launch and the CUDA built-ins replaced.
 #define GENCORE_CUDA_HOST_EMULATION 1
 #include "../../csrc/cuda/group_norm_silu_kernels.cu"
 

@@ -1,6 +1,6 @@
 // The CUDA kernels of csrc/cuda/sampler_step_kernels.cu, built with g++ on top of csrc/cuda/host_emulation.h so that
-// tests/test_sampler_step_emulation.py can run them on CPU tensors through ctypes. The .cu is included verbatim: what
-// runs here is the code nvcc compiles, with only the kernel launch and the CUDA built-ins replaced.
+// tests/ops/test_sampler_step_emulation.py can run them on CPU tensors through ctypes. The .cu is included verbatim:
+// what runs here is the code nvcc compiles, with only the kernel launch and the CUDA built-ins replaced.
 #define GENCORE_CUDA_HOST_EMULATION 1
 #include "../../csrc/cuda/sampler_step_kernels.cu"
 

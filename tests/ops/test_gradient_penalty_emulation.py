@@ -5,7 +5,7 @@ verbatim and builds it with g++ on top of csrc/cuda/host_emulation.h (the CUDA e
 thread a fiber, __syncthreads and warp shuffles as barriers). So the grid-stride indexing over samples and chunks,
 the block reductions and the fixed-order merge of the partial sums are checked here, with the workspace poisoned
 with NaN so that a slot read before it is written shows up. Not checked here: speed, nvcc compilation
-(test_cuda_compile.py) and real-GPU concurrency (the gpu-marked runs of test_gradient_penalty.py).
+(tests/build/test_cuda_compile.py) and real-GPU concurrency (the gpu-marked runs of test_gradient_penalty.py).
 
 The ctypes wrappers mirror csrc/cuda/gradient_penalty.cpp for contiguous inputs.
 """
@@ -23,7 +23,7 @@ from gencore.testing import assert_close
 
 from _emulation import SCALAR_KIND, build_emulation
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "cuda_emulation" / "gradient_penalty_emulation.cpp"
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

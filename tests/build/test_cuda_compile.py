@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 KERNELS = sorted(CUDA_DIR.glob("*_kernels.cu"))
 KERNEL_HEADERS = sorted(CUDA_DIR.glob("*.cuh")) + sorted(CUDA_DIR.glob("*_kernels.h"))

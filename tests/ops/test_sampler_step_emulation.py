@@ -4,8 +4,8 @@ No GPU is needed: tests/cuda_emulation/sampler_step_emulation.cpp includes csrc/
 and builds it with g++ on top of csrc/cuda/host_emulation.h (the CUDA execution model on the host; see that file).
 So the indexing, the vector and element-wise paths, both layouts, the per-sample coefficient gather, the timestep
 clamp and the in-kernel Philox are all checked here. What this cannot check: speed, nvcc's own compilation
-(test_cuda_compile.py) and the device transcendentals (the emulation uses the host's sin/cos; the `gpu` tests in
-test_sampler_step.py run the real thing).
+(tests/build/test_cuda_compile.py) and the device transcendentals (the emulation uses the host's sin/cos; the `gpu`
+tests in test_sampler_step.py run the real thing).
 
 The ctypes wrappers below mirror csrc/cuda/sampler_step.cpp (layout choice, output allocation, dims).
 """
@@ -26,7 +26,7 @@ from gencore.testing import assert_close
 
 from _emulation import SCALAR_KIND, build_emulation
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "cuda_emulation" / "sampler_step_emulation.cpp"
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

@@ -2,11 +2,11 @@
 
 No GPU is needed: tests/cuda_emulation/group_norm_silu_emulation.cpp includes csrc/cuda/group_norm_silu_kernels.cu
 verbatim and builds it with g++ on top of csrc/cuda/host_emulation.h, which implements the CUDA execution model
-(each GPU thread a fiber, __syncthreads and warp shuffles as barriers, blocks in turn over static shared memory). So the indexing, the
-vectorized and scalar paths, both layouts, the split reductions and their fixed-order merges are all checked here,
-with a workspace poisoned with NaN so that a slot read before it is written shows up. What this cannot check: the
-speed, device-specific compilation (test_cuda_compile.py runs nvcc), and real-GPU concurrency (the `gpu` tests in
-test_group_norm_silu.py).
+(each GPU thread a fiber, __syncthreads and warp shuffles as barriers, blocks in turn over static shared memory).
+So the indexing, the vectorized and scalar paths, both layouts, the split reductions and their fixed-order merges
+are all checked here, with a workspace poisoned with NaN so that a slot read before it is written shows up. What
+this cannot check: the speed, device-specific compilation (tests/build/test_cuda_compile.py runs nvcc), and real-GPU
+concurrency (the `gpu` tests in test_group_norm_silu.py).
 
 The ctypes wrappers below mirror csrc/cuda/group_norm_silu.cpp (layout choice, output_like, accumulation dtype).
 """
@@ -24,7 +24,7 @@ from gencore.testing import assert_close
 
 from _emulation import SCALAR_KIND, build_emulation
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "cuda_emulation" / "group_norm_silu_emulation.cpp"
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
