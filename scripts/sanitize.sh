@@ -21,7 +21,8 @@ ASAN_LIB="$(gcc -print-file-name=libasan.so)"
 STDCXX_LIB="$(gcc -print-file-name=libstdc++.so)"
 if [ $# -eq 0 ]; then
   set -- tests/ops/test_group_norm_silu.py tests/ops/test_sampler_step.py tests/ops/test_gradient_penalty.py \
-    tests/ops/test_fake_devices.py tests/ops/test_properties.py -k "cpu or reference" -q -p no:cacheprovider
+    tests/ops/test_fake_devices.py tests/ops/test_properties.py tests/ops/test_cpu_output_cache.py \
+    -k "cpu or reference" -q -p no:cacheprovider
 fi
 cd "$WORK"
 LD_PRELOAD="$ASAN_LIB $STDCXX_LIB" \
