@@ -29,10 +29,11 @@ def cuda_include() -> Path | None:
     return None
 
 
-def build_emulation(name: str, driver: Path) -> ctypes.CDLL:
-    """The driver built once per version of its sources (the driver and every header and kernel under csrc/ that it
-    may include; cached under build/cuda_emulation/), loaded; skips the calling test module with the reason when the
-    CUDA headers or a C++20 compiler are missing."""
+def build_emulation(op: str) -> ctypes.CDLL:
+    """The op's driver, tests/cuda_emulation/<op>_emulation.cpp, built once per version of its sources (the driver and
+    every header and kernel under csrc/ that it may include; cached under build/cuda_emulation/), loaded; skips the
+    calling test module with the reason when the CUDA headers or a C++20 compiler are missing."""
+    driver = ROOT / "tests" / "cuda_emulation" / f"{op}_emulation.cpp"
     include = cuda_include()
     cxx = shutil.which(os.environ.get("CXX", "g++"))
     sources = [driver] + sorted(p for p in (ROOT / "csrc").rglob("*") if p.suffix in (".h", ".cuh", ".cu"))
@@ -41,7 +42,7 @@ def build_emulation(name: str, driver: Path) -> ctypes.CDLL:
     flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter",
              "-Wno-unknown-pragmas", "-Werror", f"-I{include}"]
     digest = hashlib.sha256(" ".join(flags).encode() + b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
-    lib = ROOT / "build" / "cuda_emulation" / f"{name}_{digest}.so"
+    lib = ROOT / "build" / "cuda_emulation" / f"{op}_{digest}.so"
     if not lib.exists():
         lib.parent.mkdir(parents=True, exist_ok=True)
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")

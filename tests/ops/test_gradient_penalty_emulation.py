@@ -12,7 +12,6 @@ The ctypes wrappers mirror csrc/cuda/gradient_penalty.cpp for contiguous inputs.
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,15 +22,13 @@ from gencore.testing import assert_close
 
 from _emulation import SCALAR_KIND, build_emulation
 
-ROOT = Path(__file__).resolve().parents[2]
-DRIVER = ROOT / "tests" / "cuda_emulation" / "gradient_penalty_emulation.cpp"
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 @pytest.fixture(scope="module")
 def emu():
     """The emulation library, built once per source version (cached under build/cuda_emulation/)."""
-    so = build_emulation("gradient_penalty", DRIVER)
+    so = build_emulation("gradient_penalty")
     i64, vp, dbl, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
     so.gencore_emulation_gp_chunks.restype = i64
     so.gencore_emulation_gp_chunks.argtypes = [i64]

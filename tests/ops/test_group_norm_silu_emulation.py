@@ -13,7 +13,6 @@ The ctypes wrappers below mirror csrc/cuda/group_norm_silu.cpp (layout choice, o
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,15 +23,13 @@ from gencore.testing import assert_close
 
 from _emulation import SCALAR_KIND, build_emulation
 
-ROOT = Path(__file__).resolve().parents[2]
-DRIVER = ROOT / "tests" / "cuda_emulation" / "group_norm_silu_emulation.cpp"
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 @pytest.fixture(scope="module")
 def emu():
     """The emulation library, built once per source version (cached under build/cuda_emulation/)."""
-    so = build_emulation("group_norm_silu", DRIVER)
+    so = build_emulation("group_norm_silu")
     i64, vp = ctypes.c_int64, ctypes.c_void_p
     so.gencore_emulation_gns_splits.restype = i64
     so.gencore_emulation_gns_splits.argtypes = [i64, i64, i64, i64, ctypes.c_int, ctypes.c_int]

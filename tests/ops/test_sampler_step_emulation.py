@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,15 +25,13 @@ from gencore.testing import assert_close
 
 from _emulation import SCALAR_KIND, build_emulation
 
-ROOT = Path(__file__).resolve().parents[2]
-DRIVER = ROOT / "tests" / "cuda_emulation" / "sampler_step_emulation.cpp"
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
 @pytest.fixture(scope="module")
 def emu():
     """The emulation library, built once per source version (cached under build/cuda_emulation/)."""
-    so = build_emulation("sampler_step", DRIVER)
+    so = build_emulation("sampler_step")
     i64, u64, vp, ci, cd = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     so.gencore_emulation_sampler_step.argtypes = ([ci, i64, i64, i64, i64, ci] + [vp] * 6 + [i64, vp, cd, ci, cd, ci,
                                                                                           u64, u64, vp, vp, vp, vp])
