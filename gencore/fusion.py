@@ -155,6 +155,8 @@ def fuse_group_norm_silu(gm: torch.fx.GraphModule) -> int:
         return 0
     op = torch.ops.gencore.group_norm_silu_fwd.default
     graph = gm.graph
+    # Reads nothing uses (TorchDynamo records the size gate's x.is_cpu as a dead getattr) would count as users of x.
+    pruned = graph.eliminate_dead_code()
     count = 0
     for silu in list(graph.nodes):
         found = _match(silu)
@@ -182,7 +184,7 @@ def fuse_group_norm_silu(gm: torch.fx.GraphModule) -> int:
                 dead.discard(node)
         count += 1
     count += _fold_temb_into_fused(graph, op)
-    if count:
+    if count or pruned:
         graph.lint()
         gm.recompile()
     return count

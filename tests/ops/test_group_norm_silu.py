@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -415,7 +417,7 @@ def test_torch_export():
 
 def test_backend_selection_order(monkeypatch):
     x = torch.randn(2, 4, 3, 3)
-    monkeypatch.setenv("GENCORE_BACKEND", "reference")
+    monkeypatch.setattr(gencore.backends, "_environment", "reference")  # GENCORE_BACKEND as read at import
     assert gencore.get_backend() == "reference"
     gencore.set_backend("auto")
     try:
@@ -429,7 +431,7 @@ def test_backend_selection_order(monkeypatch):
         gencore.set_backend(None)
     assert gencore.get_backend() == "reference"  # the environment again
     assert gencore.backends.resolve("reference", x.device) == "reference"
-    monkeypatch.delenv("GENCORE_BACKEND")
+    monkeypatch.setattr(gencore.backends, "_environment", None)
     expected = "cpu" if "cpu" in gencore.available_backends() else "reference"
     assert gencore.backends.resolve(None, x.device) == expected
 
@@ -440,9 +442,17 @@ def test_explicit_backend_that_cannot_serve_raises(monkeypatch):
         group_norm_silu(x, 2, backend="cuda")
     with pytest.raises(ValueError, match="backend"):
         group_norm_silu(x, 2, backend="tpu")
-    monkeypatch.setenv("GENCORE_BACKEND", "nope")
+    monkeypatch.setattr(gencore.backends, "_environment", "nope")
     with pytest.raises(ValueError, match="GENCORE_BACKEND"):
         group_norm_silu(x, 2)
+
+
+def test_backend_environment_variable_is_read_when_the_ops_load():
+    script = ("import os, gencore; before = gencore.get_backend(); os.environ['GENCORE_BACKEND'] = 'cpu'; "
+              "print(before, gencore.get_backend())")
+    env = {**os.environ, "GENCORE_BACKEND": "reference"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["reference", "reference"]  # set after the import: set_backend's job, not the variable's
 
 
 # ---------------------------------------------------------------------------------------------------------------------
