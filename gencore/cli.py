@@ -16,7 +16,7 @@ import sys
 from .commands._args import (HelpFormatter, int_at_least_2, int_list, non_negative_float, non_negative_int,
                              positive_float, positive_int)
 from .training.options import (CLI_UNET, DDPM_LOSS_TYPES, DEFAULT_STEPS, DISCRIMINATORS, GAN_LOSSES, KINDS,
-                               LR_SCHEDULES, SAMPLERS)
+                               LR_SCHEDULES, SAMPLERS, STUDENT_CALLS, STUDENT_TEACHER_SAMPLERS)
 
 # `gencore demo`: (quick, full) settings. The full demo takes ~5 minutes on a quiet 2-core machine; --quick is a
 # smoke test. Plain data, read by the parser (its help states the step counts) and by gencore.commands.demo.
@@ -68,6 +68,14 @@ numbers are comparable across gencore runs (not with InceptionV3-based numbers i
 this classifier (at most 10) and the class counts tell a model that draws every digit from one that draws a single
 digit well (mode collapse): the confidence alone does not."""
 
+DISTILL_DESCRIPTION = """\
+`gencore distill --teacher DIR --out DIR --calls K`: train a student of a trained DDPM checkpoint that draws a
+picture in K model calls (1, 2, 4 or 8) instead of 20-50. The teacher first draws a pool of ODE trajectories
+(DDIM 64 steps by default; written once to DIR/trajectories.safetensors), then the student, started from
+the teacher's weights, learns to land each of its K DDIM steps where the teacher did. The student's checkpoint is
+an ordinary one: `gencore sample` and `gencore eval` sample it in its K calls. For a class-conditional teacher,
+--guidance-scale is folded into the student. Ctrl-C writes a checkpoint; --resume continues. Runs under torchrun."""
+
 _STEPS_HELP = ", ".join(f"{n} for {s}" for s, n in DEFAULT_STEPS.items())
 
 
@@ -80,11 +88,12 @@ def _sample_out(text: str) -> str:
 
 def _sampler_arguments(p: argparse.ArgumentParser, *, for_checkpoint: str = "") -> None:
     """--sampler, --steps, --eta, --guidance-scale and --no-ema: how `sample` and `eval --checkpoint` draw images."""
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help=f"diffusion sampler{for_checkpoint}: ddim, dpm++ (DPM-Solver++: as good in 20 steps as ddim "
-                        f"in 50), ddpm")
+                        f"in 50), ddpm (default: ddim; a distilled student's own)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help=f"diffusion sampling steps{for_checkpoint} (default: {_STEPS_HELP})")
+                   help=f"diffusion sampling steps{for_checkpoint} (default: {_STEPS_HELP}; a distilled student's "
+                        f"number of calls)")
     p.add_argument("--eta", type=non_negative_float, default=0.0,
                    help=f"DDIM eta{for_checkpoint} (0 deterministic, 1 DDPM-like)")
     p.add_argument("--guidance-scale", type=non_negative_float, default=1.0,
@@ -202,6 +211,44 @@ def _add_train(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _add_distill(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("distill", help="distil a DDPM checkpoint into a student that samples in 1-8 model calls",
+                       description=DISTILL_DESCRIPTION, formatter_class=HelpFormatter)
+    p.add_argument("--teacher", required=True, help="the teacher: a DDPM run folder or one of its checkpoint folders")
+    p.add_argument("--out", required=True, help="run folder of the student: checkpoints, samples/, losses.png")
+    p.add_argument("--calls", type=int, choices=STUDENT_CALLS, default=4, help="the student's model calls per picture")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps in total")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="trajectories per step and process")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="learning rate")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                   help="after the warm-up, keep the learning rate or decay it to 0 at the last step")
+    p.add_argument("--lr-warmup-steps", type=non_negative_int, default=0,
+                   help="linear learning-rate warm-up over this many steps")
+    p.add_argument("--ema", type=float, default=0.999, metavar="DECAY", help="EMA decay of the weights (0 disables)")
+    p.add_argument("--pool", type=positive_int, default=2048,
+                   help="teacher trajectories to learn from (each costs --teacher-steps teacher calls, once)")
+    p.add_argument("--teacher-sampler", choices=STUDENT_TEACHER_SAMPLERS, default="ddim",
+                   help="the ODE solver of the teacher's trajectories (DDIM clips x0 as the teacher's config says)")
+    p.add_argument("--teacher-steps", type=positive_int, default=64,
+                   help="its steps; a multiple of --calls")
+    p.add_argument("--guidance-scale", type=non_negative_float, default=1.0,
+                   help="classifier-free guidance of a class-conditional teacher, folded into the student (1: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pool's noise, the data order and the segments")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--backend", default=None, help="gencore backend for the fused ops (default: auto)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the student's forward passes")
+    p.add_argument("--grad-clip", type=positive_float, default=1.0, help="clip gradient norms to this value")
+    p.add_argument("--sample-every", type=non_negative_int, default=500,
+                   help="steps between sample grids (0: only at the end)")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=500,
+                   help="steps between checkpoints (0: only at the end and on Ctrl-C)")
+    p.add_argument("--n-samples", type=positive_int, default=64, help="images in each sample grid")
+    p.add_argument("--log-every", type=positive_int, default=10, help="steps between loss-history entries")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
 def _add_sample(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample images from a trained checkpoint", description=SAMPLE_DESCRIPTION,
                        formatter_class=HelpFormatter)
@@ -269,6 +316,7 @@ def _add_info(sub) -> argparse.ArgumentParser:
 COMMANDS = {
     "demo": (_add_demo, "demo"),
     "train": (_add_train, "train"),
+    "distill": (_add_distill, "distill"),
     "sample": (_add_sample, "sample"),
     "eval": (_add_eval, "evaluate"),
     "bench": (_add_bench, "bench"),

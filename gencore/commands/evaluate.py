@@ -17,7 +17,7 @@ from ..metrics import (FID, check_images, class_coverage, diversity_score, incep
 from ..metrics.classifier import classifier_info, classify_in_batches
 from ..training.checkpoint import read_config
 from ..training.generate import sample_from_checkpoint
-from ..training.options import DEFAULT_STEPS
+from ..training.ddpm import sampling_plan
 from ..training.paths import OutputPathError, check_output_file
 from ._device import resolve_device
 
@@ -171,8 +171,6 @@ def collapse_warning(results: dict) -> str | None:
 
 def run(args) -> int:
     # Arguments and inputs first, MNIST and sampling last: a mistake is reported before anything slow runs.
-    if args.steps is None:
-        args.steps = DEFAULT_STEPS[args.sampler]
     if args.json:
         check_output_file(args.json, "--json")
     device = str(resolve_device(args.device))
@@ -182,6 +180,8 @@ def run(args) -> int:
     config = None
     if args.checkpoint:
         config = check_checkpoint(args.checkpoint)
+        if config["kind"] == "ddpm":  # a distilled student's own sampler and calls; errors for others asked
+            args.sampler, args.steps = sampling_plan(config, args.sampler, args.steps, args.guidance_scale)
         n_fake = args.n
     else:
         fake, fake_desc = load_images(args.fake, mnist_dir=args.mnist_dir, download=args.download)

@@ -10,10 +10,9 @@ from safetensors import SafetensorError
 
 from .. import backends
 from ..training.checkpoint import load_models, save_tensors
-from ..training.ddpm import diffusion_sample, progressive_labels
+from ..training.ddpm import diffusion_sample, progressive_labels, sampling_plan
 from ..training.generate import sample_from_checkpoint
 from ..training.images import save_grid, save_progressive_strip
-from ..training.options import DEFAULT_STEPS
 from ..training.paths import OutputPathError, check_output_file
 from ._device import resolve_device
 
@@ -39,10 +38,10 @@ def _run(args) -> int:
     suffix = os.path.splitext(args.out)[1].lower()
     strip = os.path.splitext(args.out)[0] + "-progressive.png"
     check_output_file(args.out, "--out")  # before the model is loaded or any image drawn
-    if args.steps is None:
-        args.steps = DEFAULT_STEPS[args.sampler]
     device = resolve_device(args.device)
     models, config = load_models(args.checkpoint, device=device, ema=not args.no_ema)  # validates the checkpoint
+    if config.get("kind") == "ddpm":  # a distilled student's own sampler and calls; errors for others asked
+        args.sampler, args.steps = sampling_plan(config, args.sampler, args.steps, args.guidance_scale)
     labels = None
     if args.class_label is not None:
         k = config.get("data", {}).get("num_classes") if config.get("conditional") else None

@@ -1,4 +1,4 @@
-"""Trainers (DDPM, GAN, WGAN-GP, conditional GAN) with EMA, bf16 autocast, gradient clipping, DDP under torchrun,
+"""Trainers (DDPM, GAN, WGAN-GP, conditional GAN, few-step students of a DDPM) with EMA, bf16 autocast, gradient clipping, DDP under torchrun,
 sample grids, loss curves and atomic safetensors+JSON checkpoints that resume exactly.
 
     from gencore.data import load_digits
@@ -18,6 +18,7 @@ _EXPORTS = {
     "CheckpointError": "checkpoint", "load_models": "checkpoint", "read_config": "checkpoint",
     "resolve_checkpoint": "checkpoint",
     "DDPMConfig": "ddpm", "DDPMTrainer": "ddpm",
+    "DistillConfig": "distill", "DistillTrainer": "distill", "distill": "distill",
     "GANConfig": "gan", "GANTrainer": "gan", "WGANGPConfig": "gan", "WGANGPTrainer": "gan",
     "sample_from_checkpoint": "generate",
     "TRAINERS": "registry",

@@ -117,6 +117,24 @@ def save_tensors(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str
     _fsync_file(path)
 
 
+def save_tensors_atomic(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """save_tensors to a temporary file beside `path`, renamed into place: `path` is the old file or the whole new
+    one at every moment."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    save_tensors(tmp, tensors, metadata)
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def tensor_metadata(path: str) -> dict[str, str]:
+    """The string metadata of a safetensors file (empty when it has none)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is corrupt ({exc})") from None
+
+
 def load_tensors(path: str, device: str | torch.device = "cpu", *, finite: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; with `finite`, every floating-point tensor must hold only finite values
     (weights that went NaN must not load and train on silently)."""

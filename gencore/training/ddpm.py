@@ -64,6 +64,28 @@ def make_scheduler(config: dict, sampler: str = "ddpm"):
     return classes[sampler].from_config(dict(config))
 
 
+def sampling_plan(config: dict, sampler: str | None = None, steps: int | None = None,
+                  guidance_scale: float = 1.0) -> tuple[str, int]:
+    """(sampler, steps) for a diffusion checkpoint's config: those asked for, else the defaults (ddim, and
+    DEFAULT_STEPS). A distilled student (config["student"], gencore.training.distill) samples only as it was
+    trained: its sampler in its number of calls, with the guidance folded into it; asking otherwise is an error."""
+    student = config.get("student")
+    if not student:
+        sampler = sampler or "ddim"
+        if sampler not in DEFAULT_STEPS:
+            raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}, got {sampler!r}")
+        return sampler, steps or DEFAULT_STEPS[sampler]
+    calls, own = student["calls"], student["sampler"]
+    if sampler not in (None, own):
+        raise ValueError(f"this checkpoint is a {calls}-call student: it samples with {own}, not {sampler}")
+    if steps not in (None, calls):
+        raise ValueError(f"this checkpoint is a {calls}-call student: it samples in {calls} steps, not {steps}")
+    if guidance_scale != 1.0:
+        raise ValueError(f"this student has its teacher's guidance ({student['guidance_scale']:g}) folded in: sample "
+                         f"it without a guidance scale")
+    return own, calls
+
+
 def progressive_labels(config: dict, sampler: str, steps: int, every: int) -> list[str]:
     """Column labels of a progressive strip from diffusion_sample(..., return_intermediates=every): "t=<timestep>"
     of each state, "x_0" for the result."""
@@ -74,8 +96,10 @@ def progressive_labels(config: dict, sampler: str, steps: int, every: int) -> li
 
 def diffusion_sample(model: nn.Module, config: dict, n: int, *, sampler: str = "ddim", steps: int = 50,
                      eta: float = 0.0, generator=None, class_labels=None, guidance_scale: float = 1.0,
-                     device="cpu", progress: bool = False, return_intermediates: int | None = None):
-    """Sample n images from a UNet with the scheduler config of `config["scheduler"]` (a sampler of SAMPLERS)."""
+                     device="cpu", progress: bool = False, return_intermediates: int | None = None,
+                     noise: torch.Tensor | None = None):
+    """Sample n images from a UNet with the scheduler config of `config["scheduler"]` (a sampler of SAMPLERS), from
+    `noise` (n, C, H, W) when given, else from noise drawn first from `generator`."""
     sched = make_scheduler(config["scheduler"], sampler)
     c, h, w = config["data"]["image_shape"] if "data" in config else (model.in_channels, 28, 28)
     kwargs = dict(generator=generator, class_labels=class_labels, progress=progress)
@@ -87,9 +111,9 @@ def diffusion_sample(model: nn.Module, config: dict, n: int, *, sampler: str = "
         kwargs["guidance_scale"] = guidance_scale
     if return_intermediates:
         kwargs["return_intermediates"] = return_intermediates
-    shape = (n, c, h, w)
-    out = sample(model, sched, shape, steps, **kwargs)
-    return out
+    if noise is not None and tuple(noise.shape) != (n, c, h, w):
+        raise ValueError(f"noise must have shape {(n, c, h, w)}, got {tuple(noise.shape)}")
+    return sample(model, sched, (n, c, h, w) if noise is None else noise, steps, **kwargs)
 
 
 class DDPMTrainer(Trainer):
@@ -131,6 +155,11 @@ class DDPMTrainer(Trainer):
 
     def checkpoint_config(self) -> dict:
         return {"scheduler": dict(self.scheduler.config)}
+
+    def check_resumable(self, path: str, config: dict) -> None:
+        if config.get("student"):
+            raise ValueError(f"{path} holds a {config['student']['calls']}-call student: continue it with "
+                             f"gencore distill --resume")
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg: DDPMConfig = self.config

@@ -21,6 +21,11 @@ DISCRIMINATORS = ("dcgan", "projection")
 SAMPLERS = ("ddim", "dpm++", "ddpm")
 DEFAULT_STEPS = {"ddim": 50, "dpm++": 20, "ddpm": 1000}
 
+# `gencore distill`: the students' numbers of model calls per picture, and the ODE solvers whose trajectories they
+# learn (gencore.training.distill).
+STUDENT_CALLS = (1, 2, 4, 8)
+STUDENT_TEACHER_SAMPLERS = ("ddim", "dpm++")
+
 # The UNet `gencore train ddpm` builds unless told otherwise: the README's MNIST recipe (base 32, mults 1,2,2, one
 # residual block a level, no attention, 8 groups). Library users choose their own (DDPMConfig.unet;
 # gencore.models.UNet's defaults are its own).

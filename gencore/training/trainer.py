@@ -239,8 +239,13 @@ class Trainer:
     `sample_images(n, generator) -> (n, C, H, W)`.
     """
 
-    kind = "base"
+    kind = "base"  # config.json's "kind": what the checkpoint holds, and so how it is sampled
     batches_per_step = 1  # real batches consumed per optimizer step (WGAN-GP: n_critic)
+
+    @property
+    def label(self) -> str:
+        """The run's name on its progress bar and loss curve."""
+        return self.kind
 
     def __init__(self, dataset, config: TrainConfig):
         config.validate()
@@ -289,6 +294,10 @@ class Trainer:
         """Extra entries of config.json (e.g. the scheduler config)."""
         return {}
 
+    def check_resumable(self, path: str, config: dict) -> None:
+        """Raise CheckpointError when the checkpoint at `path` (config.json: `config`), of this trainer's kind,
+        is not one this trainer continues."""
+
     # -- helpers for subclasses ---------------------------------------------------------------------------------------
     @property
     def is_main(self) -> bool:
@@ -297,14 +306,19 @@ class Trainer:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp)
 
-    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The index-th batch of the run (index = step * batches_per_step + i) for this process: (images, labels)."""
+    def batch_indices(self, index: int) -> torch.Tensor:
+        """The dataset indices of the index-th batch of the run (index = step * batches_per_step + i) for this
+        process: a pure function of (seed, index, rank, world size)."""
         bs = self.config.batch_size
         epoch, within = divmod(index, self.steps_per_epoch)
         if self._epoch_indices is None or self._epoch_indices[0] != epoch:
             self.sampler.set_epoch(epoch)
             self._epoch_indices = (epoch, list(iter(self.sampler)))
-        idx = torch.tensor(self._epoch_indices[1][within * bs:(within + 1) * bs])
+        return torch.tensor(self._epoch_indices[1][within * bs:(within + 1) * bs])
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The index-th batch of the run (index = step * batches_per_step + i) for this process: (images, labels)."""
+        idx = self.batch_indices(index)
         images = self.dataset.images[idx].to(self.device, non_blocking=True)
         labels = None if self.dataset.labels is None else self.dataset.labels[idx].to(self.device)
         self.images_seen += images.shape[0] * self.world
@@ -348,7 +362,7 @@ class Trainer:
         total = cfg.steps if steps is None else steps
         bar = None
         if cfg.progress and self.is_main and self.step < total:
-            bar = tqdm(total=total, initial=self.step, desc=self.kind, unit="step", dynamic_ncols=True,
+            bar = tqdm(total=total, initial=self.step, desc=self.label, unit="step", dynamic_ncols=True,
                        file=sys.stderr)
         for m in self.models.values():
             m.train()
@@ -385,7 +399,7 @@ class Trainer:
             self._checkpoint_of_this_step()
             self.last_grid = self.write_samples()
             if self.is_main:
-                plot_losses(self.history, os.path.join(cfg.out_dir, "losses.png"), title=self.kind)
+                plot_losses(self.history, os.path.join(cfg.out_dir, "losses.png"), title=self.label)
         return self.history
 
     def _agreed_stop(self, stop: StopSignals) -> int:
@@ -468,6 +482,7 @@ class Trainer:
         config = ckpt.read_config(path)
         if config.get("kind") != self.kind:
             raise ckpt.CheckpointError(f"{path} is a {config.get('kind')!r} checkpoint, not {self.kind!r}")
+        self.check_resumable(path, config)
         for stem in self.state_dicts():
             state = ckpt.load_tensors(os.path.join(path, f"{stem}.safetensors"), self.device, finite=True)
             target = self.ema[stem[:-4]].module if stem.endswith("_ema") else self.raw(stem)

@@ -30,7 +30,7 @@ def run(capsys, *argv):
     return code, out, err
 
 
-COMMANDS = ["demo", "train", "sample", "eval", "bench", "info"]
+COMMANDS = ["demo", "train", "distill", "sample", "eval", "bench", "info"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -1,0 +1,251 @@
+"""gencore distill: the student's target lands a real DDIM step where the teacher did (exact oracles, no training),
+the pool is the teacher's own trajectory, a trained student is closer to its teacher's 256-step DDIM endpoints than
+the teacher's own few-step samplers, kill and resume equals an uninterrupted run, every diffusion checkpoint and
+sampler starts from the same noise for the same seed, and bad input is one clear line."""
+import json
+
+import pytest
+import torch
+
+from gencore.cli import main
+from gencore.data import load_digits
+from gencore.diffusion import DDIMScheduler, sample
+from gencore.models import UNet
+from gencore.testing import assert_close, assert_equal
+from gencore.training import (DDPMConfig, DDPMTrainer, DistillConfig, DistillTrainer, GANConfig, GANTrainer,
+                              sample_from_checkpoint)
+from gencore.training.checkpoint import CheckpointError, load_models
+from gencore.training.distill import (segment_coefficients, student_scheduler_config, student_timesteps,
+                                      teacher_trajectories, v_targets)
+
+TINY_UNET = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(), norm_groups=4)
+QUIET = dict(progress=False, sample_every=0, checkpoint_every=0, n_samples=4, log_every=1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, 2))
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(image_size=16)
+
+
+@pytest.fixture(scope="module")
+def teacher(digits, tmp_path_factory):
+    """An unconditional DDPM trained for a few hundred steps: under-trained, which the closeness test must survive."""
+    out = tmp_path_factory.mktemp("teacher")
+    trainer = DDPMTrainer(digits, DDPMConfig(steps=250, batch_size=32, lr=2e-3, unet=TINY_UNET, out_dir=str(out),
+                                             **QUIET))
+    trainer.train()
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def conditional_teacher(digits, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cteacher")
+    DDPMTrainer(digits, DDPMConfig(steps=2, batch_size=8, unet=dict(TINY_UNET, base_channels=8), out_dir=str(out),
+                                   class_conditional=True, **QUIET)).train()
+    return str(out)
+
+
+def _distill(teacher, out, **kw):
+    config = dict(teacher=teacher, out_dir=str(out), calls=2, pool=256, batch_size=32, steps=200, lr=1e-3, **QUIET)
+    config.update(kw)
+    trainer = DistillTrainer(DistillConfig(**config))
+    trainer.train()
+    return trainer
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exact oracles: no training
+
+
+@pytest.mark.parametrize("calls", [1, 2, 4, 8])
+def test_the_target_v_makes_the_students_ddim_step_land_on_the_next_state(calls):
+    """The student's own sampler (the fused DDIM step, v-prediction, no clipping), given v*, steps from z_a exactly
+    to z_b: the training target and the sampler agree on every segment."""
+    torch.manual_seed(0)
+    config = student_scheduler_config(DDIMScheduler(beta_schedule="squaredcos_cap_v2").config)
+    sched = DDIMScheduler.from_config(config)
+    sched.set_timesteps(calls)
+    coef = segment_coefficients(config, calls)
+    for k, t in enumerate(sched.timesteps.tolist()):
+        z_a, z_b = torch.randn(3, 1, 8, 8, dtype=torch.float64), torch.randn(3, 1, 8, 8, dtype=torch.float64)
+        if k == calls - 1:
+            z_b = z_b.clamp(-1, 1)  # the endpoint: an image
+        v = v_targets(z_a, z_b, coef[k].expand(3, 4))
+        assert_close(sched.step(v, t, z_a).prev_sample, z_b, torch.float64)
+
+
+def test_pool_trajectories_are_the_teachers_own_states():
+    """teacher_trajectories keeps, at the student's timesteps, exactly the states the teacher's sampler passes
+    through, and ends at its result."""
+    torch.manual_seed(0)
+    model = UNet(in_channels=1, out_channels=1, **TINY_UNET).eval()
+    teacher_config = {"scheduler": dict(DDIMScheduler().config)}
+    noise = torch.randn(3, 1, 16, 16)
+    states = teacher_trajectories(model, teacher_config, 4, noise, sampler="ddim", steps=16)
+    sched = DDIMScheduler.from_config(teacher_config["scheduler"], timestep_spacing="trailing")
+    end, kept = sample(model, sched, noise, 16, return_intermediates=4, progress=False)
+    assert states.shape == (3, 5, 1, 16, 16)
+    for k in range(4):
+        assert_equal(states[:, k], kept[k])
+    assert_equal(states[:, 4], end)
+    assert student_timesteps(student_scheduler_config(teacher_config["scheduler"]), 4) == [999, 749, 499, 249]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A trained student
+
+
+def test_student_is_closer_to_the_teachers_ddim_256_than_the_teachers_few_step_samplers(teacher, tmp_path):
+    """From noise the pool never saw (another seed), the 2-call student's samples are nearer the teacher's own
+    256-step DDIM endpoints than the teacher's DPM-Solver++ or DDIM in 2 steps."""
+    _distill(teacher, tmp_path / "s")
+    n, seed = 64, 7
+
+    def draw(path, **kw):
+        return sample_from_checkpoint(path, n, generator=torch.Generator().manual_seed(seed), **kw)
+
+    target = draw(teacher, sampler="ddim", steps=256)
+
+    def rms(x):
+        return (x - target).pow(2).mean().sqrt().item()
+
+    student = rms(draw(str(tmp_path / "s")))
+    teacher_dpm, teacher_ddim = rms(draw(teacher, sampler="dpm++", steps=2)), rms(draw(teacher, sampler="ddim", steps=2))
+    assert student < min(teacher_dpm, teacher_ddim), (student, teacher_dpm, teacher_ddim)
+
+
+def test_student_checkpoint_samples_as_it_was_trained(teacher, tmp_path, monkeypatch):
+    _distill(teacher, tmp_path / "s", steps=2, pool=32)
+    config = json.loads(next((tmp_path / "s").glob("checkpoint-*/config.json")).read_text())
+    assert config["kind"] == "ddpm" and config["student"]["calls"] == 2
+    assert config["scheduler"]["prediction_type"] == "v_prediction"
+    from gencore.training import generate
+    calls, load = [], generate.load_models
+
+    def loading(*args, **kwargs):
+        models, loaded = load(*args, **kwargs)
+        models["model"].register_forward_hook(lambda *_: calls.append(1))
+        return models, loaded
+
+    monkeypatch.setattr(generate, "load_models", loading)
+    sample_from_checkpoint(str(tmp_path / "s"), 3)
+    assert len(calls) == 2  # its two calls, no more
+    for kw, message in [(dict(steps=4), "2 steps"), (dict(sampler="dpm++"), "ddim"),
+                        (dict(guidance_scale=2.0), "guidance")]:
+        with pytest.raises(ValueError, match=message):
+            sample_from_checkpoint(str(tmp_path / "s"), 2, **kw)
+
+
+def test_kill_and_resume_equals_uninterrupted(teacher, tmp_path):
+    kw = dict(steps=6, checkpoint_every=3, pool=64)
+    a = _distill(teacher, tmp_path / "a", **kw)
+
+    b = DistillTrainer(DistillConfig(teacher=teacher, out_dir=str(tmp_path / "b"), calls=2, batch_size=32, lr=1e-3,
+                                     **{**QUIET, **kw}))
+    step = b.train_step
+
+    def dies_at_step_5(k):
+        if k == 4:
+            raise KeyboardInterrupt
+        return step(k)
+
+    b.train_step = dies_at_step_5
+    with pytest.raises(KeyboardInterrupt):
+        b.train()
+    c = DistillTrainer(DistillConfig(teacher=teacher, out_dir=str(tmp_path / "b"), calls=2, batch_size=32, lr=1e-3,
+                                     **{**QUIET, **kw}))  # reads the pool b wrote
+    assert c.resume() == 3
+    c.train()
+    for role, state in a.state_dicts().items():
+        for key, value in state.items():
+            assert_equal(c.state_dicts()[role][key], value, msg=f"{role}.{key}")
+    assert c.history == a.history
+
+
+def test_a_guided_teacher_is_folded_into_a_conditional_student(conditional_teacher, tmp_path):
+    trainer = _distill(conditional_teacher, tmp_path / "s", steps=2, pool=32, guidance_scale=2.0)
+    assert trainer.dataset.labels.tolist() == [i % 10 for i in range(32)]
+    config = json.loads(next((tmp_path / "s").glob("checkpoint-*/config.json")).read_text())
+    assert config["conditional"] and config["student"]["guidance_scale"] == 2.0
+    x = sample_from_checkpoint(str(tmp_path / "s"), 4, class_labels=torch.tensor([3, 3, 7, 7]))
+    assert x.shape == (4, 1, 16, 16)
+
+
+def test_every_diffusion_checkpoint_and_sampler_starts_from_the_same_noise(teacher, tmp_path, monkeypatch):
+    _distill(teacher, tmp_path / "s", steps=1, pool=32)
+    from gencore.training import generate
+    seen = []
+    real = generate.diffusion_sample
+
+    def spy(*args, noise=None, **kwargs):
+        seen.append(noise.clone())
+        return real(*args, noise=noise, **kwargs)
+
+    monkeypatch.setattr(generate, "diffusion_sample", spy)
+    runs = [(teacher, dict(sampler="ddim", steps=3, batch_size=5)), (teacher, dict(sampler="dpm++", steps=4)),
+            (teacher, dict(sampler="ddpm", steps=3, batch_size=2)), (str(tmp_path / "s"), dict(batch_size=3))]
+    first = []
+    for path, kw in runs:
+        seen.clear()
+        sample_from_checkpoint(path, 6, generator=torch.Generator().manual_seed(11), **kw)
+        first.append(torch.cat(seen))
+    for noise in first[1:]:
+        assert_equal(noise, first[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_teachers_and_options(teacher, digits, tmp_path):
+    gan_dir = tmp_path / "gan"
+    GANTrainer(digits, GANConfig(steps=1, batch_size=8, features=8, out_dir=str(gan_dir), **QUIET)).train()
+    with pytest.raises(ValueError, match="'gan' checkpoint"):
+        DistillTrainer(DistillConfig(teacher=str(gan_dir), out_dir=str(tmp_path / "x"), **QUIET))
+    student = tmp_path / "s"
+    _distill(teacher, student, steps=1, pool=32)
+    with pytest.raises(ValueError, match="already a 2-call student"):
+        DistillTrainer(DistillConfig(teacher=str(student), out_dir=str(tmp_path / "y"), **QUIET))
+    with pytest.raises(ValueError, match="calls must be one of 1, 2, 4, 8"):
+        DistillConfig(teacher=teacher, calls=3).validate()
+    with pytest.raises(ValueError, match="multiple of calls"):
+        DistillConfig(teacher=teacher, calls=4, teacher_steps=30).validate()
+    with pytest.raises(ValueError, match="class-conditional teacher"):
+        DistillTrainer(DistillConfig(teacher=teacher, guidance_scale=2.0, pool=32, batch_size=16, **QUIET))
+    with pytest.raises(CheckpointError, match="other settings"):  # a pool drawn for another run is not reused
+        _distill(teacher, student, steps=1, pool=64)
+    trainer = DDPMTrainer(digits, DDPMConfig(steps=1, batch_size=8, unet=TINY_UNET, **QUIET))
+    with pytest.raises(ValueError, match="gencore distill --resume"):
+        trainer.resume(str(student))
+
+
+def test_cli_distill_sample_and_one_line_errors(capsys, teacher, tmp_path):
+    out = tmp_path / "s"
+    code = main(["distill", "--teacher", teacher, "--out", str(out), "--calls", "1", "--steps", "2", "--pool", "32",
+                 "--batch-size", "16", "--no-progress", "--teacher-steps", "8"])
+    assert code == 0, capsys.readouterr().err
+    assert "1-call student" in capsys.readouterr().out
+    assert main(["sample", "--checkpoint", str(out), "--out", str(tmp_path / "s.png"), "--n", "4"]) == 0
+    assert "step 2" in capsys.readouterr().out
+    for argv, message in [
+        (["distill", "--teacher", str(tmp_path / "none"), "--out", str(tmp_path / "o")], "none"),
+        (["distill", "--teacher", str(out), "--out", str(tmp_path / "o")], "already a 1-call student"),
+        (["distill", "--teacher", teacher, "--out", str(out)], "already holds a checkpoint"),
+        (["distill", "--teacher", teacher, "--out", str(tmp_path / "o"), "--calls", "4", "--teacher-steps", "10"],
+         "multiple of --calls"),
+        (["sample", "--checkpoint", str(out), "--out", str(tmp_path / "x.png"), "--steps", "4"], "1 steps"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, err
+    with pytest.raises(SystemExit) as exc:
+        main(["distill", "--teacher", teacher, "--out", str(tmp_path / "o"), "--calls", "3"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
