@@ -99,6 +99,8 @@ def _sampler_arguments(p: argparse.ArgumentParser, *, for_checkpoint: str = "") 
     p.add_argument("--guidance-scale", type=non_negative_float, default=1.0,
                    help=f"classifier-free guidance scale{for_checkpoint} (class-conditional DDPM; 1: none)")
     p.add_argument("--no-ema", action="store_true", help="sample the raw weights even where an EMA was kept")
+    p.add_argument("--optimize", action="store_true",
+                   help="compile the model with gencore.optimize first: tens of seconds once, then faster calls")
 
 
 def _add_demo(sub) -> argparse.ArgumentParser:

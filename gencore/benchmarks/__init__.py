@@ -37,7 +37,8 @@ FUSED = ("cpu", "cuda", "triton")
 # Baselines and the column title of a fused provider's speed-up over each. "torch" is what a user writes without
 # gencore (e.g. F.silu(F.group_norm(x + temb))): torch's own native kernels, which the reference twin is not.
 BASELINES = {"reference": "vs eager", "torch": "vs torch", "torch_compile": "vs compile", "diffusers": "vs diffusers",
-             "cpu_no_cache": "vs no cache"}  # cpu_no_cache: the cpu backend with its output cache off
+             "cpu_no_cache": "vs no cache",  # cpu_no_cache: the cpu backend with its output cache off
+             "model_calls": "vs its model calls"}  # a sampling loop's model calls alone (benchmarks/few_call.py)
 
 
 @dataclass

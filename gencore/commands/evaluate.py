@@ -117,7 +117,11 @@ def _checkpoint_summary(args, config: dict) -> str:
     """What was sampled: the model kind and step, the seed, and for diffusion models the sampler settings."""
     parts = [f"{config['kind']} at step {config['step']}"]
     parts.append(f"seed {args.seed}" + ("; raw weights, not the EMA" if args.no_ema else ""))
-    if config["kind"] == "ddpm":
+    student = config.get("student")
+    if student:
+        parts.append(f"a {student['calls']}-call student ({args.sampler}) of {student['teacher']['path']} at step "
+                     f"{student['teacher']['step']}, guidance {student['guidance_scale']:g} folded in")
+    elif config["kind"] == "ddpm":
         parts.append(f"{args.sampler} {args.steps} steps, eta {args.eta:g}, guidance {args.guidance_scale:g}")
     return "; ".join(parts)
 
@@ -195,7 +199,8 @@ def run(args) -> int:
         try:
             fake = sample_checkpoint(args.checkpoint, args.n, batch_size=args.batch_size, device=device,
                                      seed=args.seed, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                                     guidance_scale=args.guidance_scale, ema=not args.no_ema)
+                                     guidance_scale=args.guidance_scale, ema=not args.no_ema,
+                                     optimize=args.optimize)
         except RuntimeError as exc:
             print(f"gencore eval: error: {exc}", file=sys.stderr)
             return 2

@@ -73,7 +73,8 @@ def _run(args) -> int:
         gen.manual_seed(args.seed)
     images = sample_from_checkpoint(args.checkpoint, args.n, batch_size=args.batch_size, device=device,
                                     generator=gen, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                                    guidance_scale=args.guidance_scale, class_labels=labels, ema=not args.no_ema)
+                                    guidance_scale=args.guidance_scale, class_labels=labels, ema=not args.no_ema,
+                                    optimize=args.optimize)
     with _writing(args.out):
         if suffix == ".safetensors":
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)  # as save_grid does for a PNG

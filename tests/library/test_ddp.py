@@ -1,4 +1,4 @@
-"""DDP: the trainers under torchrun with 2 CPU processes (gloo) keep the replicas equal, see different data, only
+"""DDP: the trainers (a distillation run's too) under torchrun with 2 CPU processes (gloo) keep the replicas equal, see different data, only
 rank 0 writes checkpoints, and a signal to one process stops both at the same step with rank 0's checkpoint of it."""
 import json
 import os
@@ -18,8 +18,8 @@ SCRIPT = textwrap.dedent("""
     import torch.distributed as dist
     import gencore
     from gencore.data import load_digits
-    from gencore.training import (DDPMConfig, DDPMTrainer, GANConfig, WGANGPConfig, GANTrainer, WGANGPTrainer,
-                                  TrainingInterrupted)
+    from gencore.training import (DDPMConfig, DDPMTrainer, DistillConfig, DistillTrainer, GANConfig, WGANGPConfig,
+                                  GANTrainer, WGANGPTrainer, TrainingInterrupted)
     from gencore.training.checkpoint import save_tensors
 
     out = sys.argv[1]
@@ -34,13 +34,18 @@ SCRIPT = textwrap.dedent("""
         "wgan": WGANGPTrainer(data, WGANGPConfig(features=8, n_critic=2, **common)),
     }
     rank = dist.get_rank()
-    for name, t in trainers.items():
+    for name in ("ddpm", "gan", "wgan", "distill"):
+        t = trainers[name]
         first, _ = t.batch(0)
         t.train()
         tensors = {f"{role}.{k}": v for role, sd in t.state_dicts().items() for k, v in sd.items()
                    if v.is_floating_point()}
         tensors["first_batch"] = first
         save_tensors(os.path.join(out, f"{name}-rank{rank}.safetensors"), tensors)
+        if name == "ddpm":  # a student of the DDPM just trained, each process drawing the pool (rank 0 writes it)
+            trainers["distill"] = DistillTrainer(DistillConfig(
+                teacher=os.path.join(out, "ddpm"), out_dir=os.path.join(out, "distill"), calls=2, pool=32,
+                teacher_steps=4, n_samples=2, **common))
 
     # SIGTERM reaches rank 1 alone, during step 2: both processes stop after that step, rank 0 writes its checkpoint.
     class SignalledOnRank1(GANTrainer):
@@ -68,7 +73,7 @@ def test_ddp_two_cpu_processes_keep_replicas_equal(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ("ddpm", "gan", "wgan"):
+    for name in ("ddpm", "gan", "wgan", "distill"):
         r0 = load_file(str(tmp_path / f"{name}-rank0.safetensors"))
         r1 = load_file(str(tmp_path / f"{name}-rank1.safetensors"))
         # The distributed sampler gives each process its own part of the data.
@@ -77,7 +82,7 @@ def test_ddp_two_cpu_processes_keep_replicas_equal(tmp_path):
         for k in r0:
             assert_equal(r1[k], r0[k], msg=f"{name}: {k} differs between replicas")
     # rank 0 alone wrote the checkpoint (and the same checkpoint resumes in a single process)
-    assert (tmp_path / "ddpm" / "latest.json").is_file()
+    assert (tmp_path / "ddpm" / "latest.json").is_file() and (tmp_path / "distill" / "latest.json").is_file()
     signalled = [json.loads((tmp_path / f"signal-rank{r}.json").read_text()) for r in (0, 1)]
     checkpoint = str(tmp_path / "signal" / "checkpoint-00000002")
     assert signalled == [{"signum": signal.SIGTERM, "step": 2, "checkpoint": checkpoint},

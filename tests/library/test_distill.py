@@ -249,3 +249,26 @@ def test_cli_distill_sample_and_one_line_errors(capsys, teacher, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["distill", "--teacher", teacher, "--out", str(tmp_path / "o"), "--calls", "3"])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_sampling_a_checkpoint_with_optimize_runs_the_optimized_model(teacher, monkeypatch):
+    """optimize=True (`--optimize`) samples through gencore.optimize's module; compiling itself is tested elsewhere,
+    so here optimize only wraps the model and counts its calls."""
+    import gencore._optimize
+    calls = []
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args):
+            calls.append(1)
+            return self.model(*args)
+
+    monkeypatch.setattr(gencore._optimize, "optimize", Wrapped)
+    g = torch.Generator().manual_seed(0)
+    x = sample_from_checkpoint(teacher, 2, sampler="ddim", steps=3, generator=g, optimize=True)
+    y = sample_from_checkpoint(teacher, 2, sampler="ddim", steps=3, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 3
+    assert_equal(x, y)
