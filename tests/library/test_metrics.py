@@ -528,9 +528,9 @@ def test_eval_checkpoint_uses_sampler(tmp_path, monkeypatch, capsys):
     calls = {}
 
     def sample_from_checkpoint(checkpoint_dir, n, *, batch_size, device, generator, sampler, steps, eta,
-                               guidance_scale, ema):
+                               guidance_scale, ema, optimize):
         calls.update(checkpoint_dir=checkpoint_dir, n=n, batch_size=batch_size, device=device, sampler=sampler,
-                     steps=steps, eta=eta, guidance_scale=guidance_scale, ema=ema)
+                     steps=steps, eta=eta, guidance_scale=guidance_scale, ema=ema, optimize=optimize)
         return torch.rand(n, 1, 28, 28, generator=generator) * 2 - 1
 
     monkeypatch.setattr("gencore.commands.evaluate.sample_from_checkpoint", sample_from_checkpoint)
@@ -541,7 +541,7 @@ def test_eval_checkpoint_uses_sampler(tmp_path, monkeypatch, capsys):
                  "--batch-size", "16", "--device", "cpu", "--sampler", "ddpm", "--steps", "100",
                  "--guidance-scale", "2.5", "--no-ema"]) == 0
     assert calls == {"checkpoint_dir": "runs/x", "n": 30, "batch_size": 16, "device": "cpu", "sampler": "ddpm",
-                     "steps": 100, "eta": 0.0, "guidance_scale": 2.5, "ema": False}
+                     "steps": 100, "eta": 0.0, "guidance_scale": 2.5, "ema": False, "optimize": False}
     assert "30 samples of runs/x (ddpm at step 7; seed 0; raw weights, not the EMA; ddpm 100 steps" in \
         capsys.readouterr().out
 
