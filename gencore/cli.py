@@ -103,6 +103,17 @@ def _sampler_arguments(p: argparse.ArgumentParser, *, for_checkpoint: str = "") 
                    help="compile the model with gencore.optimize first: tens of seconds once, then faster calls")
 
 
+def _run_output_arguments(p: argparse.ArgumentParser) -> None:
+    """What a training run writes and shows: `train`'s and `distill`'s options alike."""
+    p.add_argument("--sample-every", type=non_negative_int, default=500,
+                   help="steps between sample grids (0: only at the end)")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=500,
+                   help="steps between checkpoints (0: only at the end and on Ctrl-C)")
+    p.add_argument("--n-samples", type=positive_int, default=64, help="images in each sample grid")
+    p.add_argument("--log-every", type=positive_int, default=10, help="steps between loss-history entries")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _add_demo(sub) -> argparse.ArgumentParser:
     quick, full = DEMO_SETTINGS["quick"], DEMO_SETTINGS["full"]
     p = sub.add_parser("demo", help="train a small DDPM and GAN on embedded digits, write pictures (start here)",
@@ -158,13 +169,7 @@ def _add_train(sub) -> argparse.ArgumentParser:
                    help="clip gradient norms to this value (default: no clipping)")
     p.add_argument("--ema", type=float, default=None, metavar="DECAY",
                    help="EMA decay of the (generator) weights (default: 0.999 for ddpm, none for GANs; 0 disables)")
-    p.add_argument("--sample-every", type=non_negative_int, default=500,
-                   help="steps between sample grids (0: only at the end)")
-    p.add_argument("--checkpoint-every", type=non_negative_int, default=500,
-                   help="steps between checkpoints (0: only at the end and on Ctrl-C)")
-    p.add_argument("--n-samples", type=positive_int, default=64, help="images in each sample grid")
-    p.add_argument("--log-every", type=positive_int, default=10, help="steps between loss-history entries")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _run_output_arguments(p)
 
     g = p.add_argument_group("ddpm", "The UNet's defaults are the README's MNIST recipe, a 1M-parameter model that "
                                      "trains on a CPU; --resume takes the UNet options not given from the run.")
@@ -241,13 +246,7 @@ def _add_distill(sub) -> argparse.ArgumentParser:
     p.add_argument("--backend", default=None, help="gencore backend for the fused ops (default: auto)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the student's forward passes")
     p.add_argument("--grad-clip", type=positive_float, default=1.0, help="clip gradient norms to this value")
-    p.add_argument("--sample-every", type=non_negative_int, default=500,
-                   help="steps between sample grids (0: only at the end)")
-    p.add_argument("--checkpoint-every", type=non_negative_int, default=500,
-                   help="steps between checkpoints (0: only at the end and on Ctrl-C)")
-    p.add_argument("--n-samples", type=positive_int, default=64, help="images in each sample grid")
-    p.add_argument("--log-every", type=positive_int, default=10, help="steps between loss-history entries")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _run_output_arguments(p)
     return p
 
 
