@@ -43,7 +43,7 @@ from . import checkpoint as ckpt
 from .ddpm import diffusion_sample, make_scheduler
 from .options import STUDENT_CALLS, STUDENT_TEACHER_SAMPLERS
 from .paths import check_output_folder
-from .trainer import TrainConfig, Trainer, make_ema
+from .trainer import TrainConfig, Trainer, init_distributed, make_ema
 
 POOL_FILE = "trajectories.safetensors"
 
@@ -190,7 +190,9 @@ class DistillTrainer(Trainer):
         config.validate()
         if config.out_dir and int(os.environ.get("RANK", "0")) == 0:  # before the teacher draws its pool
             check_output_folder(config.out_dir, "out_dir")
-        device = torch.device(config.device)
+        # The process's own device before the teacher loads: under torchrun each GPU process takes cuda:LOCAL_RANK
+        # (Trainer.__init__ calls this again; it initialises the process group once).
+        device = torch.device(init_distributed(config.device)[2])
         self.teacher, self.teacher_config = load_teacher(config.teacher, device)
         self.conditional = bool(self.teacher_config.get("conditional"))
         if config.guidance_scale != 1.0 and not self.conditional:
