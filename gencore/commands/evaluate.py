@@ -185,7 +185,7 @@ def run(args) -> int:
     if args.checkpoint:
         config = check_checkpoint(args.checkpoint)
         if config["kind"] == "ddpm":  # a distilled student's own sampler and calls; errors for others asked
-            args.sampler, args.steps = sampling_plan(config, args.sampler, args.steps, args.guidance_scale)
+            args.sampler, args.steps = sampling_plan(config, args.sampler, args.steps, args.guidance_scale, args.eta)
         n_fake = args.n
     else:
         fake, fake_desc = load_images(args.fake, mnist_dir=args.mnist_dir, download=args.download)

@@ -41,7 +41,7 @@ def _run(args) -> int:
     device = resolve_device(args.device)
     models, config = load_models(args.checkpoint, device=device, ema=not args.no_ema)  # validates the checkpoint
     if config.get("kind") == "ddpm":  # a distilled student's own sampler and calls; errors for others asked
-        args.sampler, args.steps = sampling_plan(config, args.sampler, args.steps, args.guidance_scale)
+        args.sampler, args.steps = sampling_plan(config, args.sampler, args.steps, args.guidance_scale, args.eta)
     labels = None
     if args.class_label is not None:
         k = config.get("data", {}).get("num_classes") if config.get("conditional") else None

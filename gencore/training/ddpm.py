@@ -65,10 +65,11 @@ def make_scheduler(config: dict, sampler: str = "ddpm"):
 
 
 def sampling_plan(config: dict, sampler: str | None = None, steps: int | None = None,
-                  guidance_scale: float = 1.0) -> tuple[str, int]:
+                  guidance_scale: float = 1.0, eta: float = 0.0) -> tuple[str, int]:
     """(sampler, steps) for a diffusion checkpoint's config: those asked for, else the defaults (ddim, and
-    DEFAULT_STEPS). A distilled student (config["student"], gencore.training.distill) samples only as it was
-    trained: its sampler in its number of calls, with the guidance folded into it; asking otherwise is an error."""
+    DEFAULT_STEPS). A distilled student (config["student"], gencore.training.distillation) samples only as it was
+    trained: its deterministic sampler (eta 0) in its number of calls, with the guidance folded into it; asking
+    otherwise is an error."""
     student = config.get("student")
     if not student:
         sampler = sampler or "ddim"
@@ -83,6 +84,10 @@ def sampling_plan(config: dict, sampler: str | None = None, steps: int | None = 
     if guidance_scale != 1.0:
         raise ValueError(f"this student has its teacher's guidance ({student['guidance_scale']:g}) folded in: sample "
                          f"it without a guidance scale")
+    if eta != 0.0:
+        # the student learned the deterministic (eta 0) step that lands on its teacher's ODE trajectory
+        raise ValueError(f"this checkpoint is a {calls}-call student: it samples deterministically (eta 0), not with "
+                         f"eta {eta:g}")
     return own, calls
 
 

@@ -46,7 +46,7 @@ def sample_from_checkpoint(checkpoint_dir: str, n: int, *, batch_size: int = 250
         models = {role: optimize_model(model) for role, model in models.items()}
     kind = config.get("kind")
     if kind == "ddpm":
-        sampler, steps = sampling_plan(config, sampler, steps, guidance_scale)
+        sampler, steps = sampling_plan(config, sampler, steps, guidance_scale, eta)
     num_classes = config.get("data", {}).get("num_classes") if config.get("conditional") else None
     if class_labels is not None:
         class_labels = torch.as_tensor(class_labels).long()
