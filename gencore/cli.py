@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         # a checkpoint (rank 0; the other processes of a DDP run have none to report).
         signum = getattr(exc, "signum", signal.SIGINT)
         if getattr(exc, "checkpoint", None):
-            resume = " (continue with --resume)" if args.command == "train" else ""
+            resume = " (continue with --resume)" if args.command in ("train", "distill") else ""
             print(f"gencore {args.command}: stopped by {signal.Signals(signum).name} at step {exc.step}; "
                   f"checkpoint of that step: {exc.checkpoint}{resume}", file=sys.stderr)
         elif not hasattr(exc, "checkpoint"):

@@ -1,7 +1,7 @@
 """Benchmark cases of a few-call sampling loop: what a 1-8 call student's picture costs beyond its model calls.
 
 Op few_call_sample (mode "sample"): `gencore.diffusion.sample` of a distilled student's sampler (DDIM, v-prediction,
-"trailing" timesteps, no clipping, gencore.training.distill) in K = 1, 2, 4 and 8 calls of the README's MNIST UNet
+"trailing" timesteps, no clipping, gencore.training.distillation) in K = 1, 2, 4 and 8 calls of the README's MNIST UNet
 (base 32, mults 1,2,2, one res block a level, no attention, 8 groups; random weights: the time does not depend on
 them), 64 digits at 28x28. Providers:
     cpu (or reference where the extension is not built)   the whole loop: set_timesteps and the coefficient table,
@@ -21,7 +21,7 @@ import torch
 from .. import _extension, backends
 from ..diffusion import DDIMScheduler, sample
 from ..models import UNet
-from ..training.distill import student_scheduler_config
+from ..training.distillation import student_scheduler_config
 from ..training.options import CLI_UNET, STUDENT_CALLS
 from . import Case
 

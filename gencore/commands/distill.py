@@ -1,5 +1,5 @@
 """`gencore distill --teacher DIR --out DIR --calls K` (arguments: gencore.cli): train a K-call student of a DDPM
-checkpoint (gencore.training.distill)."""
+checkpoint (gencore.training.distillation)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +7,7 @@ import os
 
 from .. import backends
 from ..training.checkpoint import has_checkpoint, resolve_checkpoint
-from ..training.distill import DistillConfig, DistillTrainer
+from ..training.distillation import DistillConfig, DistillTrainer
 from ..training.paths import check_output_folder
 from ._device import resolve_device
 

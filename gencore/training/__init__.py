@@ -18,7 +18,7 @@ _EXPORTS = {
     "CheckpointError": "checkpoint", "load_models": "checkpoint", "read_config": "checkpoint",
     "resolve_checkpoint": "checkpoint",
     "DDPMConfig": "ddpm", "DDPMTrainer": "ddpm",
-    "DistillConfig": "distill", "DistillTrainer": "distill", "distill": "distill",
+    "DistillConfig": "distillation", "DistillTrainer": "distillation", "distill": "distillation",
     "GANConfig": "gan", "GANTrainer": "gan", "WGANGPConfig": "gan", "WGANGPTrainer": "gan",
     "sample_from_checkpoint": "generate",
     "TRAINERS": "registry",

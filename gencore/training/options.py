@@ -22,7 +22,7 @@ SAMPLERS = ("ddim", "dpm++", "ddpm")
 DEFAULT_STEPS = {"ddim": 50, "dpm++": 20, "ddpm": 1000}
 
 # `gencore distill`: the students' numbers of model calls per picture, and the ODE solvers whose trajectories they
-# learn (gencore.training.distill).
+# learn (gencore.training.distillation).
 STUDENT_CALLS = (1, 2, 4, 8)
 STUDENT_TEACHER_SAMPLERS = ("ddim", "dpm++")
 

@@ -1,5 +1,6 @@
-"""DDP: the trainers (a distillation run's too) under torchrun with 2 CPU processes (gloo) keep the replicas equal, see different data, only
-rank 0 writes checkpoints, and a signal to one process stops both at the same step with rank 0's checkpoint of it."""
+"""DDP: the trainers (a distillation run's too) under torchrun with 2 CPU processes (gloo) keep the replicas equal, see
+different data, only rank 0 writes checkpoints, the processes draw a distillation pool in turns that equals one
+process's, and a signal to one process stops both at the same step with rank 0's checkpoint of it."""
 import json
 import os
 import signal
@@ -10,7 +11,9 @@ import textwrap
 import torch
 from safetensors.torch import load_file
 
+import gencore
 from gencore.testing import assert_equal
+from gencore.training import DistillConfig, DistillTrainer
 
 SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
@@ -42,7 +45,7 @@ SCRIPT = textwrap.dedent("""
                    if v.is_floating_point()}
         tensors["first_batch"] = first
         save_tensors(os.path.join(out, f"{name}-rank{rank}.safetensors"), tensors)
-        if name == "ddpm":  # a student of the DDPM just trained, each process drawing the pool (rank 0 writes it)
+        if name == "ddpm":  # a student of the DDPM just trained, the processes drawing the pool in turns
             trainers["distill"] = DistillTrainer(DistillConfig(
                 teacher=os.path.join(out, "ddpm"), out_dir=os.path.join(out, "distill"), calls=2, pool=32,
                 teacher_steps=4, n_samples=2, **common))
@@ -83,6 +86,18 @@ def test_ddp_two_cpu_processes_keep_replicas_equal(tmp_path):
             assert_equal(r1[k], r0[k], msg=f"{name}: {k} differs between replicas")
     # rank 0 alone wrote the checkpoint (and the same checkpoint resumes in a single process)
     assert (tmp_path / "ddpm" / "latest.json").is_file() and (tmp_path / "distill" / "latest.json").is_file()
+    # the two processes drew every other batch of the pool: it is the pool one process draws (on one thread, as they
+    # did: the teacher's ODE steps carry a convolution's thread-count rounding into the endpoints)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with gencore.use_backend("reference"):
+            single = DistillTrainer(DistillConfig(teacher=str(tmp_path / "ddpm"), out_dir=str(tmp_path / "single"),
+                                                  calls=2, pool=32, teacher_steps=4, steps=3, batch_size=8,
+                                                  progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    assert_equal(load_file(str(tmp_path / "distill" / "trajectories.safetensors"))["states"], single.dataset.states)
     signalled = [json.loads((tmp_path / f"signal-rank{r}.json").read_text()) for r in (0, 1)]
     checkpoint = str(tmp_path / "signal" / "checkpoint-00000002")
     assert signalled == [{"signum": signal.SIGTERM, "step": 2, "checkpoint": checkpoint},

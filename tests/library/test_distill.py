@@ -15,8 +15,8 @@ from gencore.testing import assert_close, assert_equal
 from gencore.training import (DDPMConfig, DDPMTrainer, DistillConfig, DistillTrainer, GANConfig, GANTrainer,
                               sample_from_checkpoint)
 from gencore.training.checkpoint import CheckpointError, load_models
-from gencore.training.distill import (segment_coefficients, student_scheduler_config, student_timesteps,
-                                      teacher_trajectories, v_targets)
+from gencore.training.distillation import (segment_coefficients, student_scheduler_config, student_timesteps,
+                                           teacher_trajectories, v_targets)
 
 TINY_UNET = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(), norm_groups=4)
 QUIET = dict(progress=False, sample_every=0, checkpoint_every=0, n_samples=4, log_every=1)
@@ -139,7 +139,7 @@ def test_student_checkpoint_samples_as_it_was_trained(teacher, tmp_path, monkeyp
     sample_from_checkpoint(str(tmp_path / "s"), 3)
     assert len(calls) == 2  # its two calls, no more
     for kw, message in [(dict(steps=4), "2 steps"), (dict(sampler="dpm++"), "ddim"),
-                        (dict(guidance_scale=2.0), "guidance")]:
+                        (dict(guidance_scale=2.0), "guidance"), (dict(eta=0.5), "eta 0.5")]:
         with pytest.raises(ValueError, match=message):
             sample_from_checkpoint(str(tmp_path / "s"), 2, **kw)
 
@@ -171,8 +171,17 @@ def test_kill_and_resume_equals_uninterrupted(teacher, tmp_path):
 
 
 def test_a_guided_teacher_is_folded_into_a_conditional_student(conditional_teacher, tmp_path):
-    trainer = _distill(conditional_teacher, tmp_path / "s", steps=2, pool=32, guidance_scale=2.0)
+    trainer = _distill(conditional_teacher, tmp_path / "s", steps=2, pool=32, guidance_scale=2.0, teacher_steps=8)
     assert trainer.dataset.labels.tolist() == [i % 10 for i in range(32)]
+    # The pool's endpoints are the guided teacher's own samples of their labels, from the pool's noise.
+    models, teacher_config = load_models(conditional_teacher, ema=True)
+    noise = torch.randn((32, 1, 16, 16), generator=torch.Generator().manual_seed(271828))  # seed 0 + the pool's offset
+    sched = DDIMScheduler.from_config(teacher_config["scheduler"], timestep_spacing="trailing", steps_offset=0)
+    guided = sample(models["model"].eval(), sched, noise, 8, class_labels=trainer.dataset.labels,
+                    guidance_scale=2.0, eta=0.0, progress=False)
+    assert_close(trainer.dataset.images, guided, torch.float32)
+    assert (guided - sample(models["model"], sched, noise, 8, class_labels=trainer.dataset.labels, eta=0.0,
+                            progress=False)).abs().max() > 1e-3  # the guidance changed them
     config = json.loads(next((tmp_path / "s").glob("checkpoint-*/config.json")).read_text())
     assert config["conditional"] and config["student"]["guidance_scale"] == 2.0
     x = sample_from_checkpoint(str(tmp_path / "s"), 4, class_labels=torch.tensor([3, 3, 7, 7]))
@@ -225,6 +234,17 @@ def test_bad_teachers_and_options(teacher, digits, tmp_path):
     trainer = DDPMTrainer(digits, DDPMConfig(steps=1, batch_size=8, unet=TINY_UNET, **QUIET))
     with pytest.raises(ValueError, match="gencore distill --resume"):
         trainer.resume(str(student))
+    (student / "trajectories.safetensors").unlink()  # without its pool, the student's checkpoint still guards it
+    other = DistillTrainer(DistillConfig(teacher=teacher, out_dir=str(student), calls=2, pool=32, batch_size=32,
+                                         steps=2, teacher_steps=32, **QUIET))
+    with pytest.raises(CheckpointError, match="distilled with other settings: teacher"):
+        other.resume()
+
+
+def test_the_distill_function_is_exported_beside_its_module():
+    import gencore.training.distillation  # noqa: F401  (a submodule of the same name would shadow the function)
+    from gencore.training import distill
+    assert callable(distill) and distill.__module__ == "gencore.training.distillation"
 
 
 def test_cli_distill_sample_and_one_line_errors(capsys, teacher, tmp_path):

@@ -192,7 +192,8 @@ class DistillTrainer(Trainer):
             check_output_folder(config.out_dir, "out_dir")
         # The process's own device before the teacher loads: under torchrun each GPU process takes cuda:LOCAL_RANK
         # (Trainer.__init__ calls this again; it initialises the process group once).
-        device = torch.device(init_distributed(config.device)[2])
+        rank, world, device = init_distributed(config.device)
+        device = torch.device(device)
         self.teacher, self.teacher_config = load_teacher(config.teacher, device)
         self.conditional = bool(self.teacher_config.get("conditional"))
         if config.guidance_scale != 1.0 and not self.conditional:
@@ -201,7 +202,7 @@ class DistillTrainer(Trainer):
         self.scheduler_config = student_scheduler_config(self.teacher_config["scheduler"])
         self.coefficients = segment_coefficients(self.scheduler_config, config.calls)
         self.timesteps = torch.tensor(student_timesteps(self.scheduler_config, config.calls))
-        pool = self._pool(config, device)
+        pool = self._pool(config, device, rank, world)
         super().__init__(pool, config)
 
     # -- the pool -----------------------------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ class DistillTrainer(Trainer):
                 "sampler": config.teacher_sampler, "steps": config.teacher_steps, "pool": config.pool,
                 "seed": config.seed, "guidance_scale": config.guidance_scale}
 
-    def _pool(self, config: DistillConfig, device) -> TrajectoryPool:
+    def _pool(self, config: DistillConfig, device, rank: int, world: int) -> TrajectoryPool:
         """The pool: read from OUT/trajectories.safetensors when it was made for these settings, else drawn (in
         batches of batch_size, from a generator seeded by config.seed) and written there once, atomically."""
         description = self._pool_description(config)
@@ -225,20 +226,37 @@ class DistillTrainer(Trainer):
             return TrajectoryPool(tensors["states"], tensors.get("labels"), num_classes)
         shape = self.teacher_config["data"]["image_shape"]
         generator = torch.Generator(device=device).manual_seed(config.seed + 271828)
+        noise = torch.randn((config.pool, *shape), generator=generator, device=device)
         labels = torch.arange(config.pool) % num_classes if num_classes else None
-        chunks = []
-        with tqdm(total=config.pool, desc="teacher trajectories", unit="img", disable=not config.progress,
+        # Under torchrun each process draws every world-th batch and sends it to the others: the pool costs each
+        # process 1 / world of the teacher calls and is the same pool a single process draws.
+        starts = list(range(0, config.pool, config.batch_size))
+        drawn = {}
+        with tqdm(total=config.pool, desc="teacher trajectories", unit="img", disable=not config.progress or rank != 0,
                   dynamic_ncols=True, leave=False) as bar:
-            for start in range(0, config.pool, config.batch_size):
-                n = min(config.batch_size, config.pool - start)
-                noise = torch.randn((n, *shape), generator=generator, device=device)
-                lab = None if labels is None else labels[start:start + n].to(device)
-                chunks.append(teacher_trajectories(
-                    self.teacher, self.teacher_config, config.calls, noise, sampler=config.teacher_sampler,
-                    steps=config.teacher_steps, class_labels=lab, guidance_scale=config.guidance_scale).cpu())
-                bar.update(n)
+            for i, start in enumerate(starts):
+                if i % world != rank:
+                    continue
+                batch = slice(start, start + config.batch_size)
+                lab = None if labels is None else labels[batch].to(device)
+                drawn[i] = teacher_trajectories(
+                    self.teacher, self.teacher_config, config.calls, noise[batch], sampler=config.teacher_sampler,
+                    steps=config.teacher_steps, class_labels=lab, guidance_scale=config.guidance_scale)
+                bar.update(drawn[i].shape[0] * world)
+        chunks = []
+        for i, start in enumerate(starts):
+            part = drawn.pop(i, None)
+            if world > 1:
+                if part is None:
+                    n = min(config.batch_size, config.pool - start)
+                    part = torch.empty((n, config.calls + 1, *shape), device=device)
+                torch.distributed.broadcast(part, src=i % world)
+            chunks.append(part.cpu())
         states = torch.cat(chunks)
-        if path and int(os.environ.get("RANK", "0")) == 0:
+        if not torch.isfinite(states).all():
+            raise ValueError(f"the teacher's {config.teacher_sampler} trajectories hold NaN or infinite values: the "
+                             f"teacher diverges with this sampler (DDIM, the default, clips its x0)")
+        if path and rank == 0:
             os.makedirs(config.out_dir, exist_ok=True)
             tensors = {"states": states} if labels is None else {"states": states, "labels": labels}
             ckpt.save_tensors_atomic(path, tensors, metadata={"pool": json.dumps(description)})
@@ -274,6 +292,13 @@ class DistillTrainer(Trainer):
                                        f"distillation run")
         if student["calls"] != self.config.calls:
             raise ckpt.CheckpointError(f"{path} holds a {student['calls']}-call student, not {self.config.calls}")
+        # The pool file guards these only while it exists: a student goes on only from the teacher and settings
+        # that started it.
+        own = self.checkpoint_config()["student"]
+        differ = [key for key in ("guidance_scale", "teacher") if student.get(key) != own[key]]
+        if differ:
+            raise ckpt.CheckpointError(f"{path} was distilled with other settings: "
+                                       + "; ".join(f"{key} {student.get(key)} there, {own[key]} now" for key in differ))
 
     def train_step(self, step: int) -> dict[str, float]:
         idx = self.batch_indices(step)
