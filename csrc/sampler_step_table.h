@@ -1,7 +1,7 @@
 // The columns of sampler_step's coefficient table, one row per timestep: the contract between the schedulers that
 // build the table (gencore/diffusion/tables.py) and every kernel that reads it. Plain C++ (no PyTorch header), so the
 // CPU kernels, the CUDA binding and the CUDA kernels include the same definition. The Python twin is COEF_COLUMNS in
-// gencore/reference/sampler_step.py (same names, same order; tests/ops/test_sampler_step.py holds the two equal).
+// gencore/_rules.py (same names, same order; tests/ops/test_sampler_step.py holds the two equal).
 //
 // Per element, with c the row of the sample's timestep and m the (guided) model output:
 //   x0   = c[kX0FromSample] * x + c[kX0FromModel] * m                 (then clipped or thresholded)
