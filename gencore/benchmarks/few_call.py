@@ -21,7 +21,7 @@ import torch
 from .. import _extension, backends
 from ..diffusion import DDIMScheduler, sample
 from ..models import UNet
-from ..training.distillation import student_scheduler_config
+from ..training.distillation import student_scheduler_config, student_timesteps
 from ..training.options import CLI_UNET, STUDENT_CALLS
 from . import Case
 
@@ -55,7 +55,7 @@ def _calls(device: str, quick: bool, calls: int):
         model = _model(quick, device)
         noise = torch.randn((4, 1, 16, 16) if quick else (64, 1, 28, 28), device=device)
         timesteps = [torch.full((noise.shape[0],), t, dtype=torch.int64, device=device)
-                     for t in range(999, 0, -1000 // calls)][:calls]
+                     for t in student_timesteps(student_scheduler_config(DDIMScheduler().config), calls)]
 
         @torch.no_grad()
         def run():

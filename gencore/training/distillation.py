@@ -231,18 +231,18 @@ class DistillTrainer(Trainer):
         # Under torchrun each process draws every world-th batch and sends it to the others: the pool costs each
         # process 1 / world of the teacher calls and is the same pool a single process draws.
         starts = list(range(0, config.pool, config.batch_size))
+        mine = [i for i in range(len(starts)) if i % world == rank]
         drawn = {}
-        with tqdm(total=config.pool, desc="teacher trajectories", unit="img", disable=not config.progress or rank != 0,
+        with tqdm(total=sum(noise[starts[i]:starts[i] + config.batch_size].shape[0] for i in mine),
+                  desc="teacher trajectories", unit="img", disable=not config.progress or rank != 0,
                   dynamic_ncols=True, leave=False) as bar:
-            for i, start in enumerate(starts):
-                if i % world != rank:
-                    continue
-                batch = slice(start, start + config.batch_size)
+            for i in mine:
+                batch = slice(starts[i], starts[i] + config.batch_size)
                 lab = None if labels is None else labels[batch].to(device)
                 drawn[i] = teacher_trajectories(
                     self.teacher, self.teacher_config, config.calls, noise[batch], sampler=config.teacher_sampler,
                     steps=config.teacher_steps, class_labels=lab, guidance_scale=config.guidance_scale)
-                bar.update(drawn[i].shape[0] * world)
+                bar.update(drawn[i].shape[0])
         chunks = []
         for i, start in enumerate(starts):
             part = drawn.pop(i, None)
