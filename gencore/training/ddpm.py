@@ -64,6 +64,20 @@ def make_scheduler(config: dict, sampler: str = "ddpm"):
     return classes[sampler].from_config(dict(config))
 
 
+def check_guidance(config: dict, guidance_scale: float) -> None:
+    """Classifier-free guidance mixes the model's conditional and unconditional (null-class) predictions, so it
+    needs a class-conditional DDPM that learned the null class: one trained with cfg_dropout > 0. Raises otherwise;
+    without this check a cfg_dropout 0 model would mix in the output of a null-class embedding never trained."""
+    if guidance_scale == 1.0:
+        return
+    if not config.get("conditional"):
+        raise ValueError("guidance_scale needs a class-conditional DDPM (train with --class-conditional)")
+    if config.get("trainer", {}).get("cfg_dropout") == 0:
+        raise ValueError("guidance_scale needs a model that learned the unconditional (null-class) prediction: this "
+                         "checkpoint was trained with cfg_dropout 0; train with --cfg-dropout above 0, or sample "
+                         "without a guidance scale")
+
+
 def sampling_plan(config: dict, sampler: str | None = None, steps: int | None = None,
                   guidance_scale: float = 1.0, eta: float = 0.0) -> tuple[str, int]:
     """(sampler, steps) for a diffusion checkpoint's config: those asked for, else the defaults (ddim, and
@@ -72,6 +86,7 @@ def sampling_plan(config: dict, sampler: str | None = None, steps: int | None = 
     otherwise is an error."""
     student = config.get("student")
     if not student:
+        check_guidance(config, guidance_scale)
         sampler = sampler or "ddim"
         if sampler not in DEFAULT_STEPS:
             raise ValueError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}, got {sampler!r}")

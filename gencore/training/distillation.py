@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion import DDIMScheduler, sample
 from . import checkpoint as ckpt
-from .ddpm import diffusion_sample, make_scheduler
+from .ddpm import check_guidance, diffusion_sample, make_scheduler
 from .options import STUDENT_CALLS, STUDENT_TEACHER_SAMPLERS
 from .paths import check_output_folder
 from .trainer import TrainConfig, Trainer, init_distributed, make_ema
@@ -196,8 +196,7 @@ class DistillTrainer(Trainer):
         device = torch.device(device)
         self.teacher, self.teacher_config = load_teacher(config.teacher, device)
         self.conditional = bool(self.teacher_config.get("conditional"))
-        if config.guidance_scale != 1.0 and not self.conditional:
-            raise ValueError("guidance_scale needs a class-conditional teacher")
+        check_guidance(self.teacher_config, config.guidance_scale)
         self.teacher_path = os.path.abspath(ckpt.resolve_checkpoint(config.teacher))
         self.scheduler_config = student_scheduler_config(self.teacher_config["scheduler"])
         self.coefficients = segment_coefficients(self.scheduler_config, config.calls)

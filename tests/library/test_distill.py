@@ -227,7 +227,7 @@ def test_bad_teachers_and_options(teacher, digits, tmp_path):
         DistillConfig(teacher=teacher, calls=3).validate()
     with pytest.raises(ValueError, match="multiple of calls"):
         DistillConfig(teacher=teacher, calls=4, teacher_steps=30).validate()
-    with pytest.raises(ValueError, match="class-conditional teacher"):
+    with pytest.raises(ValueError, match="class-conditional DDPM"):
         DistillTrainer(DistillConfig(teacher=teacher, guidance_scale=2.0, pool=32, batch_size=16, **QUIET))
     with pytest.raises(CheckpointError, match="other settings"):  # a pool drawn for another run is not reused
         _distill(teacher, student, steps=1, pool=64)
@@ -239,6 +239,18 @@ def test_bad_teachers_and_options(teacher, digits, tmp_path):
                                          steps=2, teacher_steps=32, **QUIET))
     with pytest.raises(CheckpointError, match="distilled with other settings: teacher"):
         other.resume()
+
+
+def test_guidance_needs_a_model_that_learned_the_null_class(digits, tmp_path):
+    # cfg_dropout 0: the null-class embedding is never trained, so a guided step would mix in its random output
+    out = tmp_path / "no_null"
+    DDPMTrainer(digits, DDPMConfig(steps=1, batch_size=8, unet=dict(TINY_UNET, base_channels=8), out_dir=str(out),
+                                   class_conditional=True, cfg_dropout=0.0, **QUIET)).train()
+    with pytest.raises(ValueError, match="trained with cfg_dropout 0"):
+        sample_from_checkpoint(str(out), 2, steps=2, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="trained with cfg_dropout 0"):
+        DistillTrainer(DistillConfig(teacher=str(out), guidance_scale=2.0, pool=32, batch_size=16, **QUIET))
+    assert sample_from_checkpoint(str(out), 2, steps=2).shape == (2, 1, 16, 16)  # unguided: its conditional model
 
 
 def test_the_distill_function_is_exported_beside_its_module():
