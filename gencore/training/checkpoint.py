@@ -338,6 +338,17 @@ def build_checked_model(desc: dict, weights_file: str, where: str) -> torch.nn.M
     return build_model(desc["name"], desc["config"])
 
 
+def weights_file(ckpt: str, role: str, ema: bool = True) -> str:
+    """The safetensors file a role's weights load from: its EMA weights where kept and ema, else its own."""
+    stem = f"{role}_ema" if ema and os.path.isfile(os.path.join(ckpt, f"{role}_ema.safetensors")) else role
+    return os.path.join(ckpt, f"{stem}.safetensors")
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, as the manifest lists it: what identifies a model's weights wherever they lie."""
+    return _sha256(path)
+
+
 def load_models(path: str, *, device: str | torch.device = "cpu", ema: bool = True) -> tuple[dict, dict]:
     """Rebuild every model of a checkpoint in eval mode: returns ({role: module}, config).
 
@@ -348,8 +359,7 @@ def load_models(path: str, *, device: str | torch.device = "cpu", ema: bool = Tr
     config = read_config(ckpt)
     models = {}
     for role, desc in config["models"].items():
-        stem = f"{role}_ema" if ema and os.path.isfile(os.path.join(ckpt, f"{role}_ema.safetensors")) else role
-        file = os.path.join(ckpt, f"{stem}.safetensors")
+        file = weights_file(ckpt, role, ema)
         model = build_checked_model(desc, file, f"{os.path.join(ckpt, 'config.json')} [models.{role}]")
         state = load_tensors(file, finite=True)
         try:

@@ -198,6 +198,9 @@ class DistillTrainer(Trainer):
         self.conditional = bool(self.teacher_config.get("conditional"))
         check_guidance(self.teacher_config, config.guidance_scale)
         self.teacher_path = os.path.abspath(ckpt.resolve_checkpoint(config.teacher))
+        # What the pool and a resumed student are keyed by: the teacher's weights themselves, so a teacher moved to
+        # another folder still resumes and one retrained in place does not reuse a pool it did not draw.
+        self.teacher_sha256 = ckpt.file_sha256(ckpt.weights_file(self.teacher_path, "model"))
         self.scheduler_config = student_scheduler_config(self.teacher_config["scheduler"])
         self.coefficients = segment_coefficients(self.scheduler_config, config.calls)
         self.timesteps = torch.tensor(student_timesteps(self.scheduler_config, config.calls))
@@ -206,9 +209,9 @@ class DistillTrainer(Trainer):
 
     # -- the pool -----------------------------------------------------------------------------------------------------
     def _pool_description(self, config: DistillConfig) -> dict:
-        return {"teacher": self.teacher_path, "teacher_step": self.teacher_config["step"], "calls": config.calls,
-                "sampler": config.teacher_sampler, "steps": config.teacher_steps, "pool": config.pool,
-                "seed": config.seed, "guidance_scale": config.guidance_scale}
+        return {"teacher_sha256": self.teacher_sha256, "teacher_step": self.teacher_config["step"],
+                "calls": config.calls, "sampler": config.teacher_sampler, "steps": config.teacher_steps,
+                "pool": config.pool, "seed": config.seed, "guidance_scale": config.guidance_scale}
 
     def _pool(self, config: DistillConfig, device, rank: int, world: int) -> TrajectoryPool:
         """The pool: read from OUT/trajectories.safetensors when it was made for these settings, else drawn (in
@@ -281,8 +284,9 @@ class DistillTrainer(Trainer):
         return {"scheduler": self.scheduler_config,
                 "student": {"calls": cfg.calls, "sampler": "ddim", "guidance_scale": cfg.guidance_scale,
                             "timesteps": self.timesteps.tolist(),
-                            "teacher": {"path": self.teacher_path, "step": self.teacher_config["step"],
-                                        "sampler": cfg.teacher_sampler, "steps": cfg.teacher_steps}}}
+                            "teacher": {"path": self.teacher_path, "sha256": self.teacher_sha256,
+                                        "step": self.teacher_config["step"], "sampler": cfg.teacher_sampler,
+                                        "steps": cfg.teacher_steps}}}
 
     def check_resumable(self, path: str, config: dict) -> None:
         student = config.get("student")
@@ -294,10 +298,15 @@ class DistillTrainer(Trainer):
         # The pool file guards these only while it exists: a student goes on only from the teacher and settings
         # that started it.
         own = self.checkpoint_config()["student"]
-        differ = [key for key in ("guidance_scale", "teacher") if student.get(key) != own[key]]
+        theirs = student.get("teacher", {})
+        # the teacher by its weights (by its path for a student written before the weights' SHA-256 was kept)
+        identity = "sha256" if "sha256" in theirs else "path"
+        differ = [(key, student.get(key), own[key]) for key in ("guidance_scale",) if student.get(key) != own[key]]
+        differ += [(f"teacher {key}", theirs.get(key), own["teacher"][key])
+                   for key in (identity, "step", "sampler", "steps") if theirs.get(key) != own["teacher"][key]]
         if differ:
             raise ckpt.CheckpointError(f"{path} was distilled with other settings: "
-                                       + "; ".join(f"{key} {student.get(key)} there, {own[key]} now" for key in differ))
+                                       + "; ".join(f"{key} {a} there, {b} now" for key, a, b in differ))
 
     def train_step(self, step: int) -> dict[str, float]:
         idx = self.batch_indices(step)

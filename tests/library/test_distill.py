@@ -3,6 +3,7 @@ the pool is the teacher's own trajectory, a trained student is closer to its tea
 the teacher's own few-step samplers, kill and resume equals an uninterrupted run, every diffusion checkpoint and
 sampler starts from the same noise for the same seed, and bad input is one clear line."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -160,7 +161,9 @@ def test_kill_and_resume_equals_uninterrupted(teacher, tmp_path):
     b.train_step = dies_at_step_5
     with pytest.raises(KeyboardInterrupt):
         b.train()
-    c = DistillTrainer(DistillConfig(teacher=teacher, out_dir=str(tmp_path / "b"), calls=2, batch_size=32, lr=1e-3,
+    moved = tmp_path / "moved_teacher"  # the teacher is known by its weights, not its folder
+    shutil.copytree(teacher, moved)
+    c = DistillTrainer(DistillConfig(teacher=str(moved), out_dir=str(tmp_path / "b"), calls=2, batch_size=32, lr=1e-3,
                                      **{**QUIET, **kw}))  # reads the pool b wrote
     assert c.resume() == 3
     c.train()
@@ -239,6 +242,26 @@ def test_bad_teachers_and_options(teacher, digits, tmp_path):
                                          steps=2, teacher_steps=32, **QUIET))
     with pytest.raises(CheckpointError, match="distilled with other settings: teacher"):
         other.resume()
+
+
+def test_a_teacher_retrained_in_place_does_not_reuse_its_pool_or_student(digits, tmp_path):
+    teacher, student = tmp_path / "t", tmp_path / "s"
+
+    def train_teacher(seed):
+        shutil.rmtree(teacher, ignore_errors=True)
+        DDPMTrainer(digits, DDPMConfig(steps=1, batch_size=8, seed=seed, unet=dict(TINY_UNET, base_channels=8),
+                                       out_dir=str(teacher), **QUIET)).train()
+
+    train_teacher(0)
+    _distill(str(teacher), student, steps=1, pool=32, teacher_steps=4)
+    train_teacher(1)  # the same folder and step, other weights
+    with pytest.raises(CheckpointError, match="drawn with other settings"):
+        _distill(str(teacher), student, steps=2, pool=32, teacher_steps=4)
+    (student / "trajectories.safetensors").unlink()
+    again = DistillTrainer(DistillConfig(teacher=str(teacher), out_dir=str(student), calls=2, pool=32, batch_size=32,
+                                         steps=2, teacher_steps=4, **QUIET))
+    with pytest.raises(CheckpointError, match="teacher sha256"):
+        again.resume()
 
 
 def test_guidance_needs_a_model_that_learned_the_null_class(digits, tmp_path):
