@@ -3,9 +3,10 @@
 The method (trajectory distillation, the one-phase form of Salimans & Ho's progressive distillation):
 
 1. The teacher draws a pool of P trajectories with a fine ODE solver (default DDIM, 64 steps, "trailing" timesteps,
-   the teacher's x0 clipping; with classifier-free guidance w for a class-conditional teacher) and keeps each trajectory's states at
-   the student's K timesteps t_0 > ... > t_{K-1} (DDIM's "trailing" timesteps, t_0 = T - 1) and its endpoint:
-   z_{t_0} (the initial noise), ..., z_{t_{K-1}}, x_end. They are written once to OUT/trajectories.safetensors.
+   the teacher's x0 clipping; with classifier-free guidance w for a class-conditional teacher) and keeps each
+   trajectory's states at the student's K timesteps t_0 > ... > t_{K-1} (DDIM's "trailing" timesteps, t_0 = T - 1)
+   and its endpoint: z_{t_0} (the initial noise), ..., z_{t_{K-1}}, x_end. They are written once to
+   OUT/trajectories.safetensors.
 2. The student starts from the teacher's weights and learns, for each segment k, the one DDIM step that lands where
    the teacher did. With alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), a = t_k and b = t_{k+1} (for the last
    segment alpha_b = 1, sigma_b = 0 and z_b = x_end), a deterministic DDIM step from z_a with data prediction x0
