@@ -535,7 +535,8 @@ def test_eval_checkpoint_uses_sampler(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr("gencore.commands.evaluate.sample_from_checkpoint", sample_from_checkpoint)
     monkeypatch.setattr("gencore.commands.evaluate.read_config",
-                        lambda path: {"kind": "ddpm", "step": 7, "data": {"image_shape": [1, 28, 28]}})
+                        lambda path: {"kind": "ddpm", "step": 7, "conditional": True, "trainer": {"cfg_dropout": 0.1},
+                                      "data": {"image_shape": [1, 28, 28], "num_classes": 10}})
     np.save(tmp_path / "real.npy", (np.random.default_rng(0).random((40, 28, 28)) * 255).astype(np.uint8))
     assert main(["eval", "--real", str(tmp_path / "real.npy"), "--checkpoint", "runs/x", "--n", "30",
                  "--batch-size", "16", "--device", "cpu", "--sampler", "ddpm", "--steps", "100",
