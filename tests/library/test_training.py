@@ -168,7 +168,15 @@ def test_signal_after_a_periodic_checkpoint_writes_no_second_one(digits_tiny, tm
     assert sorted(d for d in os.listdir(tmp_path) if d.startswith("checkpoint-")) == ["checkpoint-00000004"]
 
 
-def test_signal_without_out_dir_is_a_plain_keyboard_interrupt(digits_tiny):
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler, also where the shell that started pytest in the background ignores SIGINT."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_signal_without_out_dir_is_a_plain_keyboard_interrupt(digits_tiny, python_sigint_handler):
     t = gan(digits_tiny, steps=6)
     step = t.train_step
 
