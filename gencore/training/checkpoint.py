@@ -161,7 +161,8 @@ def tensor_shapes(path: str) -> dict[str, tuple[int, ...]]:
         raise CheckpointError(f"{path} is corrupt ({exc})") from None
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, as the manifest lists it: what identifies a model's weights wherever they lie."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -173,7 +174,7 @@ def _write_manifest(folder: str) -> None:
     files = {}
     for name in sorted(os.listdir(folder)):
         full = os.path.join(folder, name)
-        files[name] = {"sha256": _sha256(full), "bytes": os.path.getsize(full)}
+        files[name] = {"sha256": file_sha256(full), "bytes": os.path.getsize(full)}
     _write_json(os.path.join(folder, MANIFEST), {"format": FORMAT, "files": files})
 
 
@@ -196,7 +197,7 @@ def verify_checkpoint(folder: str) -> None:
         digest = expect(entry, "sha256", str, f"{path} [{name!r}]")
         if not os.path.isfile(where):
             raise CheckpointError(f"{where} is missing (listed in {MANIFEST})")
-        if os.path.getsize(where) != size or _sha256(where) != digest:
+        if os.path.getsize(where) != size or file_sha256(where) != digest:
             raise CheckpointError(f"{where} is corrupt: its content differs from the checksum in {MANIFEST}")
 
 
@@ -342,11 +343,6 @@ def weights_file(ckpt: str, role: str, ema: bool = True) -> str:
     """The safetensors file a role's weights load from: its EMA weights where kept and ema, else its own."""
     stem = f"{role}_ema" if ema and os.path.isfile(os.path.join(ckpt, f"{role}_ema.safetensors")) else role
     return os.path.join(ckpt, f"{stem}.safetensors")
-
-
-def file_sha256(path: str) -> str:
-    """The SHA-256 of a file's bytes, as the manifest lists it: what identifies a model's weights wherever they lie."""
-    return _sha256(path)
 
 
 def load_models(path: str, *, device: str | torch.device = "cpu", ema: bool = True) -> tuple[dict, dict]:
