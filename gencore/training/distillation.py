@@ -64,7 +64,7 @@ class DistillConfig(TrainConfig):
             an under-trained teacher's trajectories do not survive (docs/distill.md).
         pool: trajectories in the pool (each costs teacher_steps teacher calls, once).
         guidance_scale: classifier-free guidance of a class-conditional teacher, folded into the student.
-        lr, ema_decay: defaults 1e-4 and 0.999.
+        lr, ema_decay, grad_clip: defaults 1e-4, 0.999 and 1.0, the command's.
     """
 
     teacher: str = ""
@@ -75,6 +75,7 @@ class DistillConfig(TrainConfig):
     guidance_scale: float = 1.0
     lr: float | None = 1e-4
     ema_decay: float | None = 0.999
+    grad_clip: float | None = 1.0
     steps: int = 2000
 
     def validate(self) -> None:
