@@ -171,8 +171,9 @@ def _add_train(sub) -> argparse.ArgumentParser:
                    help="EMA decay of the (generator) weights (default: 0.999 for ddpm, none for GANs; 0 disables)")
     _run_output_arguments(p)
 
-    g = p.add_argument_group("ddpm", "The UNet's defaults are the README's MNIST recipe, a 1M-parameter model that "
-                                     "trains on a CPU; --resume takes the UNet options not given from the run.")
+    g = p.add_argument_group("ddpm", "The UNet's defaults are the MNIST recipes' (docs/results.md), a 1M-parameter "
+                                     "model that trains on a CPU; --resume takes the UNet options not given from the "
+                                     "run.")
     unet = CLI_UNET
     g.add_argument("--base-channels", type=int_at_least_2, default=None,
                    help=f"channels of the first level (default: {unet['base_channels']})")

@@ -17,7 +17,7 @@ DISCRIMINATORS = ("dcgan", "projection")
 
 # The samplers of a trained model, and each one's default number of steps: DDPM ancestral sampling over every
 # training timestep, DDIM, and DPM-Solver++ 2M, whose 20 steps land as close to the exact ODE solution as DDIM's 50
-# (tests/library/test_dpm_solver.py; no Karras sigmas: on the cosine schedule these models use they hurt).
+# (tests/library/test_dpm_solver.py; no Karras sigmas: they gain little on linear betas and hurt on cosine ones).
 SAMPLERS = ("ddim", "dpm++", "ddpm")
 DEFAULT_STEPS = {"ddim": 50, "dpm++": 20, "ddpm": 1000}
 
@@ -26,8 +26,8 @@ DEFAULT_STEPS = {"ddim": 50, "dpm++": 20, "ddpm": 1000}
 STUDENT_CALLS = (1, 2, 4, 8)
 STUDENT_TEACHER_SAMPLERS = ("ddim", "dpm++")
 
-# The UNet `gencore train ddpm` builds unless told otherwise: the README's MNIST recipe (base 32, mults 1,2,2, one
-# residual block a level, no attention, 8 groups). Library users choose their own (DDPMConfig.unet;
+# The UNet `gencore train ddpm` builds unless told otherwise, that of the MNIST recipes in docs/results.md (base 32,
+# mults 1,2,2, one residual block a level, no attention, 8 groups). Library users choose their own (DDPMConfig.unet;
 # gencore.models.UNet's defaults are its own).
 CLI_UNET = {"base_channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "attention_levels": (),
             "norm_groups": 8, "dropout": 0.0, "time_embedding_norm": "default"}
