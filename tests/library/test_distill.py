@@ -276,6 +276,18 @@ def test_guidance_needs_a_model_that_learned_the_null_class(digits, tmp_path):
     assert sample_from_checkpoint(str(out), 2, steps=2).shape == (2, 1, 16, 16)  # unguided: its conditional model
 
 
+def test_the_command_and_distill_config_train_the_same_student_by_default():
+    """gencore.cli imports no torch, so the command's defaults are written beside DistillConfig's: held equal here."""
+    from gencore.cli import build_parser
+    args = build_parser().parse_args(["distill", "--teacher", "t", "--out", "o"])
+    fields = {"calls": "calls", "teacher_sampler": "teacher_sampler", "teacher_steps": "teacher_steps", "pool": "pool",
+              "guidance_scale": "guidance_scale", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
+              "lr_schedule": "lr_schedule", "lr_warmup_steps": "lr_warmup_steps", "seed": "seed",
+              "grad_clip": "grad_clip", "ema": "ema_decay", "bf16": "amp"}
+    config = DistillConfig(teacher="t")
+    assert {arg: getattr(args, arg) for arg in fields} == {arg: getattr(config, f) for arg, f in fields.items()}
+
+
 def test_the_distill_function_is_exported_beside_its_module():
     import gencore.training.distillation  # noqa: F401  (a submodule of the same name would shadow the function)
     from gencore.training import distill
