@@ -2,8 +2,9 @@
 
 ``torch.library.wrap_triton`` makes the launch traceable inside a ``triton_op`` (torch.compile, export). Under
 ``TRITON_INTERPRET=1`` ``@triton.jit`` gives an ``InterpretedFunction``: torch 2.13 hands it back unwrapped, while
-torch 2.11 (the GPU image's) raises "wrap_triton only works on functions annotated with triton.jit". The interpreter
-runs eagerly on CPU tensors, so there is nothing to trace: the kernel itself is the launcher there, on every torch.
+torch 2.11 (the oldest torch gencore supports) raises "wrap_triton only works on functions annotated with
+triton.jit". The interpreter runs eagerly on CPU tensors, so there is nothing to trace: the kernel itself is the
+launcher there, on every torch.
 """
 from __future__ import annotations
 

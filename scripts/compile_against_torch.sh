@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compile and link the C++ extension (CPU kernels and CUDA bindings) against another torch release's headers and
-# libraries without installing it: the proof that the sources build for the GPU image's torch (2.11) on a machine
+# libraries without installing it: the proof that the sources build for torch 2.11, the supported floor, on a machine
 # that may not install a CUDA build of torch. The .cu kernels need no torch header (tests/build/test_cuda_compile.py).
 #
 #   bash scripts/compile_against_torch.sh 2.11.0        # downloads that wheel (~530 MB) to a temporary folder

@@ -180,7 +180,7 @@ def test_gradient_penalty_launches_are_compiled_ahead_of_time(record):
 
 
 def test_interpreted_kernels_launch_where_wrap_triton_refuses_them(monkeypatch):
-    """torch 2.11 (the GPU image's) raises in wrap_triton for the interpreter's kernels; torch 2.13 hands them back.
+    """torch 2.11 (the supported floor) raises in wrap_triton for the interpreter's kernels; torch 2.13 hands them back.
     The launchers take the kernel itself under the interpreter, so the interpreter route works on both."""
     real = torch.library.wrap_triton
 
