@@ -13,8 +13,8 @@ import os
 import signal
 import sys
 
-from .commands._args import (HelpFormatter, int_at_least_2, int_list, non_negative_float, non_negative_int,
-                             positive_float, positive_int)
+from .commands._args import (HelpFormatter, ema_decay, int_at_least_2, int_list, non_negative_float,
+                             non_negative_int, positive_float, positive_int)
 from .training.options import (CLI_UNET, DDPM_LOSS_TYPES, DEFAULT_STEPS, DISCRIMINATORS, GAN_LOSSES, KINDS,
                                LR_SCHEDULES, SAMPLERS, STUDENT_CALLS, STUDENT_TEACHER_SAMPLERS)
 
@@ -167,7 +167,7 @@ def _add_train(sub) -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for forward passes")
     p.add_argument("--grad-clip", type=positive_float, default=None,
                    help="clip gradient norms to this value (default: no clipping)")
-    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+    p.add_argument("--ema", type=ema_decay, default=None, metavar="DECAY",
                    help="EMA decay of the (generator) weights (default: 0.999 for ddpm, none for GANs; 0 disables)")
     _run_output_arguments(p)
 
@@ -233,7 +233,7 @@ def _add_distill(sub) -> argparse.ArgumentParser:
                    help="after the warm-up, keep the learning rate or decay it to 0 at the last step")
     p.add_argument("--lr-warmup-steps", type=non_negative_int, default=0,
                    help="linear learning-rate warm-up over this many steps")
-    p.add_argument("--ema", type=float, default=0.999, metavar="DECAY", help="EMA decay of the weights (0 disables)")
+    p.add_argument("--ema", type=ema_decay, default=0.999, metavar="DECAY", help="EMA decay of the weights (0 disables)")
     p.add_argument("--pool", type=positive_int, default=2048,
                    help="teacher trajectories to learn from (each costs --teacher-steps teacher calls, once)")
     p.add_argument("--teacher-sampler", choices=STUDENT_TEACHER_SAMPLERS, default="ddim",

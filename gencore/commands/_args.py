@@ -25,6 +25,7 @@ int_at_least_2 = _number(int, lambda v: v >= 2, "an integer >= 2")
 non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
 positive_float = _number(float, lambda v: v > 0, "a positive number")
 non_negative_float = _number(float, lambda v: v >= 0, "a non-negative number")
+ema_decay = _number(float, lambda v: 0 <= v < 1, "a decay in [0, 1) (0: no EMA)")
 
 
 def int_list(text: str) -> list[int]:

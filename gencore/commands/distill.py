@@ -6,7 +6,7 @@ import contextlib
 import os
 
 from .. import backends
-from ..training.checkpoint import has_checkpoint, resolve_checkpoint
+from ..training.checkpoint import CheckpointError, has_checkpoint, resolve_checkpoint
 from ..training.distillation import DistillConfig, DistillTrainer
 from ..training.paths import check_output_folder
 from ._device import resolve_device
@@ -22,7 +22,10 @@ def _run(args) -> int:
     # Everything that can be checked without the teacher is checked first: a mistake costs no trajectories.
     if int(os.environ.get("RANK", "0")) == 0:
         check_output_folder(args.out, "--out")
-    resolve_checkpoint(args.teacher)  # a missing or incomplete teacher, named as given
+    try:  # a missing or incomplete teacher
+        resolve_checkpoint(args.teacher)
+    except (OSError, CheckpointError) as exc:
+        raise type(exc)(f"--teacher: {exc}") from None
     if args.resume and not has_checkpoint(args.out):
         raise FileNotFoundError(f"--resume: no checkpoint in {args.out} (latest.json missing)")
     if not args.resume and has_checkpoint(args.out):
@@ -37,11 +40,9 @@ def _run(args) -> int:
         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
         n_samples=args.n_samples, out_dir=args.out, progress=not args.no_progress)
     config.validate()
-    trainer = DistillTrainer(config)
-    if args.resume:
-        step = trainer.resume(args.out)
-        if trainer.is_main:
-            print(f"resumed the {args.calls}-call student from step {step} in {args.out}")
+    trainer = DistillTrainer(config, resume_from=args.out if args.resume else None)
+    if args.resume and trainer.is_main:
+        print(f"resumed the {args.calls}-call student from step {trainer.step} in {args.out}")
     trainer.train()
     if trainer.is_main:
         print(f"distilled a {args.calls}-call student of {args.teacher} in {trainer.step} steps: loss "

@@ -188,8 +188,12 @@ class DistillTrainer(Trainer):
     kind = "ddpm"  # what the checkpoint holds: a diffusion model, sampled as every DDPM checkpoint is
     label = "distill"
 
-    def __init__(self, config: DistillConfig):
+    def __init__(self, config: DistillConfig, *, resume_from: str | None = None):
+        """resume_from: a checkpoint of this run to continue (its out_dir, or one of its checkpoint folders). It is
+        checked against the teacher and these settings before the pool is drawn, so a refused resume costs no
+        teacher calls, then restored as resume() restores it."""
         config.validate()
+        self.config = config  # check_resumable reads it before Trainer.__init__ sets it
         if config.out_dir and int(os.environ.get("RANK", "0")) == 0:  # before the teacher draws its pool
             check_output_folder(config.out_dir, "out_dir")
         # The process's own device before the teacher loads: under torchrun each GPU process takes cuda:LOCAL_RANK
@@ -206,8 +210,16 @@ class DistillTrainer(Trainer):
         self.scheduler_config = student_scheduler_config(self.teacher_config["scheduler"])
         self.coefficients = segment_coefficients(self.scheduler_config, config.calls)
         self.timesteps = torch.tensor(student_timesteps(self.scheduler_config, config.calls))
+        total = self.teacher_config["scheduler"]["num_train_timesteps"]
+        if config.teacher_steps > total:
+            raise ValueError(f"teacher_steps must be at most the teacher's {total} training timesteps, got "
+                             f"{config.teacher_steps}")
+        if resume_from is not None:
+            self.resumable_checkpoint(resume_from)
         pool = self._pool(config, device, rank, world)
         super().__init__(pool, config)
+        if resume_from is not None:
+            self.resume(resume_from)
 
     # -- the pool -----------------------------------------------------------------------------------------------------
     def _pool_description(self, config: DistillConfig) -> dict:
@@ -285,7 +297,7 @@ class DistillTrainer(Trainer):
         cfg: DistillConfig = self.config
         return {"scheduler": self.scheduler_config,
                 "student": {"calls": cfg.calls, "sampler": "ddim", "guidance_scale": cfg.guidance_scale,
-                            "timesteps": self.timesteps.tolist(),
+                            "timesteps": self.timesteps.tolist(), "pool": cfg.pool, "seed": cfg.seed,
                             "teacher": {"path": self.teacher_path, "sha256": self.teacher_sha256,
                                         "step": self.teacher_config["step"], "sampler": cfg.teacher_sampler,
                                         "steps": cfg.teacher_steps}}}
@@ -298,12 +310,13 @@ class DistillTrainer(Trainer):
         if student["calls"] != self.config.calls:
             raise ckpt.CheckpointError(f"{path} holds a {student['calls']}-call student, not {self.config.calls}")
         # The pool file guards these only while it exists: a student goes on only from the teacher and settings
-        # that started it.
+        # that started it (pool and seed: students written before they were kept lack them).
         own = self.checkpoint_config()["student"]
         theirs = student.get("teacher", {})
         # the teacher by its weights (by its path for a student written before the weights' SHA-256 was kept)
         identity = "sha256" if "sha256" in theirs else "path"
-        differ = [(key, student.get(key), own[key]) for key in ("guidance_scale",) if student.get(key) != own[key]]
+        differ = [(key, student.get(key), own[key]) for key in ("guidance_scale", "pool", "seed")
+                  if (key in student or key == "guidance_scale") and student.get(key) != own[key]]
         differ += [(f"teacher {key}", theirs.get(key), own["teacher"][key])
                    for key in (identity, "step", "sampler", "steps") if theirs.get(key) != own["teacher"][key]]
         if differ:
@@ -343,9 +356,7 @@ class DistillTrainer(Trainer):
 def distill(config: DistillConfig, *, resume: bool = False) -> DistillTrainer:
     """Train a student as `config` says (resuming from config.out_dir's latest checkpoint when `resume`); returns
     the trainer (its .step, .history; the student is trainer.ema["model"].module, or trainer.models["model"])."""
-    trainer = DistillTrainer(config)
-    if resume:
-        trainer.resume(config.out_dir)
+    trainer = DistillTrainer(config, resume_from=config.out_dir if resume else None)
     trainer.train()
     return trainer
 

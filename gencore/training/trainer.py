@@ -475,14 +475,20 @@ class Trainer:
         self._saved = (self.step, path)
         return path
 
-    def resume(self, path: str | None = None) -> int:
-        """Restore models, EMA, optimizers, step, history and RNG from a checkpoint (default: config.out_dir's
-        latest). Returns the restored step."""
+    def resumable_checkpoint(self, path: str | None = None) -> tuple[str, dict]:
+        """The checkpoint folder resume() would restore and its config, refused (CheckpointError) where this trainer
+        cannot continue it: another kind, or check_resumable's settings."""
         path = ckpt.resolve_checkpoint(path or self.config.out_dir)
         config = ckpt.read_config(path)
         if config.get("kind") != self.kind:
             raise ckpt.CheckpointError(f"{path} is a {config.get('kind')!r} checkpoint, not {self.kind!r}")
         self.check_resumable(path, config)
+        return path, config
+
+    def resume(self, path: str | None = None) -> int:
+        """Restore models, EMA, optimizers, step, history and RNG from a checkpoint (default: config.out_dir's
+        latest). Returns the restored step."""
+        path, config = self.resumable_checkpoint(path)
         for stem in self.state_dicts():
             state = ckpt.load_tensors(os.path.join(path, f"{stem}.safetensors"), self.device, finite=True)
             target = self.ema[stem[:-4]].module if stem.endswith("_ema") else self.raw(stem)

@@ -4,6 +4,7 @@ the teacher's own few-step samplers, kill and resume equals an uninterrupted run
 sampler starts from the same noise for the same seed, and bad input is one clear line."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,8 +165,8 @@ def test_kill_and_resume_equals_uninterrupted(teacher, tmp_path):
     moved = tmp_path / "moved_teacher"  # the teacher is known by its weights, not its folder
     shutil.copytree(teacher, moved)
     c = DistillTrainer(DistillConfig(teacher=str(moved), out_dir=str(tmp_path / "b"), calls=2, batch_size=32, lr=1e-3,
-                                     **{**QUIET, **kw}))  # reads the pool b wrote
-    assert c.resume() == 3
+                                     **{**QUIET, **kw}), resume_from=str(tmp_path / "b"))  # reads the pool b wrote
+    assert c.step == 3
     c.train()
     for role, state in a.state_dicts().items():
         for key, value in state.items():
@@ -203,7 +204,9 @@ def test_every_diffusion_checkpoint_and_sampler_starts_from_the_same_noise(teach
 
     monkeypatch.setattr(generate, "diffusion_sample", spy)
     runs = [(teacher, dict(sampler="ddim", steps=3, batch_size=5)), (teacher, dict(sampler="dpm++", steps=4)),
-            (teacher, dict(sampler="ddpm", steps=3, batch_size=2)), (str(tmp_path / "s"), dict(batch_size=3))]
+            (teacher, dict(sampler="ddpm", steps=3, batch_size=2))]
+    runs += [(str(tmp_path / "s"), dict(batch_size=3)), (str(tmp_path / "s"), dict(batch_size=4)),
+             (str(tmp_path / "s"), {})]  # {}: the default batch, all 6 at once
     first = []
     for path, kw in runs:
         seen.clear()
@@ -242,6 +245,31 @@ def test_bad_teachers_and_options(teacher, digits, tmp_path):
                                          steps=2, teacher_steps=32, **QUIET))
     with pytest.raises(CheckpointError, match="distilled with other settings: teacher"):
         other.resume()
+
+
+def test_a_refused_resume_costs_no_teacher_calls(teacher, tmp_path, monkeypatch):
+    """resume_from (`--resume`) is checked against the teacher and settings before the pool is drawn."""
+    student = tmp_path / "s"
+    _distill(teacher, student, steps=1, pool=32)
+    (student / "trajectories.safetensors").unlink()  # as the "drawn with other settings" error suggests
+    from gencore.training import distillation
+
+    def no_teacher_calls(*args, **kwargs):
+        raise AssertionError("the teacher drew trajectories for a resume that is refused")
+
+    monkeypatch.setattr(distillation, "teacher_trajectories", no_teacher_calls)
+    same = dict(teacher=teacher, out_dir=str(student), calls=2, pool=32, batch_size=32, steps=2, **QUIET)
+    for changed, message in [(dict(pool=64), "pool 32 there, 64 now"), (dict(seed=1), "seed 0 there, 1 now"),
+                             (dict(teacher_steps=32), "teacher steps 64 there, 32 now")]:
+        with pytest.raises(CheckpointError, match=message):
+            DistillTrainer(DistillConfig(**{**same, **changed}), resume_from=str(student))
+    with pytest.raises(CheckpointError, match="holds a DDPM, not a student"):  # a DDPM run folder as the student's
+        DistillTrainer(DistillConfig(**{**same, "out_dir": teacher}), resume_from=teacher)
+    assert not (student / "trajectories.safetensors").exists()
+    assert not (Path(teacher) / "trajectories.safetensors").exists()
+    total = load_models(teacher)[1]["scheduler"]["num_train_timesteps"]
+    with pytest.raises(ValueError, match=f"teacher_steps must be at most the teacher's {total}"):
+        DistillTrainer(DistillConfig(**{**same, "out_dir": str(tmp_path / "x"), "teacher_steps": 2 * total}))
 
 
 def test_a_teacher_retrained_in_place_does_not_reuse_its_pool_or_student(digits, tmp_path):
@@ -303,7 +331,9 @@ def test_cli_distill_sample_and_one_line_errors(capsys, teacher, tmp_path):
     assert main(["sample", "--checkpoint", str(out), "--out", str(tmp_path / "s.png"), "--n", "4"]) == 0
     assert "step 2" in capsys.readouterr().out
     for argv, message in [
-        (["distill", "--teacher", str(tmp_path / "none"), "--out", str(tmp_path / "o")], "none"),
+        (["distill", "--teacher", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+         "--teacher: checkpoint not found"),
+        (["distill", "--teacher", teacher, "--out", teacher, "--resume"], "holds a DDPM, not a student"),
         (["distill", "--teacher", str(out), "--out", str(tmp_path / "o")], "already a 1-call student"),
         (["distill", "--teacher", teacher, "--out", str(out)], "already holds a checkpoint"),
         (["distill", "--teacher", teacher, "--out", str(tmp_path / "o"), "--calls", "4", "--teacher-steps", "10"],
@@ -316,6 +346,9 @@ def test_cli_distill_sample_and_one_line_errors(capsys, teacher, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["distill", "--teacher", teacher, "--out", str(tmp_path / "o"), "--calls", "3"])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["distill", "--teacher", teacher, "--out", str(tmp_path / "o"), "--ema", "1.5"])
+    assert exc.value.code == 2 and "--ema: expected a decay in [0, 1)" in capsys.readouterr().err
 
 
 def test_sampling_a_checkpoint_with_optimize_runs_the_optimized_model(teacher, monkeypatch):
