@@ -233,7 +233,8 @@ def _add_distill(sub) -> argparse.ArgumentParser:
                    help="after the warm-up, keep the learning rate or decay it to 0 at the last step")
     p.add_argument("--lr-warmup-steps", type=non_negative_int, default=0,
                    help="linear learning-rate warm-up over this many steps")
-    p.add_argument("--ema", type=ema_decay, default=0.999, metavar="DECAY", help="EMA decay of the weights (0 disables)")
+    p.add_argument("--ema", type=ema_decay, default=0.999, metavar="DECAY",
+                   help="EMA decay of the weights (0 disables)")
     p.add_argument("--pool", type=positive_int, default=2048,
                    help="teacher trajectories to learn from (each costs --teacher-steps teacher calls, once)")
     p.add_argument("--teacher-sampler", choices=STUDENT_TEACHER_SAMPLERS, default="ddim",

@@ -310,13 +310,14 @@ class DistillTrainer(Trainer):
         if student["calls"] != self.config.calls:
             raise ckpt.CheckpointError(f"{path} holds a {student['calls']}-call student, not {self.config.calls}")
         # The pool file guards these only while it exists: a student goes on only from the teacher and settings
-        # that started it (pool and seed: students written before they were kept lack them).
+        # that started it.
         own = self.checkpoint_config()["student"]
         theirs = student.get("teacher", {})
-        # the teacher by its weights (by its path for a student written before the weights' SHA-256 was kept)
+        # the teacher by its weights (by its path for a student written before the weights' SHA-256 was kept); the
+        # pool's size and seed where kept (a student written before they were lacks them)
         identity = "sha256" if "sha256" in theirs else "path"
-        differ = [(key, student.get(key), own[key]) for key in ("guidance_scale", "pool", "seed")
-                  if (key in student or key == "guidance_scale") and student.get(key) != own[key]]
+        kept = ("guidance_scale",) + tuple(key for key in ("pool", "seed") if key in student)
+        differ = [(key, student.get(key), own[key]) for key in kept if student.get(key) != own[key]]
         differ += [(f"teacher {key}", theirs.get(key), own["teacher"][key])
                    for key in (identity, "step", "sampler", "steps") if theirs.get(key) != own["teacher"][key]]
         if differ:
